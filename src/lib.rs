@@ -1,0 +1,8 @@
+//! mpvr: a multipath virtual router.
+//!
+//! - [`proto`]: the pure, deterministic core (see DESIGN.md, "Shape of the code").
+//! - [`sim`]: a deterministic network simulator that drives the real core.
+#![warn(missing_docs)]
+
+pub mod proto;
+pub mod sim;

@@ -1,0 +1,28 @@
+//! The pure core of mpvr: wire format, dedup / anti-replay window, sealing,
+//! routing, duplication policy and the [`Node`] state machine.
+//!
+//! No I/O, no clock reads, no unsafe code: every entry point takes `now`, and
+//! outputs are returned or written into caller buffers. The Linux shell and the
+//! simulator ([`crate::sim`]) drive the same [`Node`].
+#![forbid(unsafe_code)]
+
+pub mod crypto;
+pub mod ids;
+pub mod ip;
+pub mod node;
+pub mod policy;
+pub mod route;
+pub mod stats;
+pub mod time;
+pub mod transmit;
+pub mod window;
+pub mod wire;
+
+pub use crypto::SessionKeys;
+pub use ids::{HostId, LinkId, PathAddr, Seq};
+pub use node::{ConfigError, Endpoint, NeighbourConfig, Node, NodeConfig, Received, Sent};
+pub use policy::Policy;
+pub use route::NextHop;
+pub use stats::DropReason;
+pub use time::Time;
+pub use transmit::{Transmit, Transmits};

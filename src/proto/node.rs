@@ -1,0 +1,680 @@
+//! The node: one host's protocol state machine, free of I/O and clocks.
+//!
+//! Inputs: packets read from the TUN ([`Node::handle_tun_packet`]), datagrams
+//! received on a link ([`Node::handle_datagram`]), timer expiry
+//! ([`Node::handle_timeout`]) and link changes ([`Node::add_link`],
+//! [`Node::remove_link`]), each with an explicit `now`. Outputs: datagrams to
+//! send, written into a caller-owned [`Transmits`] batch, and plaintext to
+//! deliver, returned as a range of the caller's own receive buffer. The
+//! shell (or the simulator) sends, delivers and arms the timer from
+//! [`Node::poll_timeout`]. There is no internal transmit queue to poll:
+//! outputs go straight into the caller's batch, which saves a copy per packet.
+//!
+//! The packet path, in order:
+//! - TUN -> [`Node::handle_tun_packet`]: read the destination, longest-prefix
+//!   match to a next hop, let the [`Policy`] pick paths, take the next
+//!   sequence number, seal once, queue one datagram with N paths.
+//! - link -> [`Node::handle_datagram`]: parse the header, check it is for us
+//!   and from a neighbour, check the window (cheap, before any crypto), open,
+//!   mark the window (only now), then deliver to the TUN or, on a relay,
+//!   re-seal for the next hop and fan out on its paths (hop by hop: every hop
+//!   deduplicates).
+//!
+//! Guarantees: a packet is delivered at most once per session (first copy
+//! wins); nothing that fails authentication is delivered or changes the
+//! window, the paths or any other state but the drop counters; every input
+//! ends in a delivery, a transmission or exactly one counted [`DropReason`],
+//! never a panic. No allocation per packet once the batch has grown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::crypto::SessionKeys;
+use super::ids::{HostId, LinkId, PathAddr, Seq};
+use super::ip;
+use super::policy::Policy;
+use super::route::{NextHop, RouteTable};
+use super::stats::{Count, DropReason, LinkStats, NodeStats};
+use super::time::Time;
+use super::transmit::Transmits;
+use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS, ReplayWindow, Verdict};
+use super::wire::{
+    DEFAULT_HOP_LIMIT, HEADER_LEN, Header, MessageType, OVERHEAD, Packet, WireError,
+};
+
+/// Default interval after which a path that sent nothing gets a keepalive
+/// (holds NAT mappings; WireGuard's persistent-keepalive value).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
+/// Largest inner packet that can be carried: a 65 535-byte IPv4 datagram
+/// minus IP (20) and UDP (8) headers minus our overhead.
+pub const MAX_PACKET_LIMIT: usize = 65_535 - 20 - 8 - OVERHEAD;
+/// Smallest maximum packet size accepted (IPv4's minimum MTU).
+pub const MIN_PACKET_LIMIT: usize = 68;
+
+/// Settings of one node, validated by [`Node::new`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This host.
+    pub host: HostId,
+    /// Packets the dedup / anti-replay window covers per session.
+    pub window_packets: u32,
+    /// Hop limit put on packets this host originates.
+    pub hop_limit: u8,
+    /// Keepalive interval per path; `None` disables keepalives.
+    pub keepalive: Option<Duration>,
+    /// Largest TUN packet accepted (the TUN MTU).
+    pub max_packet: usize,
+    /// Duplication policy.
+    pub policy: Policy,
+}
+
+impl NodeConfig {
+    /// Defaults for `host`.
+    pub fn new(host: HostId) -> NodeConfig {
+        NodeConfig {
+            host,
+            window_packets: super::window::DEFAULT_WINDOW_PACKETS,
+            hop_limit: DEFAULT_HOP_LIMIT,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            max_packet: MAX_PACKET_LIMIT,
+            policy: Policy::All,
+        }
+    }
+}
+
+/// A setting or topology change that would make the node wrong. Nothing is
+/// changed when one is returned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Window size out of range.
+    #[error(
+        "window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)"
+    )]
+    WindowOutOfRange(u32),
+    /// Hop limit 0.
+    #[error("hop limit 0 would drop every packet: use 1 to 255 (default {DEFAULT_HOP_LIMIT})")]
+    ZeroHopLimit,
+    /// Max packet size out of range.
+    #[error(
+        "maximum packet size {0} is out of range: use {MIN_PACKET_LIMIT} to {MAX_PACKET_LIMIT} bytes"
+    )]
+    MaxPacketOutOfRange(usize),
+    /// Keepalive shorter than a second.
+    #[error("keepalive interval {0:?} is too short: use at least 1 s, or disable keepalives")]
+    KeepaliveTooShort(Duration),
+    /// A neighbour with this host's own id.
+    #[error("{0} is this host itself and cannot be its own neighbour")]
+    NeighbourIsSelf(HostId),
+    /// The same neighbour twice.
+    #[error("{0} is already a neighbour")]
+    DuplicateNeighbour(HostId),
+    /// A route whose next hop is not a neighbour.
+    #[error(
+        "route {prefix} goes to {next}, which is not a neighbour: add it as a neighbour, or route via one"
+    )]
+    UnknownNextHop {
+        /// The route's prefix.
+        prefix: IpNet,
+        /// Its next hop.
+        next: HostId,
+    },
+}
+
+/// A remote host's UDP endpoint, optionally tied to one local link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where the remote host listens.
+    pub remote: SocketAddr,
+    /// Reach it only from this local link (`None`: from every link).
+    pub link: Option<LinkId>,
+}
+
+/// A neighbour: a host this one shares a session with.
+#[derive(Debug)]
+pub struct NeighbourConfig {
+    /// Its host id.
+    pub host: HostId,
+    /// Session keys (see [`SessionKeys`] for where they come from).
+    pub keys: SessionKeys,
+    /// Its endpoints; paths are these crossed with the local links.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One path toward a neighbour and what was seen on it.
+#[derive(Clone, Debug)]
+pub struct PathState {
+    /// Local link and remote endpoint.
+    pub addr: PathAddr,
+    /// Its local link is up.
+    pub usable: bool,
+    /// Last time a copy was sent on it.
+    pub last_tx: Option<Time>,
+    /// Last time an authenticated datagram arrived on it.
+    pub last_rx: Option<Time>,
+    /// Copies sent.
+    pub tx: Count,
+    /// Authenticated datagrams received that were the first copy of their
+    /// packet (later copies are dropped before authentication, as duplicates).
+    pub first: Count,
+}
+
+/// Per-neighbour counters.
+#[derive(Clone, Debug, Default)]
+pub struct NeighbourStats {
+    /// Packets sealed for this neighbour (once each, whatever the copies).
+    pub sealed: Count,
+    /// Authenticated packets accepted from it (first copies).
+    pub accepted: Count,
+    /// Accepted packets that came from a (link, endpoint) that is not one of
+    /// its configured paths.
+    pub from_unknown_path: u64,
+}
+
+/// A neighbour's session and paths.
+#[derive(Debug)]
+pub struct Neighbour {
+    host: HostId,
+    keys: SessionKeys,
+    endpoints: Vec<Endpoint>,
+    paths: Vec<PathState>,
+    /// Last sequence number used; the next is this + 1.
+    tx_seq: u64,
+    window: ReplayWindow,
+    stats: NeighbourStats,
+}
+
+impl Neighbour {
+    /// Its host id.
+    pub fn host(&self) -> HostId {
+        self.host
+    }
+
+    /// Its paths, usable or not.
+    pub fn paths(&self) -> &[PathState] {
+        &self.paths
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &NeighbourStats {
+        &self.stats
+    }
+
+    /// Highest sequence number accepted from it.
+    pub fn rx_top(&self) -> Seq {
+        self.window.top()
+    }
+
+    /// Last sequence number used toward it.
+    pub fn tx_seq(&self) -> Seq {
+        Seq(self.tx_seq)
+    }
+
+    /// Add the paths `link` brings for this neighbour's endpoints, and mark
+    /// every path on `link` usable or not.
+    fn link_changed(&mut self, link: LinkId, up: bool) {
+        if up {
+            for e in &self.endpoints {
+                if e.link.is_none_or(|l| l == link) {
+                    let addr = PathAddr {
+                        link,
+                        remote: e.remote,
+                    };
+                    if !self.paths.iter().any(|p| p.addr == addr) {
+                        self.paths.push(PathState {
+                            addr,
+                            usable: true,
+                            last_tx: None,
+                            last_rx: None,
+                            tx: Count::default(),
+                            first: Count::default(),
+                        });
+                    }
+                }
+            }
+        }
+        for p in self.paths.iter_mut().filter(|p| p.addr.link == link) {
+            p.usable = up;
+        }
+    }
+}
+
+/// What [`Node::handle_tun_packet`] did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The neighbour it was sealed for.
+    pub next_hop: HostId,
+    /// Its sequence number in that session.
+    pub seq: Seq,
+    /// How many copies were queued.
+    pub copies: usize,
+}
+
+/// What [`Node::handle_datagram`] did with a datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Write these bytes of the caller's buffer (the decrypted IP packet) to the TUN.
+    Deliver(Range<usize>),
+    /// Relayed: re-sealed for `next_hop` and queued on its paths.
+    Forwarded {
+        /// The neighbour it goes to.
+        next_hop: HostId,
+        /// Copies queued.
+        copies: usize,
+    },
+    /// A keepalive: it refreshed its path, nothing to deliver.
+    Keepalive,
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    id: LinkId,
+    stats: LinkStats,
+}
+
+/// One host's protocol state.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    links: Vec<LinkEntry>,
+    neighbours: Vec<Neighbour>,
+    index: HashMap<HostId, usize>,
+    routes: RouteTable,
+    stats: NodeStats,
+    /// Scratch list of chosen path indices; reused so sending never allocates.
+    chosen: Vec<usize>,
+}
+
+fn wire_drop(e: WireError) -> DropReason {
+    match e {
+        WireError::Truncated => DropReason::Truncated,
+        WireError::BadVersion(_) => DropReason::BadVersion,
+        WireError::UnknownType(_) => DropReason::UnknownType,
+        WireError::BadFlags(_) => DropReason::BadFlags,
+        WireError::ZeroHostId => DropReason::ZeroHostId,
+    }
+}
+
+impl Node {
+    /// A node with no links, neighbours or routes.
+    pub fn new(cfg: NodeConfig) -> Result<Node, ConfigError> {
+        if !(MIN_WINDOW_PACKETS..=MAX_WINDOW_PACKETS).contains(&cfg.window_packets) {
+            return Err(ConfigError::WindowOutOfRange(cfg.window_packets));
+        }
+        if cfg.hop_limit == 0 {
+            return Err(ConfigError::ZeroHopLimit);
+        }
+        if !(MIN_PACKET_LIMIT..=MAX_PACKET_LIMIT).contains(&cfg.max_packet) {
+            return Err(ConfigError::MaxPacketOutOfRange(cfg.max_packet));
+        }
+        if let Some(k) = cfg.keepalive
+            && k < Duration::from_secs(1)
+        {
+            return Err(ConfigError::KeepaliveTooShort(k));
+        }
+        Ok(Node {
+            cfg,
+            links: Vec::new(),
+            neighbours: Vec::new(),
+            index: HashMap::new(),
+            routes: RouteTable::new(),
+            stats: NodeStats::default(),
+            chosen: Vec::new(),
+        })
+    }
+
+    /// This host.
+    pub fn host(&self) -> HostId {
+        self.cfg.host
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Node-wide counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Local links that are up, with their counters.
+    pub fn links(&self) -> impl Iterator<Item = (LinkId, &LinkStats)> {
+        self.links.iter().map(|l| (l.id, &l.stats))
+    }
+
+    /// Neighbours in the order they were added.
+    pub fn neighbours(&self) -> impl Iterator<Item = &Neighbour> {
+        self.neighbours.iter()
+    }
+
+    /// One neighbour.
+    pub fn neighbour(&self, host: HostId) -> Option<&Neighbour> {
+        self.index.get(&host).map(|&i| &self.neighbours[i])
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Add a neighbour (its paths over the links that are up now).
+    pub fn add_neighbour(&mut self, n: NeighbourConfig) -> Result<(), ConfigError> {
+        if n.host == self.cfg.host {
+            return Err(ConfigError::NeighbourIsSelf(n.host));
+        }
+        if self.index.contains_key(&n.host) {
+            return Err(ConfigError::DuplicateNeighbour(n.host));
+        }
+        let mut neighbour = Neighbour {
+            host: n.host,
+            keys: n.keys,
+            endpoints: n.endpoints,
+            paths: Vec::new(),
+            tx_seq: 0,
+            window: ReplayWindow::new(self.cfg.window_packets),
+            stats: NeighbourStats::default(),
+        };
+        for l in &self.links {
+            neighbour.link_changed(l.id, true);
+        }
+        self.index.insert(n.host, self.neighbours.len());
+        self.neighbours.push(neighbour);
+        Ok(())
+    }
+
+    /// Route `prefix` to `next`: this host, or a neighbour.
+    pub fn add_route(
+        &mut self,
+        prefix: IpNet,
+        next: NextHop,
+    ) -> Result<Option<NextHop>, ConfigError> {
+        if let NextHop::Host(h) = next
+            && !self.index.contains_key(&h)
+        {
+            return Err(ConfigError::UnknownNextHop { prefix, next: h });
+        }
+        Ok(self.routes.insert(prefix, next))
+    }
+
+    /// Remove the route for exactly `prefix`.
+    pub fn remove_route(&mut self, prefix: IpNet) -> Option<NextHop> {
+        self.routes.remove(prefix)
+    }
+
+    /// A local link came up (idempotent): paths over it are used from now on.
+    pub fn add_link(&mut self, link: LinkId) {
+        if !self.links.iter().any(|l| l.id == link) {
+            self.links.push(LinkEntry {
+                id: link,
+                stats: LinkStats::default(),
+            });
+        }
+        for n in &mut self.neighbours {
+            n.link_changed(link, true);
+        }
+    }
+
+    /// A local link went down or away: its paths get no more copies. Its
+    /// paths keep their counters and are used again if it comes back.
+    pub fn remove_link(&mut self, link: LinkId) {
+        self.links.retain(|l| l.id != link);
+        for n in &mut self.neighbours {
+            n.link_changed(link, false);
+        }
+    }
+
+    /// A packet read from the TUN: route it, seal it once, queue a copy on
+    /// every path the policy picks.
+    pub fn handle_tun_packet(
+        &mut self,
+        now: Time,
+        packet: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Sent, DropReason> {
+        self.stats.tun_in.add(packet.len());
+        let r = self.route_tun_packet(now, packet, out);
+        if let Err(reason) = r {
+            self.stats.drops.add(reason);
+        }
+        r
+    }
+
+    fn route_tun_packet(
+        &mut self,
+        now: Time,
+        packet: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Sent, DropReason> {
+        if packet.len() > self.cfg.max_packet {
+            return Err(DropReason::TooBig);
+        }
+        let dst = ip::destination(packet).map_err(|_| DropReason::MalformedIp)?;
+        let next = match self.routes.lookup(dst) {
+            None => return Err(DropReason::NoRoute),
+            Some(NextHop::Local) => return Err(DropReason::LocalDestination),
+            Some(NextHop::Host(h)) => h,
+        };
+        let idx = self.index[&next];
+        self.choose_by_policy(idx);
+        let (seq, copies) =
+            self.seal_to_chosen(now, idx, MessageType::Data, self.cfg.hop_limit, packet, out)?;
+        Ok(Sent {
+            next_hop: next,
+            seq,
+            copies,
+        })
+    }
+
+    /// A datagram received on `link` from `from`. `datagram` is opened in
+    /// place; on [`Received::Deliver`] the IP packet is the returned range of it.
+    pub fn handle_datagram(
+        &mut self,
+        now: Time,
+        link: LinkId,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        out: &mut Transmits,
+    ) -> Received {
+        self.stats.datagrams_in.add(datagram.len());
+        let Some(li) = self.links.iter().position(|l| l.id == link) else {
+            self.stats.drops.add(DropReason::UnknownLink);
+            return Received::Dropped(DropReason::UnknownLink);
+        };
+        self.links[li].stats.rx.add(datagram.len());
+        match self.receive(now, link, from, datagram, out) {
+            Ok(r) => r,
+            Err(reason) => {
+                self.stats.drops.add(reason);
+                self.links[li].stats.drops.add(reason);
+                Received::Dropped(reason)
+            }
+        }
+    }
+
+    fn receive(
+        &mut self,
+        now: Time,
+        link: LinkId,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let mut packet = Packet::new_checked(&mut *datagram).map_err(wire_drop)?;
+        let header = Header::parse(&packet).map_err(wire_drop)?;
+        if !matches!(header.msg_type, MessageType::Data | MessageType::Keepalive) {
+            return Err(DropReason::Unsupported);
+        }
+        if header.receiver != self.cfg.host {
+            return Err(DropReason::WrongReceiver);
+        }
+        let idx = *self
+            .index
+            .get(&header.sender)
+            .ok_or(DropReason::UnknownSender)?;
+        let n = &mut self.neighbours[idx];
+        // Cheap replay/duplicate check before any cryptography.
+        match n.window.check(header.seq) {
+            Verdict::Fresh => {}
+            Verdict::Duplicate => return Err(DropReason::Duplicate),
+            Verdict::TooOld => return Err(DropReason::TooOld),
+        }
+        let (head, sealed) = packet.split_mut();
+        let plain_len = n
+            .keys
+            .open(header.seq, head, sealed)
+            .map_err(|_| DropReason::AuthFailed)?;
+        // Authenticated: only now may state change.
+        n.window.mark(header.seq);
+        let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
+        n.stats.accepted.add(wire_len);
+        match n
+            .paths
+            .iter_mut()
+            .find(|p| p.addr.link == link && p.addr.remote == from)
+        {
+            Some(p) => {
+                p.first.add(wire_len);
+                p.last_rx = Some(now);
+            }
+            None => n.stats.from_unknown_path += 1,
+        }
+        if header.msg_type == MessageType::Keepalive {
+            self.stats.keepalives_in += 1;
+            return Ok(Received::Keepalive);
+        }
+        let plain = HEADER_LEN..HEADER_LEN + plain_len;
+        let dst = ip::destination(&datagram[plain.clone()]).map_err(|_| DropReason::MalformedIp)?;
+        match self.routes.lookup(dst) {
+            None | Some(NextHop::Local) => {
+                self.stats.tun_out.add(plain_len);
+                Ok(Received::Deliver(plain))
+            }
+            Some(NextHop::Host(next)) => {
+                if next == header.sender {
+                    return Err(DropReason::Bounce);
+                }
+                if header.hop_limit <= 1 {
+                    return Err(DropReason::HopLimit);
+                }
+                let next_idx = self.index[&next];
+                self.choose_by_policy(next_idx);
+                let (_, copies) = self.seal_to_chosen(
+                    now,
+                    next_idx,
+                    MessageType::Data,
+                    header.hop_limit - 1,
+                    &datagram[plain],
+                    out,
+                )?;
+                self.stats.forwarded.add(plain_len);
+                Ok(Received::Forwarded {
+                    next_hop: next,
+                    copies,
+                })
+            }
+        }
+    }
+
+    /// When [`Node::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let ka = self.cfg.keepalive?;
+        self.neighbours
+            .iter()
+            .flat_map(|n| n.paths.iter())
+            .filter(|p| p.usable)
+            .map(|p| p.last_tx.map_or(Time::ZERO, |t| t + ka))
+            .min()
+    }
+
+    /// Run timers due at `now`: one keepalive per neighbour, sealed once and
+    /// sent on each of its paths that has been quiet for the keepalive interval.
+    pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
+        let Some(ka) = self.cfg.keepalive else { return };
+        for idx in 0..self.neighbours.len() {
+            self.chosen.clear();
+            let due = self.neighbours[idx]
+                .paths
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.usable && p.last_tx.is_none_or(|t| t + ka <= now))
+                .map(|(i, _)| i);
+            self.chosen.extend(due);
+            if self.chosen.is_empty() {
+                continue;
+            }
+            if self
+                .seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out)
+                .is_ok()
+            {
+                self.stats.keepalives_out += 1;
+            } else {
+                self.stats.drops.add(DropReason::SeqExhausted);
+            }
+        }
+    }
+
+    /// Fill `self.chosen` with the indices of the paths the policy picks
+    /// among neighbour `idx`'s usable paths.
+    fn choose_by_policy(&mut self, idx: usize) {
+        self.chosen.clear();
+        let usable = self.neighbours[idx]
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.usable)
+            .map(|(i, _)| i);
+        let chosen = &mut self.chosen;
+        self.cfg.policy.select(usable, |i| chosen.push(i));
+    }
+
+    /// Seal `payload` once for neighbour `idx` and queue it on the paths in
+    /// `self.chosen`; the one place that takes a sequence number.
+    fn seal_to_chosen(
+        &mut self,
+        now: Time,
+        idx: usize,
+        msg_type: MessageType,
+        hop_limit: u8,
+        payload: &[u8],
+        out: &mut Transmits,
+    ) -> Result<(Seq, usize), DropReason> {
+        if self.chosen.is_empty() {
+            return Err(DropReason::NoPath);
+        }
+        let n = &mut self.neighbours[idx];
+        if n.tx_seq == u64::MAX {
+            return Err(DropReason::SeqExhausted);
+        }
+        n.tx_seq += 1;
+        let seq = Seq(n.tx_seq);
+        let wire_len = OVERHEAD + payload.len();
+        for &i in &self.chosen {
+            let p = &mut n.paths[i];
+            p.last_tx = Some(now);
+            p.tx.add(wire_len);
+            out.add_path(p.addr);
+            if let Some(l) = self.links.iter_mut().find(|l| l.id == p.addr.link) {
+                l.stats.tx.add(wire_len);
+            }
+        }
+        let header = Header {
+            msg_type,
+            hop_limit,
+            sender: self.cfg.host,
+            receiver: n.host,
+            seq,
+        };
+        let copies = out.push_sealed(&header, payload, &n.keys);
+        n.stats.sealed.add(wire_len);
+        self.stats.sealed.add(wire_len);
+        self.stats.copies_out.packets += copies as u64;
+        self.stats.copies_out.bytes += (copies * wire_len) as u64;
+        Ok((seq, copies))
+    }
+}
