@@ -1,0 +1,262 @@
+//! Bad input gets a counted drop and changes nothing (DESIGN.md invariants 5 and 6).
+
+use std::net::SocketAddr;
+
+use mpvr::proto::{
+    DropReason, Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received,
+    SessionKeys, Time, Transmits,
+};
+use mpvr::sim::traffic;
+use proptest::prelude::*;
+
+const SECRET: [u8; 32] = [42; 32];
+
+fn host(n: u32) -> HostId {
+    HostId::new(n).unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Node `me` with neighbour `other` reachable on link 1 at `other_ep`.
+fn node(me: u32, other: u32, other_ep: &str) -> Node {
+    let mut n = Node::new(NodeConfig::new(host(me))).unwrap();
+    n.add_link(LinkId(1));
+    n.add_neighbour(NeighbourConfig {
+        host: host(other),
+        keys: SessionKeys::from_shared_secret(&SECRET, host(me), host(other)),
+        endpoints: vec![Endpoint {
+            remote: addr(other_ep),
+            link: Some(LinkId(1)),
+        }],
+    })
+    .unwrap();
+    n.add_route(
+        format!("10.9.0.{other}/32").parse().unwrap(),
+        NextHop::Host(host(other)),
+    )
+    .unwrap();
+    n.add_route(format!("10.9.0.{me}/32").parse().unwrap(), NextHop::Local)
+        .unwrap();
+    n
+}
+
+/// A sends `count` packets to B; returns B and the sealed datagrams.
+fn setup(count: u64) -> (Node, Vec<Vec<u8>>) {
+    let mut a = node(1, 2, "192.0.2.2:51820");
+    let b = node(2, 1, "192.0.2.1:51820");
+    let mut out = Transmits::new();
+    let mut dgrams = Vec::new();
+    for id in 0..count {
+        let p = traffic::udp_packet(
+            "10.9.0.1".parse().unwrap(),
+            "10.9.0.2".parse().unwrap(),
+            id,
+            120,
+        );
+        a.handle_tun_packet(Time::ZERO, &p, &mut out).unwrap();
+        dgrams.extend(out.iter().map(|t| t.datagram.to_vec()));
+        out.clear();
+    }
+    (b, dgrams)
+}
+
+const FROM_A: &str = "192.0.2.1:51820";
+
+fn deliver(b: &mut Node, d: &[u8]) -> Received {
+    let mut buf = d.to_vec();
+    b.handle_datagram(
+        Time::ZERO,
+        LinkId(1),
+        addr(FROM_A),
+        &mut buf,
+        &mut Transmits::new(),
+    )
+}
+
+#[test]
+fn each_kind_of_bad_datagram_has_its_reason() {
+    let (mut b, d) = setup(1);
+    let good = d[0].clone();
+    let mut with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut x = good.clone();
+        f(&mut x);
+        deliver(&mut b, &x)
+    };
+    assert_eq!(
+        with(&|x| x.truncate(10)),
+        Received::Dropped(DropReason::Truncated)
+    );
+    assert_eq!(
+        with(&|x| x.truncate(30)),
+        Received::Dropped(DropReason::Truncated)
+    );
+    assert_eq!(
+        with(&|x| x[0] = 9),
+        Received::Dropped(DropReason::BadVersion)
+    );
+    assert_eq!(
+        with(&|x| x[1] = 99),
+        Received::Dropped(DropReason::UnknownType)
+    );
+    assert_eq!(
+        with(&|x| x[1] = 5),
+        Received::Dropped(DropReason::Unsupported)
+    );
+    assert_eq!(with(&|x| x[3] = 1), Received::Dropped(DropReason::BadFlags));
+    assert_eq!(
+        with(&|x| x[8..12].copy_from_slice(&7u32.to_be_bytes())),
+        Received::Dropped(DropReason::WrongReceiver)
+    );
+    assert_eq!(
+        with(&|x| x[4..8].copy_from_slice(&7u32.to_be_bytes())),
+        Received::Dropped(DropReason::UnknownSender)
+    );
+    assert_eq!(
+        with(&|x| x[12..20].fill(0)),
+        Received::Dropped(DropReason::TooOld)
+    );
+    assert_eq!(
+        with(&|x| x[40] ^= 1),
+        Received::Dropped(DropReason::AuthFailed)
+    );
+    let mut buf = good.clone();
+    let r = b.handle_datagram(
+        Time::ZERO,
+        LinkId(9),
+        addr(FROM_A),
+        &mut buf,
+        &mut Transmits::new(),
+    );
+    assert_eq!(r, Received::Dropped(DropReason::UnknownLink));
+    // None of that changed anything: the genuine datagram is still accepted, once.
+    assert!(matches!(deliver(&mut b, &good), Received::Deliver(_)));
+    assert_eq!(
+        deliver(&mut b, &good),
+        Received::Dropped(DropReason::Duplicate)
+    );
+    let drops = &b.stats().drops;
+    assert_eq!(drops.total(), 12);
+    assert_eq!(b.stats().tun_out.packets, 1);
+}
+
+#[test]
+fn bad_tun_packets_are_counted() {
+    let mut a = node(1, 2, "192.0.2.2:51820");
+    let mut out = Transmits::new();
+    let p =
+        |dst: &str| traffic::udp_packet("10.9.0.1".parse().unwrap(), dst.parse().unwrap(), 1, 100);
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &[], &mut out),
+        Err(DropReason::MalformedIp)
+    );
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &[0x45; 10], &mut out),
+        Err(DropReason::MalformedIp)
+    );
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &p("10.8.0.1"), &mut out),
+        Err(DropReason::NoRoute)
+    );
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &p("10.9.0.1"), &mut out),
+        Err(DropReason::LocalDestination)
+    );
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &vec![0x45; 70_000], &mut out),
+        Err(DropReason::TooBig)
+    );
+    a.remove_link(LinkId(1));
+    assert_eq!(
+        a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out),
+        Err(DropReason::NoPath)
+    );
+    assert!(out.is_empty());
+    assert_eq!(a.stats().drops.total(), 6);
+    // No sequence number was spent on any of them.
+    a.add_link(LinkId(1));
+    let sent = a
+        .handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out)
+        .unwrap();
+    assert_eq!(sent.seq.0, 1);
+}
+
+#[test]
+fn every_copy_is_byte_identical() {
+    let mut a = Node::new(NodeConfig::new(host(1))).unwrap();
+    for l in 1..=3 {
+        a.add_link(LinkId(l));
+    }
+    let endpoints = vec![
+        Endpoint {
+            remote: addr("192.0.2.2:1"),
+            link: None,
+        },
+        Endpoint {
+            remote: addr("198.51.100.2:1"),
+            link: Some(LinkId(3)),
+        },
+    ];
+    let keys = SessionKeys::from_shared_secret(&SECRET, host(1), host(2));
+    a.add_neighbour(NeighbourConfig {
+        host: host(2),
+        keys,
+        endpoints,
+    })
+    .unwrap();
+    a.add_route("0.0.0.0/0".parse().unwrap(), NextHop::Host(host(2)))
+        .unwrap();
+    let mut out = Transmits::new();
+    let p = traffic::udp_packet(
+        "10.9.0.1".parse().unwrap(),
+        "10.9.0.2".parse().unwrap(),
+        1,
+        100,
+    );
+    let sent = a.handle_tun_packet(Time::ZERO, &p, &mut out).unwrap();
+    // Unpinned endpoint: one path per link; pinned one: one path.
+    assert_eq!(sent.copies, 4);
+    assert_eq!(out.len(), 1, "sealed once");
+    assert_eq!(out.copies(), 4);
+    assert_eq!(a.stats().sealed.packets, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn random_bytes_end_in_a_counted_drop(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (mut b, _) = setup(0);
+        let r = deliver(&mut b, &bytes);
+        let Received::Dropped(reason) = r else { panic!("random bytes were accepted: {r:?}") };
+        prop_assert_eq!(b.stats().drops.get(reason), 1);
+        prop_assert_eq!(b.stats().drops.total(), 1);
+        prop_assert_eq!(b.neighbour(host(1)).unwrap().rx_top().0, 0);
+    }
+
+    #[test]
+    fn any_modified_datagram_is_refused_and_changes_nothing(
+        which in 0usize..4,
+        pos in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+        cut in any::<Option<prop::sample::Index>>(),
+    ) {
+        let (mut b, d) = setup(4);
+        let good = &d[which];
+        let mut bad = good.clone();
+        let i = pos.index(bad.len());
+        bad[i] ^= 1 << bit;
+        if let Some(c) = cut {
+            bad.truncate(c.index(bad.len()));
+        }
+        let r = deliver(&mut b, &bad);
+        prop_assert!(matches!(r, Received::Dropped(_)), "{:?}", r);
+        prop_assert_eq!(b.neighbour(host(1)).unwrap().rx_top().0, 0);
+        prop_assert_eq!(b.stats().tun_out.packets, 0);
+        // The genuine packets are all still accepted.
+        for g in &d {
+            prop_assert!(matches!(deliver(&mut b, g), Received::Deliver(_)));
+        }
+    }
+}
