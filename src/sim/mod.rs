@@ -12,8 +12,10 @@
 //! simulator. Each host's links are numbered in the order its wires were made.
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod link;
 pub mod scenario;
+pub mod spec;
 pub mod traffic;
 
 use std::cmp::Reverse;
