@@ -6,3 +6,4 @@
 
 pub mod proto;
 pub mod sim;
+pub mod units;

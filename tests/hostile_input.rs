@@ -260,3 +260,120 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn endpoints_can_change_and_paths_follow() {
+    let mut a = node(1, 2, "192.0.2.2:51820");
+    a.add_link(LinkId(2));
+    let eps = vec![
+        Endpoint {
+            remote: addr("192.0.2.2:51820"),
+            link: Some(LinkId(1)),
+        },
+        Endpoint {
+            remote: addr("198.51.100.2:51820"),
+            link: None,
+        },
+    ];
+    a.set_endpoints(host(2), eps).unwrap();
+    let paths: Vec<_> = a
+        .neighbour(host(2))
+        .unwrap()
+        .paths()
+        .iter()
+        .map(|p| (p.addr.link.0, p.addr.remote))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            (1, addr("192.0.2.2:51820")),
+            (1, addr("198.51.100.2:51820")),
+            (2, addr("198.51.100.2:51820"))
+        ]
+    );
+    a.set_endpoints(host(2), vec![]).unwrap();
+    assert!(a.neighbour(host(2)).unwrap().paths().is_empty());
+    assert!(a.set_endpoints(host(9), vec![]).is_err());
+}
+
+#[test]
+fn sequence_numbers_start_after_the_base() {
+    let mut cfg = NodeConfig::new(host(1));
+    cfg.seq_base = 1_000_000;
+    let mut a = Node::new(cfg).unwrap();
+    a.add_link(LinkId(1));
+    let keys = SessionKeys::from_shared_secret(&SECRET, host(1), host(2));
+    let endpoints = vec![Endpoint {
+        remote: addr("192.0.2.2:1"),
+        link: None,
+    }];
+    a.add_neighbour(NeighbourConfig {
+        host: host(2),
+        keys,
+        endpoints,
+    })
+    .unwrap();
+    a.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(host(2)))
+        .unwrap();
+    let p = traffic::udp_packet(
+        "10.9.0.1".parse().unwrap(),
+        "10.9.0.2".parse().unwrap(),
+        1,
+        100,
+    );
+    let sent = a
+        .handle_tun_packet(Time::ZERO, &p, &mut Transmits::new())
+        .unwrap();
+    assert_eq!(sent.seq.0, 1_000_001);
+}
+
+#[test]
+fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
+    // B knows no endpoint for A: A is behind NAT and initiates.
+    let mut b = Node::new(NodeConfig::new(host(2))).unwrap();
+    b.add_link(LinkId(1));
+    let keys = SessionKeys::from_shared_secret(&SECRET, host(2), host(1));
+    b.add_neighbour(NeighbourConfig {
+        host: host(1),
+        keys,
+        endpoints: vec![],
+    })
+    .unwrap();
+    b.add_route("10.9.0.1/32".parse().unwrap(), NextHop::Host(host(1)))
+        .unwrap();
+    let (_, d) = setup(3);
+    let nat = addr("203.0.113.7:40001");
+    let reply = traffic::udp_packet(
+        "10.9.0.2".parse().unwrap(),
+        "10.9.0.1".parse().unwrap(),
+        9,
+        100,
+    );
+    let mut out = Transmits::new();
+    assert_eq!(
+        b.handle_tun_packet(Time::ZERO, &reply, &mut out),
+        Err(DropReason::NoPath)
+    );
+    // A forged packet from the NAT address teaches nothing.
+    let mut forged = d[0].clone();
+    forged[30] ^= 1;
+    b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut forged, &mut out);
+    assert!(b.neighbour(host(1)).unwrap().paths().is_empty());
+    // A genuine one does.
+    let mut genuine = d[0].clone();
+    assert!(matches!(
+        b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut genuine, &mut out),
+        Received::Deliver(_)
+    ));
+    let sent = b.handle_tun_packet(Time::ZERO, &reply, &mut out).unwrap();
+    assert_eq!(sent.copies, 1);
+    assert_eq!(out.iter().next().unwrap().paths[0].remote, nat);
+    // The NAT moves A to a new port: the path moves, it does not multiply.
+    let moved = addr("203.0.113.7:40999");
+    let mut next = d[1].clone();
+    b.handle_datagram(Time::ZERO, LinkId(1), moved, &mut next, &mut out);
+    let paths = b.neighbour(host(1)).unwrap().paths();
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].addr.remote, moved);
+    assert!(paths[0].learned);
+}

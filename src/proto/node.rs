@@ -52,6 +52,8 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Largest inner packet that can be carried: a 65 535-byte IPv4 datagram
 /// minus IP (20) and UDP (8) headers minus our overhead.
 pub const MAX_PACKET_LIMIT: usize = 65_535 - 20 - 8 - OVERHEAD;
+/// Most paths a neighbour can have that were learned rather than configured.
+pub const MAX_LEARNED_PATHS: usize = 8;
 /// Smallest maximum packet size accepted (IPv4's minimum MTU).
 pub const MIN_PACKET_LIMIT: usize = 68;
 
@@ -70,6 +72,11 @@ pub struct NodeConfig {
     pub max_packet: usize,
     /// Duplication policy.
     pub policy: Policy,
+    /// Every session's first sequence number is this + 1. Sequence numbers
+    /// are nonces: with keys that survive a restart (the static keys used
+    /// until the handshake lands) the daemon sets this from the wall clock
+    /// in nanoseconds so a restarted sender never reuses a nonce.
+    pub seq_base: u64,
 }
 
 impl NodeConfig {
@@ -82,6 +89,7 @@ impl NodeConfig {
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
             policy: Policy::All,
+            seq_base: 0,
         }
     }
 }
@@ -112,6 +120,9 @@ pub enum ConfigError {
     /// The same neighbour twice.
     #[error("{0} is already a neighbour")]
     DuplicateNeighbour(HostId),
+    /// A neighbour that was never added.
+    #[error("{0} is not a neighbour")]
+    UnknownNeighbour(HostId),
     /// A route whose next hop is not a neighbour.
     #[error(
         "route {prefix} goes to {next}, which is not a neighbour: add it as a neighbour, or route via one"
@@ -151,6 +162,8 @@ pub struct PathState {
     pub addr: PathAddr,
     /// Its local link is up.
     pub usable: bool,
+    /// Learned from an authenticated packet rather than configured.
+    pub learned: bool,
     /// Last time a copy was sent on it.
     pub last_tx: Option<Time>,
     /// Last time an authenticated datagram arrived on it.
@@ -169,9 +182,9 @@ pub struct NeighbourStats {
     pub sealed: Count,
     /// Authenticated packets accepted from it (first copies).
     pub accepted: Count,
-    /// Accepted packets that came from a (link, endpoint) that is not one of
-    /// its configured paths.
-    pub from_unknown_path: u64,
+    /// Paths learned (or moved, when a NAT changed the source port) from
+    /// authenticated packets.
+    pub paths_learned: u64,
 }
 
 /// A neighbour's session and paths.
@@ -213,6 +226,50 @@ impl Neighbour {
         Seq(self.tx_seq)
     }
 
+    /// Remember a path an authenticated packet came from (a peer behind NAT,
+    /// or one that roamed). One learned path per (local link, remote IP): a
+    /// new port on the same pair moves it. At most [`MAX_LEARNED_PATHS`];
+    /// past that the one heard from longest ago is replaced.
+    fn learn_path(&mut self, addr: PathAddr) -> &mut PathState {
+        self.stats.paths_learned += 1;
+        let same_pair = self.paths.iter().position(|p| {
+            p.learned && p.addr.link == addr.link && p.addr.remote.ip() == addr.remote.ip()
+        });
+        let learned = self.paths.iter().filter(|p| p.learned).count();
+        let slot = same_pair.or_else(|| {
+            (learned >= MAX_LEARNED_PATHS)
+                .then(|| {
+                    self.paths
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| p.learned)
+                        .min_by_key(|(_, p)| p.last_rx)
+                        .map(|(i, _)| i)
+                })
+                .flatten()
+        });
+        let fresh = PathState {
+            addr,
+            usable: true,
+            learned: true,
+            last_tx: None,
+            last_rx: None,
+            tx: Count::default(),
+            first: Count::default(),
+        };
+        match slot {
+            Some(i) => {
+                self.paths[i] = fresh;
+                &mut self.paths[i]
+            }
+            None => {
+                self.paths.push(fresh);
+                let last = self.paths.len() - 1;
+                &mut self.paths[last]
+            }
+        }
+    }
+
     /// Add the paths `link` brings for this neighbour's endpoints, and mark
     /// every path on `link` usable or not.
     fn link_changed(&mut self, link: LinkId, up: bool) {
@@ -227,6 +284,7 @@ impl Neighbour {
                         self.paths.push(PathState {
                             addr,
                             usable: true,
+                            learned: false,
                             last_tx: None,
                             last_rx: None,
                             tx: Count::default(),
@@ -376,7 +434,7 @@ impl Node {
             keys: n.keys,
             endpoints: n.endpoints,
             paths: Vec::new(),
-            tx_seq: 0,
+            tx_seq: self.cfg.seq_base,
             window: ReplayWindow::new(self.cfg.window_packets),
             stats: NeighbourStats::default(),
         };
@@ -385,6 +443,32 @@ impl Node {
         }
         self.index.insert(n.host, self.neighbours.len());
         self.neighbours.push(neighbour);
+        Ok(())
+    }
+
+    /// Replace a neighbour's endpoints. Paths that remain keep their
+    /// counters; paths no endpoint names any more are forgotten.
+    pub fn set_endpoints(
+        &mut self,
+        host: HostId,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<(), ConfigError> {
+        let idx = *self
+            .index
+            .get(&host)
+            .ok_or(ConfigError::UnknownNeighbour(host))?;
+        let n = &mut self.neighbours[idx];
+        n.endpoints = endpoints;
+        let endpoints = &n.endpoints;
+        n.paths.retain(|p| {
+            p.learned
+                || endpoints
+                    .iter()
+                    .any(|e| e.remote == p.addr.remote && e.link.is_none_or(|l| l == p.addr.link))
+        });
+        for l in &self.links {
+            n.link_changed(l.id, true);
+        }
         Ok(())
     }
 
@@ -533,17 +617,16 @@ impl Node {
         n.window.mark(header.seq);
         let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
         n.stats.accepted.add(wire_len);
-        match n
+        let p = match n
             .paths
-            .iter_mut()
-            .find(|p| p.addr.link == link && p.addr.remote == from)
+            .iter()
+            .position(|p| p.addr.link == link && p.addr.remote == from)
         {
-            Some(p) => {
-                p.first.add(wire_len);
-                p.last_rx = Some(now);
-            }
-            None => n.stats.from_unknown_path += 1,
-        }
+            Some(i) => &mut n.paths[i],
+            None => n.learn_path(PathAddr { link, remote: from }),
+        };
+        p.first.add(wire_len);
+        p.last_rx = Some(now);
         if header.msg_type == MessageType::Keepalive {
             self.stats.keepalives_in += 1;
             return Ok(Received::Keepalive);

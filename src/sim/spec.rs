@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use super::link::{GilbertElliott, Jitter, LinkModel};
 use crate::proto::Time;
+use crate::units::{format_duration, parse_duration};
 
 /// A link specification that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -20,23 +20,6 @@ pub struct SpecError {
 pub const SPEC_HELP: &str = "comma-separated key=value: delay=20ms, jitter=5ms (uniform), \
 jitter-sd=2ms (normal), loss=5%, burst=5% (Gilbert-Elliott, mean bad run of 5 packets), \
 blackout=2s-4s, reorder=1%, duplicate=1%, corrupt=1%, rate=10mbit, queue=64kb";
-
-fn duration(v: &str) -> Option<Duration> {
-    let (num, unit) = v
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((v, "ms"), |i| v.split_at(i));
-    let n: f64 = num
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
-    let secs = match unit {
-        "us" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
-}
 
 fn probability(v: &str) -> Option<f64> {
     let p = match v.strip_suffix('%') {
@@ -75,14 +58,18 @@ impl FromStr for LinkModel {
                 .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
             let bad = |kind: &str| err(format!("{k}={v}: expected {kind}"));
             match k {
-                "delay" => m.delay = duration(v).ok_or_else(|| bad("a duration such as 20ms"))?,
+                "delay" => {
+                    m.delay = parse_duration(v).ok_or_else(|| bad("a duration such as 20ms"))?
+                }
                 "jitter" => {
-                    m.jitter =
-                        Jitter::Uniform(duration(v).ok_or_else(|| bad("a duration such as 5ms"))?)
+                    m.jitter = Jitter::Uniform(
+                        parse_duration(v).ok_or_else(|| bad("a duration such as 5ms"))?,
+                    )
                 }
                 "jitter-sd" => {
-                    m.jitter =
-                        Jitter::Normal(duration(v).ok_or_else(|| bad("a duration such as 2ms"))?)
+                    m.jitter = Jitter::Normal(
+                        parse_duration(v).ok_or_else(|| bad("a duration such as 2ms"))?,
+                    )
                 }
                 "loss" => m.loss = probability(v).ok_or_else(|| bad("a probability such as 5%"))?,
                 "burst" => {
@@ -106,7 +93,7 @@ impl FromStr for LinkModel {
                     let (s, e) = v
                         .split_once('-')
                         .ok_or_else(|| bad("start-end such as 2s-4s"))?;
-                    let (s, e) = (duration(s), duration(e));
+                    let (s, e) = (parse_duration(s), parse_duration(e));
                     let (Some(s), Some(e)) = (s, e) else {
                         return Err(bad("start-end such as 2s-4s"));
                     };
@@ -147,25 +134,15 @@ impl FromStr for LinkModel {
     }
 }
 
-fn fmt_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_nanos() % 1_000_000 == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}us", d.as_micros())
-    }
-}
-
 /// Prints the spec `FromStr` reads back (keys at their defaults are left out).
 impl fmt::Display for LinkModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = LinkModel::default();
-        let mut parts = vec![format!("delay={}", fmt_duration(self.delay))];
+        let mut parts = vec![format!("delay={}", format_duration(self.delay))];
         match self.jitter {
             Jitter::None => {}
-            Jitter::Uniform(j) => parts.push(format!("jitter={}", fmt_duration(j))),
-            Jitter::Normal(j) => parts.push(format!("jitter-sd={}", fmt_duration(j))),
+            Jitter::Uniform(j) => parts.push(format!("jitter={}", format_duration(j))),
+            Jitter::Normal(j) => parts.push(format!("jitter-sd={}", format_duration(j))),
         }
         let pct = |p: f64| format!("{}%", (p * 1e6).round() / 1e4);
         if self.loss > 0.0 {
@@ -175,7 +152,7 @@ impl fmt::Display for LinkModel {
             parts.push(format!("burst={}", pct(ge.mean_loss())));
         }
         for (s, e) in &self.blackouts {
-            let since = |t: Time| fmt_duration(t.saturating_since(Time::ZERO));
+            let since = |t: Time| format_duration(t.saturating_since(Time::ZERO));
             parts.push(format!("blackout={}-{}", since(*s), since(*e)));
         }
         for (key, p) in [
@@ -200,6 +177,7 @@ impl fmt::Display for LinkModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn parses_every_key() {
