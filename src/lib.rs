@@ -4,6 +4,10 @@
 //! - [`sim`]: a deterministic network simulator that drives the real core.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod daemon;
+pub mod keys;
 pub mod proto;
 pub mod sim;
+pub mod sys;
 pub mod units;

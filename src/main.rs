@@ -1,10 +1,13 @@
 //! The `mpvr` command line.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use mpvr::keys;
 use mpvr::sim::LinkModel;
 use mpvr::sim::compare::{Load, Row, compare};
 
@@ -21,6 +24,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: create the TUN, use every selected NIC, carry traffic
+    /// to the peers until SIGINT or SIGTERM, then remove everything it added.
+    Run {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/mpvr/mpvr.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Check a configuration file and show which NICs would become links.
+    /// Changes nothing.
+    Check {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/mpvr/mpvr.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Print a new private key (base64), like `wg genkey`.
+    Genkey,
+    /// Read a private key on standard input and print its public key.
+    Pubkey,
     /// Run the real core in the network simulator: the same stream over each
     /// link alone, then over all links through mpvr, and compare loss and latency.
     Sim(SimArgs),
@@ -115,9 +146,112 @@ fn sim(args: SimArgs) -> Result<bool> {
     Ok(mpvr.report.delivered_twice == 0 && mpvr.report.mangled == 0)
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(config: &Path) -> Result<bool> {
+    let cfg = mpvr::config::load(config)?;
+    runtime()?.block_on(mpvr::daemon::run(cfg))?;
+    Ok(true)
+}
+
+fn check(config: &Path) -> Result<bool> {
+    let cfg = mpvr::config::load(config)?;
+    println!("{}: ok", config.display());
+    println!(
+        "  host {} (public key {})",
+        cfg.host.get(),
+        keys::encode(&keys::public(&cfg.private_key))
+    );
+    println!(
+        "  tun {} with {:?}, mtu {:?}, port {}",
+        cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port
+    );
+    for p in &cfg.peers {
+        match p.via {
+            Some(v) => println!(
+                "  peer {} via relay {}: {:?}",
+                p.id.get(),
+                v.get(),
+                p.prefixes
+            ),
+            None => {
+                let eps: Vec<String> = p
+                    .endpoints
+                    .iter()
+                    .map(|e| match &e.link {
+                        Some(l) => format!("{} on {l}", e.address),
+                        None => e.address.to_string(),
+                    })
+                    .collect();
+                println!(
+                    "  peer {} at [{}]: {:?}",
+                    p.id.get(),
+                    eps.join(", "),
+                    p.prefixes
+                );
+            }
+        }
+    }
+    let rt = runtime()?;
+    let nics = rt.block_on(async { mpvr::sys::netlink::Netlink::new().ok()?.nics().await.ok() });
+    match nics {
+        None => println!("  (cannot list network interfaces here)"),
+        Some(nics) => {
+            println!("  network interfaces:");
+            for n in &nics {
+                let verdict = match mpvr::daemon::plan::classify(n, &cfg, None) {
+                    Ok(()) => "link".to_string(),
+                    Err(skip) => format!("skipped: {skip:?}"),
+                };
+                println!("    {:<16} {verdict}", n.name);
+            }
+            let missing = mpvr::daemon::plan::missing_nics(&cfg, &nics);
+            if !missing.is_empty() {
+                anyhow::bail!(
+                    "the config names network interfaces that do not exist here: {}",
+                    missing.join(", ")
+                );
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn genkey() -> Result<bool> {
+    println!("{}", keys::encode(&keys::generate()?));
+    Ok(true)
+}
+
+fn pubkey() -> Result<bool> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read standard input")?;
+    let private = keys::decode(&text).context("standard input is not a private key")?;
+    println!("{}", keys::encode(&keys::public(&private)));
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MPVR_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Genkey => genkey(),
+        Command::Pubkey => pubkey(),
         Command::Sim(args) => sim(args).context("simulation failed"),
     };
     match result {
@@ -125,7 +259,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("mpvr: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

@@ -1,0 +1,592 @@
+//! `mpvr run`: the thin Linux shell around the core.
+//!
+//! Tasks: one reads the TUN, one per link reads that link's socket; each
+//! feeds what it read to the [`Node`] (behind a mutex: the core is one state
+//! machine, and the lock is held only for the core call) and sends or
+//! delivers what the node returns. The main task watches netlink, runs the
+//! node's timers and handles signals. No protocol decision is taken here.
+//!
+//! Start-up order keeps "a bad config changes nothing": privileges, NICs
+//! named in the config, keys and node settings are all checked before the
+//! TUN is created. On SIGINT/SIGTERM every route and rule mpvr added is
+//! removed and the TUN is closed (the kernel deletes it with its addresses
+//! and routes).
+
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{FutureExt, StreamExt};
+use ipnet::IpNet;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::keys::{self, KeyError};
+use crate::proto::{
+    self, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time,
+    Transmits,
+};
+use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
+use crate::sys::privilege::missing_capabilities;
+use crate::sys::tun::{self, AsyncDevice};
+use crate::sys::udp::LinkSocket;
+
+/// Priority of the policy rules mpvr adds (one per link with a `gateway`);
+/// rules with this priority are mpvr's and are flushed at start.
+pub const RULE_PRIORITY: u32 = 5182;
+/// Routing table of link with interface index `i` is `TABLE_BASE + i`.
+pub const TABLE_BASE: u32 = 0x6d70_0000;
+/// Largest datagram read from a socket or packet read from the TUN.
+const BUF_LEN: usize = 65_536;
+
+/// Why `mpvr run` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Missing capabilities.
+    #[error(
+        "mpvr run needs {0}: run it as root, or grant the capabilities \
+         (for example AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW in its systemd unit)"
+    )]
+    Privilege(String),
+    /// NICs named in the config do not exist.
+    #[error(
+        "the config names network interfaces that do not exist: {}; check the names with `ip link`, \
+         or remove them from the config",
+        .0.join(", ")
+    )]
+    MissingNics(Vec<String>),
+    /// A key cannot be used.
+    #[error("peer {peer}: {source}")]
+    Key {
+        /// The peer.
+        peer: HostId,
+        /// Why.
+        source: KeyError,
+    },
+    /// The node refused its settings.
+    #[error("invalid settings: {0}")]
+    Node(#[from] proto::ConfigError),
+    /// The TUN could not be created.
+    #[error(
+        "cannot create the TUN device {name}: {source} (is the tun module loaded, and is the name free?)"
+    )]
+    Tun {
+        /// Its name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A socket or the netlink connection could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A task reported a fatal error.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// I/O outcomes the core cannot see, counted by the shell.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Copies not sent because the link's socket buffer was full.
+    pub send_would_block: AtomicU64,
+    /// Copies the kernel refused (no route, link gone, ...).
+    pub send_errors: AtomicU64,
+    /// Copies for a link that has no socket (removed meanwhile).
+    pub send_no_socket: AtomicU64,
+    /// Packets the TUN refused.
+    pub tun_write_errors: AtomicU64,
+    /// Socket receive errors.
+    pub recv_errors: AtomicU64,
+}
+
+/// What the tasks share.
+struct Shared {
+    node: Mutex<Node>,
+    sockets: RwLock<HashMap<LinkId, Arc<LinkSocket>>>,
+    tun: Arc<AsyncDevice>,
+    epoch: std::time::Instant,
+    io: IoCounters,
+}
+
+impl Shared {
+    fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+        // A panic while holding the lock is a bug; the state is still the
+        // last consistent one, so keep going rather than cascade.
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Put every copy in `out` on its link's socket, without waiting.
+    fn send(&self, out: &Transmits) {
+        if out.is_empty() {
+            return;
+        }
+        let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
+        for t in out.iter() {
+            for p in t.paths {
+                let Some(s) = sockets.get(&p.link) else {
+                    self.io.send_no_socket.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                match s.try_send_to(t.datagram, p.remote) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.io.send_would_block.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.io.send_errors.fetch_add(1, Ordering::Relaxed);
+                        debug!(path = %p, error = %e, "send failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sequence base: wall-clock nanoseconds, so that a restarted sender never
+/// reuses a nonce under the static session keys (see [`crate::keys`]).
+fn wall_clock_seq_base() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+}
+
+/// The node with neighbours, keys and routes from the config.
+fn build_node(cfg: &Config, max_packet: usize) -> Result<Node, RunError> {
+    let mut nc = NodeConfig::new(cfg.host);
+    nc.window_packets = cfg.window;
+    nc.hop_limit = cfg.hop_limit;
+    nc.keepalive = cfg.keepalive;
+    nc.max_packet = max_packet;
+    nc.policy = cfg.policy;
+    nc.seq_base = wall_clock_seq_base();
+    let mut node = Node::new(nc)?;
+    for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
+        let public = p
+            .public_key
+            .expect("config check: a neighbour has a public key");
+        let keys: SessionKeys =
+            keys::static_session_keys(&cfg.private_key, cfg.host, &public, p.id)
+                .map_err(|source| RunError::Key { peer: p.id, source })?;
+        node.add_neighbour(NeighbourConfig {
+            host: p.id,
+            keys,
+            endpoints: Vec::new(),
+        })?;
+    }
+    for a in &cfg.addresses {
+        node.add_route(IpNet::from(a.addr()), NextHop::Local)?;
+    }
+    for p in &cfg.peers {
+        let next = NextHop::Host(p.via.unwrap_or(p.id));
+        for prefix in &p.prefixes {
+            node.add_route(*prefix, next)?;
+        }
+    }
+    Ok(node)
+}
+
+struct LinkEntry {
+    nic: Nic,
+    reader: JoinHandle<()>,
+    installed: Vec<Installed>,
+}
+
+/// The links in use and how to change them.
+struct Links {
+    cfg: Arc<Config>,
+    nl: Netlink,
+    shared: Arc<Shared>,
+    tun_index: u32,
+    up: BTreeMap<u32, LinkEntry>,
+    fatal: mpsc::UnboundedSender<String>,
+}
+
+impl Links {
+    /// Bring the links in line with `nics`, then the neighbours' endpoints.
+    async fn reconcile(&mut self, nics: Vec<Nic>) {
+        let wanted: BTreeMap<u32, Nic> = nics
+            .into_iter()
+            .filter(|n| plan::classify(n, &self.cfg, Some(self.tun_index)).is_ok())
+            .map(|n| (n.index, n))
+            .collect();
+        let gone: Vec<u32> = self
+            .up
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for index in gone {
+            if let Some(entry) = self.up.remove(&index) {
+                self.remove_link(entry).await;
+            }
+        }
+        for (index, nic) in wanted {
+            match self.up.get_mut(&index) {
+                Some(entry) if entry.nic == nic => {}
+                Some(entry) => {
+                    info!(link = %nic.name, addrs = ?nic.addrs, "link changed");
+                    let old = std::mem::take(&mut entry.installed);
+                    entry.nic = nic.clone();
+                    for i in &old {
+                        let _ = self.nl.remove(i).await;
+                    }
+                    let installed = self.policy_routes(&nic).await;
+                    if let Some(entry) = self.up.get_mut(&index) {
+                        entry.installed = installed;
+                    }
+                }
+                None => self.add_link(nic).await,
+            }
+        }
+        let nics: Vec<&Nic> = self.up.values().map(|e| &e.nic).collect();
+        let mut node = self.shared.node();
+        for p in self.cfg.peers.iter().filter(|p| p.via.is_none()) {
+            let _ = node.set_endpoints(p.id, plan::endpoints(p, &nics));
+        }
+    }
+
+    async fn add_link(&mut self, nic: Nic) {
+        let socket = match LinkSocket::bind(&nic.name, self.cfg.listen_port) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!(link = %nic.name, error = %e, port = self.cfg.listen_port, "cannot open the link's socket; will retry on the next change");
+                return;
+            }
+        };
+        let link = LinkId(nic.index);
+        self.shared
+            .sockets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(link, socket.clone());
+        self.shared.node().add_link(link);
+        let reader = tokio::spawn(read_link(
+            self.shared.clone(),
+            link,
+            socket,
+            self.fatal.clone(),
+        ));
+        let installed = self.policy_routes(&nic).await;
+        info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
+        self.up.insert(
+            nic.index,
+            LinkEntry {
+                nic,
+                reader,
+                installed,
+            },
+        );
+    }
+
+    async fn remove_link(&mut self, entry: LinkEntry) {
+        entry.reader.abort();
+        let link = LinkId(entry.nic.index);
+        self.shared
+            .sockets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&link);
+        self.shared.node().remove_link(link);
+        for i in &entry.installed {
+            if let Err(e) = self.nl.remove(i).await {
+                warn!(link = %entry.nic.name, error = %e, "cannot remove a policy route");
+            }
+        }
+        info!(link = %entry.nic.name, index = entry.nic.index, "link down");
+    }
+
+    /// A link with a `gateway` gets its own table (its subnets and a default
+    /// route through the gateway) and a rule sending its socket's packets
+    /// there: without it the kernel would find no route for a link that has
+    /// no default route of its own.
+    async fn policy_routes(&self, nic: &Nic) -> Vec<Installed> {
+        let Some(gw) = self
+            .cfg
+            .links
+            .options
+            .get(&nic.name)
+            .and_then(|o| o.gateway)
+        else {
+            return Vec::new();
+        };
+        let table = TABLE_BASE + nic.index;
+        let mut done = Vec::new();
+        let default: IpNet = if gw.is_ipv4() {
+            "0.0.0.0/0".parse()
+        } else {
+            "::/0".parse()
+        }
+        .expect("literal");
+        let subnets = nic.addrs.iter().map(|a| a.trunc());
+        let mut result: Result<(), NetlinkError> = Ok(());
+        for s in subnets {
+            match self.nl.add_route(s, nic.index, None, Some(table)).await {
+                Ok(i) => done.push(i),
+                Err(e) => result = Err(e),
+            }
+        }
+        match self
+            .nl
+            .add_route(default, nic.index, Some(gw), Some(table))
+            .await
+        {
+            Ok(i) => done.push(i),
+            Err(e) => result = Err(e),
+        }
+        match self.nl.add_oif_rule(&nic.name, table, RULE_PRIORITY).await {
+            Ok(is) => done.extend(is),
+            Err(e) => result = Err(e),
+        }
+        match result {
+            Ok(()) => info!(link = %nic.name, gateway = %gw, table, "policy routing installed"),
+            Err(e) => {
+                warn!(link = %nic.name, gateway = %gw, error = %e, "policy routing incomplete")
+            }
+        }
+        if rp_filter_strict(&nic.name) {
+            warn!(
+                link = %nic.name,
+                "rp_filter is strict (1) on this link: replies arriving on it may be dropped; set it to 2 (loose): \
+                 sysctl -w net.ipv4.conf.{}.rp_filter=2",
+                nic.name
+            );
+        }
+        done
+    }
+
+    async fn shutdown(&mut self) {
+        let entries: Vec<LinkEntry> = std::mem::take(&mut self.up).into_values().collect();
+        for e in entries {
+            self.remove_link(e).await;
+        }
+    }
+}
+
+fn rp_filter_strict(ifname: &str) -> bool {
+    let read = |p: String| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .unwrap_or(0)
+    };
+    let all = read("/proc/sys/net/ipv4/conf/all/rp_filter".into());
+    let one = read(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"));
+    all.max(one) == 1
+}
+
+/// Read one link's socket until aborted.
+async fn read_link(
+    shared: Arc<Shared>,
+    link: LinkId,
+    socket: Arc<LinkSocket>,
+    fatal: mpsc::UnboundedSender<String>,
+) {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut out = Transmits::new();
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(%link, error = %e, "receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let r = {
+            let now = shared.now();
+            shared
+                .node()
+                .handle_datagram(now, link, from, &mut buf[..n], &mut out)
+        };
+        if let Received::Deliver(range) = r
+            && shared.tun.send(&buf[range]).await.is_err()
+        {
+            shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.send(&out);
+        out.clear();
+        if fatal.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Read the TUN until it fails.
+async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut out = Transmits::new();
+    loop {
+        let n = match shared.tun.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fatal.send(format!("reading the TUN failed: {e}"));
+                return;
+            }
+        };
+        {
+            let now = shared.now();
+            let _ = shared.node().handle_tun_packet(now, &buf[..n], &mut out);
+        }
+        shared.send(&out);
+        out.clear();
+    }
+}
+
+/// Check everything that can be checked without changing the system.
+pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        return Err(RunError::Privilege(missing.join(" and ")));
+    }
+    let nl = Netlink::new().map_err(|source| RunError::Io {
+        what: "opening netlink".into(),
+        source,
+    })?;
+    let nics = nl.nics().await?;
+    let missing = plan::missing_nics(cfg, &nics);
+    if !missing.is_empty() {
+        return Err(RunError::MissingNics(missing));
+    }
+    Ok((nl, nics))
+}
+
+/// Run until SIGINT or SIGTERM. Must be called inside a tokio runtime.
+pub async fn run(cfg: Config) -> Result<(), RunError> {
+    let cfg = Arc::new(cfg);
+    let (nl, nics) = preflight(&cfg).await?;
+    let initial: Vec<&Nic> = nics
+        .iter()
+        .filter(|n| plan::classify(n, &cfg, None).is_ok())
+        .collect();
+    let mtu = plan::mtu(&cfg, &initial);
+    let node = build_node(&cfg, usize::from(mtu))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| RunError::Io {
+        what: "SIGINT handler".into(),
+        source,
+    })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| RunError::Io {
+        what: "SIGTERM handler".into(),
+        source,
+    })?;
+    let mut watch = netlink::watch().map_err(|source| RunError::Io {
+        what: "netlink events".into(),
+        source,
+    })?;
+
+    // From here on the system changes.
+    let stale = nl.flush_rules(RULE_PRIORITY).await?;
+    if stale > 0 {
+        info!(stale, "removed policy rules left by an earlier run");
+    }
+    let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| RunError::Tun {
+        name: cfg.tun.clone(),
+        source,
+    })?;
+    let configured: Result<(), NetlinkError> = async {
+        for a in &cfg.addresses {
+            nl.add_address(tun_index, *a).await?;
+        }
+        for p in &cfg.peers {
+            for prefix in &p.prefixes {
+                nl.add_route(*prefix, tun_index, None, None).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    configured?; // dropping `tun` on this error deletes it with what was added
+    info!(host = cfg.host.get(), tun = %cfg.tun, mtu, addresses = ?cfg.addresses, "mpvr running");
+
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        sockets: RwLock::new(HashMap::new()),
+        tun,
+        epoch: std::time::Instant::now(),
+        io: IoCounters::default(),
+    });
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let mut links = Links {
+        cfg: cfg.clone(),
+        nl: nl.clone(),
+        shared: shared.clone(),
+        tun_index,
+        up: BTreeMap::new(),
+        fatal: fatal_tx.clone(),
+    };
+    links.reconcile(nics).await;
+    let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
+
+    let mut out = Transmits::new();
+    let result = loop {
+        let wake = {
+            let next = shared.node().poll_timeout();
+            let cap = shared.now() + Duration::from_secs(1);
+            let at = next.map_or(cap, |t| t.min(cap));
+            shared.epoch + Duration::from_nanos(at.as_nanos())
+        };
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            Some(msg) = fatal_rx.recv() => break Err(RunError::Fatal(msg)),
+            ev = watch.next() => {
+                if ev.is_none() {
+                    break Err(RunError::Fatal("the netlink event socket closed".into()));
+                }
+                // Let a burst of events settle, then read the whole picture once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while let Some(Some(())) = watch.next().now_or_never() {}
+                match nl.nics().await {
+                    Ok(nics) => links.reconcile(nics).await,
+                    Err(e) => warn!(error = %e, "cannot list network interfaces"),
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = shared.now();
+                shared.node().handle_timeout(now, &mut out);
+                shared.send(&out);
+                out.clear();
+            }
+        }
+    };
+    tun_reader.abort();
+    links.shutdown().await;
+    log_summary(&shared);
+    info!("mpvr stopped; routes and rules removed");
+    result
+}
+
+fn log_summary(shared: &Shared) {
+    let node = shared.node();
+    let s = node.stats();
+    let drops: Vec<String> = s.drops.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
+    info!(
+        tun_in = s.tun_in.packets,
+        tun_out = s.tun_out.packets,
+        copies_out = s.copies_out.packets,
+        datagrams_in = s.datagrams_in.packets,
+        drops = %drops.join(" "),
+        send_would_block = shared.io.send_would_block.load(Ordering::Relaxed),
+        send_errors = shared.io.send_errors.load(Ordering::Relaxed),
+        "totals"
+    );
+}

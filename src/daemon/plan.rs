@@ -1,0 +1,233 @@
+//! Decisions the daemon takes from the NIC list and the config, as pure
+//! functions: which NICs are links, which link reaches which endpoint, the
+//! TUN MTU, and which NIC names in the config do not exist.
+
+use std::net::IpAddr;
+
+use crate::config::{Config, Mtu, PeerConfig};
+use crate::proto::LinkId;
+use crate::proto::node::Endpoint;
+use crate::proto::wire::{Family, tun_mtu};
+use crate::sys::netlink::Nic;
+
+/// Why a NIC is not a link (for logs and status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// The loopback device.
+    Loopback,
+    /// mpvr's own TUN.
+    OwnTun,
+    /// Down or no carrier.
+    Down,
+    /// A virtual device and `links.allow_virtual` is off.
+    Virtual,
+    /// No IPv4 or IPv6 address usable for the underlay.
+    NoAddress,
+    /// Not matched by `links.include`, or matched by `links.exclude`, or disabled.
+    NotSelected,
+}
+
+fn usable_addr(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    }
+}
+
+/// Whether `nic` becomes a link, and why not.
+pub fn classify(nic: &Nic, cfg: &Config, tun_index: Option<u32>) -> Result<(), Skip> {
+    if nic.loopback {
+        return Err(Skip::Loopback);
+    }
+    if Some(nic.index) == tun_index || nic.name == cfg.tun {
+        return Err(Skip::OwnTun);
+    }
+    if !cfg.links.wants(&nic.name) {
+        return Err(Skip::NotSelected);
+    }
+    if nic.virtual_device && !cfg.links.allow_virtual {
+        return Err(Skip::Virtual);
+    }
+    if !nic.up {
+        return Err(Skip::Down);
+    }
+    if !nic.addrs.iter().any(|a| usable_addr(&a.addr())) {
+        return Err(Skip::NoAddress);
+    }
+    Ok(())
+}
+
+/// The endpoints of a neighbour as the node should see them, given the links
+/// that are up now. An endpoint pinned to a NIC uses that NIC only (and is
+/// left out while it is not a link). An unpinned endpoint uses the links on
+/// whose subnet it lies if there are any, else every link.
+pub fn endpoints(peer: &PeerConfig, links: &[&Nic]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for e in &peer.endpoints {
+        match &e.link {
+            Some(name) => {
+                if let Some(nic) = links.iter().find(|n| &n.name == name) {
+                    out.push(Endpoint {
+                        remote: e.address,
+                        link: Some(LinkId(nic.index)),
+                    });
+                }
+            }
+            None => {
+                let ip = e.address.ip();
+                let on_link: Vec<_> = links
+                    .iter()
+                    .filter(|n| n.addrs.iter().any(|a| a.contains(&ip)))
+                    .collect();
+                if on_link.is_empty() {
+                    out.push(Endpoint {
+                        remote: e.address,
+                        link: None,
+                    });
+                } else {
+                    out.extend(on_link.iter().map(|n| Endpoint {
+                        remote: e.address,
+                        link: Some(LinkId(n.index)),
+                    }));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The underlay family whose overhead the MTU must allow for: IPv6 if any
+/// endpoint is IPv6.
+pub fn underlay_family(cfg: &Config) -> Family {
+    let v6 = cfg
+        .peers
+        .iter()
+        .flat_map(|p| &p.endpoints)
+        .any(|e| e.address.is_ipv6());
+    if v6 { Family::V6 } else { Family::V4 }
+}
+
+/// The TUN MTU: fixed, or the smallest link MTU (1500 when there is no link
+/// yet) minus the encapsulation overhead.
+pub fn mtu(cfg: &Config, links: &[&Nic]) -> u16 {
+    match cfg.mtu {
+        Mtu::Fixed(m) => m,
+        Mtu::Auto => {
+            let link_mtu = links.iter().map(|n| n.mtu as usize).min().unwrap_or(1500);
+            let m = tun_mtu(link_mtu, underlay_family(cfg)).max(576);
+            u16::try_from(m).unwrap_or(u16::MAX)
+        }
+    }
+}
+
+/// NIC names the config mentions literally (pinned endpoints, `[link.NAME]`
+/// sections, glob-free `links.include` entries) that do not exist.
+pub fn missing_nics(cfg: &Config, nics: &[Nic]) -> Vec<String> {
+    let mut named: Vec<String> = cfg
+        .peers
+        .iter()
+        .flat_map(|p| &p.endpoints)
+        .filter_map(|e| e.link.clone())
+        .collect();
+    named.extend(cfg.links.options.keys().cloned());
+    named.extend(cfg.links.named.iter().cloned());
+    named.sort();
+    named.dedup();
+    named.retain(|n| !nics.iter().any(|nic| &nic.name == n));
+    named
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn nic(index: u32, name: &str, addrs: &[&str]) -> Nic {
+        Nic {
+            index,
+            name: name.into(),
+            up: true,
+            loopback: false,
+            virtual_device: false,
+            mtu: 1500,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[host]\nid = 1\nprivate_key = \"GBpJ3Y0mRG9NwPtr4m9BdHI2c0gz+fyTQ2eAIOcZ0Hw=\"\naddresses = [\"10.9.0.1/24\"]\n{extra}"
+        );
+        parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn classification() {
+        let c = cfg("[links]\nexclude = [\"docker*\"]\n");
+        let mut lo = nic(1, "lo", &["127.0.0.1/8"]);
+        lo.loopback = true;
+        assert_eq!(classify(&lo, &c, None), Err(Skip::Loopback));
+        assert_eq!(
+            classify(&nic(2, "eth0", &["192.0.2.1/24"]), &c, None),
+            Ok(())
+        );
+        assert_eq!(
+            classify(&nic(3, "mpvr0", &["10.9.0.1/24"]), &c, Some(9)),
+            Err(Skip::OwnTun)
+        );
+        assert_eq!(
+            classify(&nic(4, "docker0", &["172.17.0.1/16"]), &c, None),
+            Err(Skip::NotSelected)
+        );
+        let mut veth = nic(5, "veth0", &["192.0.2.1/24"]);
+        veth.virtual_device = true;
+        assert_eq!(classify(&veth, &c, None), Err(Skip::Virtual));
+        assert_eq!(
+            classify(&veth, &cfg("[links]\nallow_virtual = true\n"), None),
+            Ok(())
+        );
+        let mut down = nic(6, "eth1", &["192.0.2.1/24"]);
+        down.up = false;
+        assert_eq!(classify(&down, &c, None), Err(Skip::Down));
+        assert_eq!(
+            classify(&nic(7, "eth2", &["fe80::1/64"]), &c, None),
+            Err(Skip::NoAddress)
+        );
+    }
+
+    #[test]
+    fn endpoints_follow_subnets_and_pins() {
+        let c = cfg(
+            "[links]\ninclude = [\"net*\", \"wwan0\", \"eth5\"]\n[[peer]]\nid = 2\npublic_key = \"u4fHs/dULTSx3PUTF6pG8a4BTlN3I2jr/qSvbxh7Cyc=\"\n\
+             endpoints = [\"192.168.0.3:51820\", \"203.0.113.9:51820\", { address = \"198.51.100.1:4000\", link = \"wwan0\" }]\n",
+        );
+        let a = nic(2, "net0", &["192.168.0.2/24"]);
+        let b = nic(3, "net1", &["192.168.1.2/24"]);
+        let eps = endpoints(&c.peers[0], &[&a, &b]);
+        let got: Vec<_> = eps
+            .iter()
+            .map(|e| (e.remote.to_string(), e.link.map(|l| l.0)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("192.168.0.3:51820".to_string(), Some(2)),
+                ("203.0.113.9:51820".to_string(), None)
+            ]
+        );
+        let w = nic(7, "wwan0", &["10.64.0.5/30"]);
+        assert_eq!(
+            endpoints(&c.peers[0], &[&a, &w]).last().unwrap().link,
+            Some(LinkId(7))
+        );
+        assert_eq!(mtu(&c, &[&a, &b]), 1436);
+        let mut small = nic(8, "wwan1", &["10.64.1.5/30"]);
+        small.mtu = 1400;
+        assert_eq!(mtu(&c, &[&a, &small]), 1336);
+        assert_eq!(
+            missing_nics(&c, &[a, b]),
+            vec!["eth5".to_string(), "wwan0".to_string()]
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Netlink, behind a small typed API (innernet's habit): list NICs with their
+//! addresses, watch for changes, add and remove routes and policy rules. The
+//! rest of the daemon never sees a netlink message.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use futures::stream::TryStreamExt;
+use futures::{Stream, StreamExt};
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
+use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+
+/// A netlink request failed.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {what}: {source}")]
+pub struct NetlinkError {
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
+}
+
+fn nl_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError { what, source }
+}
+
+/// A network interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// Administratively up and carrier present.
+    pub up: bool,
+    /// The loopback device.
+    pub loopback: bool,
+    /// A virtual device (veth, bridge, tun, ...), not backed by hardware.
+    pub virtual_device: bool,
+    /// MTU.
+    pub mtu: u32,
+    /// Addresses with their prefix lengths.
+    pub addrs: Vec<IpNet>,
+}
+
+/// A route or rule this process added, kept so it can be removed again.
+#[derive(Clone, Debug)]
+pub enum Installed {
+    /// A route.
+    Route(RouteMessage),
+    /// A policy rule.
+    Rule(RuleMessage),
+}
+
+/// A netlink connection for requests.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Open a connection (spawns its driver on the current tokio runtime).
+    pub fn new() -> std::io::Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Every NIC with its addresses.
+    pub async fn nics(&self) -> Result<Vec<Nic>, NetlinkError> {
+        let mut nics = BTreeMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(nl_err("listing links"))? {
+            let flags = msg.header.flags;
+            let mut nic = Nic {
+                index: msg.header.index,
+                name: String::new(),
+                up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
+                loopback: flags.contains(LinkFlags::Loopback)
+                    || msg.header.link_layer_type == LinkLayerType::Loopback,
+                virtual_device: false,
+                mtu: 1500,
+                addrs: Vec::new(),
+            };
+            for a in msg.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => nic.name = n,
+                    LinkAttribute::Mtu(m) => nic.mtu = m,
+                    _ => {}
+                }
+            }
+            nic.virtual_device = Path::new("/sys/devices/virtual/net")
+                .join(&nic.name)
+                .exists();
+            nics.insert(nic.index, nic);
+        }
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(nl_err("listing addresses"))?
+        {
+            let Some(nic) = nics.get_mut(&msg.header.index) else {
+                continue;
+            };
+            // IFA_LOCAL is the interface's own address on point-to-point
+            // links; IFA_ADDRESS otherwise.
+            let mut local = None;
+            let mut address = None;
+            for a in msg.attributes {
+                match a {
+                    AddressAttribute::Local(ip) => local = Some(ip),
+                    AddressAttribute::Address(ip) => address = Some(ip),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address)
+                && let Ok(net) = IpNet::new(ip, msg.header.prefix_len)
+            {
+                nic.addrs.push(net);
+            }
+        }
+        Ok(nics.into_values().collect())
+    }
+
+    /// Add an address (with its prefix length) to interface `index`; the
+    /// kernel adds the connected route with it.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!(
+                "adding address {addr} to interface #{index}"
+            )))
+    }
+
+    /// Add a route to `prefix` out of interface `index`, optionally through
+    /// `gateway` and into `table` (main if `None`).
+    pub async fn add_route(
+        &self,
+        prefix: IpNet,
+        index: u32,
+        gateway: Option<IpAddr>,
+        table: Option<u32>,
+    ) -> Result<Installed, NetlinkError> {
+        let what = format!("adding route {prefix} dev #{index}");
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(prefix.addr(), prefix.prefix_len())
+            .map_err(|e| NetlinkError {
+                what: what.clone(),
+                source: rtnetlink::Error::InvalidNla(e.to_string()),
+            })?
+            .output_interface(index);
+        if let Some(g) = gateway {
+            b = b.gateway(g).map_err(|e| NetlinkError {
+                what: what.clone(),
+                source: rtnetlink::Error::InvalidNla(e.to_string()),
+            })?;
+        }
+        if let Some(t) = table {
+            b = b.table_id(t);
+        }
+        let msg = b.build();
+        self.handle
+            .route()
+            .add(msg.clone())
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(what))?;
+        Ok(Installed::Route(msg))
+    }
+
+    /// Add the rule "packets leaving interface `ifname` use `table`", for
+    /// both IP families.
+    pub async fn add_oif_rule(
+        &self,
+        ifname: &str,
+        table: u32,
+        priority: u32,
+    ) -> Result<Vec<Installed>, NetlinkError> {
+        let what = format!("adding rule oif {ifname} lookup {table}");
+        let mut done = Vec::new();
+        let mut r4 = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .output_interface(ifname)
+            .table_id(table)
+            .priority(priority);
+        done.push(Installed::Rule(r4.message_mut().clone()));
+        r4.execute().await.map_err(nl_err(what.clone()))?;
+        let mut r6 = self
+            .handle
+            .rule()
+            .add()
+            .v6()
+            .output_interface(ifname)
+            .table_id(table)
+            .priority(priority);
+        let m6 = r6.message_mut().clone();
+        match r6.execute().await {
+            Ok(()) => done.push(Installed::Rule(m6)),
+            // A host without IPv6 has no IPv6 rules to add.
+            Err(e) if is_no_ipv6(&e) => {}
+            Err(e) => return Err(nl_err(what)(e)),
+        }
+        Ok(done)
+    }
+
+    /// Remove every rule with `priority`, for both IP families: what a
+    /// previous run that was killed left behind. Returns how many.
+    pub async fn flush_rules(&self, priority: u32) -> Result<usize, NetlinkError> {
+        let mut stale = Vec::new();
+        for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+            let mut rules = self.handle.rule().get(v).execute();
+            loop {
+                match rules.try_next().await {
+                    Ok(Some(r)) => {
+                        if r.attributes
+                            .iter()
+                            .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
+                        {
+                            stale.push(r);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if is_no_ipv6(&e) => break,
+                    Err(e) => return Err(nl_err("listing rules")(e)),
+                }
+            }
+        }
+        let n = stale.len();
+        for r in stale {
+            self.remove(&Installed::Rule(r)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Remove something this process installed. A thing already gone is fine.
+    pub async fn remove(&self, what: &Installed) -> Result<(), NetlinkError> {
+        let r = match what {
+            Installed::Route(m) => self.handle.route().del(m.clone()).execute().await,
+            Installed::Rule(m) => self.handle.rule().del(m.clone()).execute().await,
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(()),
+            Err(e) => Err(NetlinkError {
+                what: format!("removing {what:?}"),
+                source: e,
+            }),
+        }
+    }
+}
+
+fn is_gone(code: i32) -> bool {
+    let code = code.abs();
+    code == libc::ENOENT || code == libc::ESRCH || code == libc::ENODEV
+}
+
+fn is_no_ipv6(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == libc::EAFNOSUPPORT)
+}
+
+/// A stream that yields once per batch of link or address changes (the
+/// caller re-reads the whole picture, which also recovers from a lost event:
+/// an overflowing socket, ENOBUFS, ends in a full re-read too).
+pub fn watch() -> std::io::Result<impl Stream<Item = ()> + Unpin> {
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])?;
+    tokio::spawn(conn);
+    Ok(messages.map(|_| ()))
+}
