@@ -154,6 +154,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: &Path) -> Result<bool> {
+    mpvr::daemon::check_privileges()?;
     let cfg = mpvr::config::load(config)?;
     runtime()?.block_on(mpvr::daemon::run(cfg))?;
     Ok(true)

@@ -121,6 +121,7 @@ struct Shared {
     tun: Arc<AsyncDevice>,
     epoch: std::time::Instant,
     io: IoCounters,
+    error_logged: Mutex<HashMap<LinkId, std::time::Instant>>,
 }
 
 impl Shared {
@@ -152,14 +153,33 @@ impl Shared {
                         self.io.send_would_block.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        self.io.send_errors.fetch_add(1, Ordering::Relaxed);
-                        debug!(path = %p, error = %e, "send failed");
+                        let n = self.io.send_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.note_send_error(p.link, &e, n);
                     }
                 }
             }
         }
     }
 }
+
+impl Shared {
+    /// Log a send error at most once per [`ERROR_LOG_INTERVAL`] per link:
+    /// a dead link fails every copy, and logs are per state change, not per packet.
+    fn note_send_error(&self, link: LinkId, e: &io::Error, total: u64) {
+        let mut last = self.error_logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last
+            .get(&link)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL)
+        {
+            last.insert(link, now);
+            warn!(%link, error = %e, send_errors_total = total, "sending on this link fails");
+        }
+    }
+}
+
+/// How often a failing link's send errors are logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Sequence base: wall-clock nanoseconds, so that a restarted sender never
 /// reuses a nonce under the static session keys (see [`crate::keys`]).
@@ -336,7 +356,11 @@ impl Links {
             "::/0".parse()
         }
         .expect("literal");
-        let subnets = nic.addrs.iter().map(|a| a.trunc());
+        let subnets = nic
+            .addrs
+            .iter()
+            .filter(|a| plan::usable_addr(&a.addr()))
+            .map(|a| a.trunc());
         let mut result: Result<(), NetlinkError> = Ok(());
         for s in subnets {
             match self.nl.add_route(s, nic.index, None, Some(table)).await {
@@ -452,12 +476,20 @@ async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
     }
 }
 
+/// Fail unless the process has the capabilities `mpvr run` needs. Checked
+/// first, before the config (whose key file root alone may read) is loaded.
+pub fn check_privileges() -> Result<(), RunError> {
+    let missing = missing_capabilities();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Privilege(missing.join(" and ")))
+    }
+}
+
 /// Check everything that can be checked without changing the system.
 pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
-    let missing = missing_capabilities();
-    if !missing.is_empty() {
-        return Err(RunError::Privilege(missing.join(" and ")));
-    }
+    check_privileges()?;
     let nl = Netlink::new().map_err(|source| RunError::Io {
         what: "opening netlink".into(),
         source,
@@ -523,6 +555,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tun,
         epoch: std::time::Instant::now(),
         io: IoCounters::default(),
+        error_logged: Mutex::new(HashMap::new()),
     });
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let mut links = Links {

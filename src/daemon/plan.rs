@@ -27,7 +27,8 @@ pub enum Skip {
     NotSelected,
 }
 
-fn usable_addr(a: &IpAddr) -> bool {
+/// An address the underlay can use (not loopback, not link-local).
+pub fn usable_addr(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
         IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
 use netlink_packet_route::route::RouteMessage;
-use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
 /// A netlink request failed.
@@ -196,6 +196,7 @@ impl Netlink {
             .v4()
             .output_interface(ifname)
             .table_id(table)
+            .action(RuleAction::ToTable)
             .priority(priority);
         done.push(Installed::Rule(r4.message_mut().clone()));
         r4.execute().await.map_err(nl_err(what.clone()))?;
@@ -206,6 +207,7 @@ impl Netlink {
             .v6()
             .output_interface(ifname)
             .table_id(table)
+            .action(RuleAction::ToTable)
             .priority(priority);
         let m6 = r6.message_mut().clone();
         match r6.execute().await {

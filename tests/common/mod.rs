@@ -1,0 +1,294 @@
+//! Helpers for the namespace tests: root check, namespaces and veths that
+//! clean up after themselves, the real `mpvr` binary as a child process
+//! (stopped by pid), and UDP streams sent from inside a namespace.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Namespace tests run one at a time (they are CPU-bound on 2 cores).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when running as root. Otherwise: fail under CI (which runs as root,
+/// so this is a broken CI) and skip, saying why, on a developer's machine.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: namespace tests need root, and CI runs as root: run them as root");
+    }
+    eprintln!("SKIPPED {test}: namespace tests need root; run `sudo scripts/test.sh`");
+    false
+}
+
+/// Run a command; panic with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command in a namespace.
+pub fn nsh(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    sh(&all)
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mpvrt{}-{n}{tag}", std::process::id() % 100_000);
+        sh(&["ip", "netns", "add", &name]);
+        nsh(&name, &["ip", "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn sh(&self, args: &[&str]) -> String {
+        nsh(&self.name, args)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.sh(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair from `a` (named `an`, address `aaddr`) to `b`.
+pub fn veth(a: &Netns, an: &str, aaddr: &str, b: &Netns, bn: &str, baddr: &str) {
+    sh(&[
+        "ip", "link", "add", an, "netns", &a.name, "type", "veth", "peer", "name", bn, "netns",
+        &b.name,
+    ]);
+    for (ns, dev, addr) in [(a, an, aaddr), (b, bn, baddr)] {
+        ns.sh(&["ip", "addr", "add", addr, "dev", dev]);
+        ns.sh(&["ip", "link", "set", dev, "up"]);
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("mpvr-test-{}-{n}", std::process::id()));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn mpvr() -> &'static str {
+    env!("CARGO_BIN_EXE_mpvr")
+}
+
+/// A fresh private key file (mode 600) and its public key.
+pub fn keypair(dir: &TempDir, name: &str) -> (PathBuf, String) {
+    let private = sh(&[mpvr(), "genkey"]);
+    let path = dir.write(name, &private);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(mpvr())
+        .arg("pubkey")
+        .stdin(fs::File::open(&path).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (
+        path,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// `mpvr run` inside a namespace, stopped with SIGTERM (by pid) on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(ns: &Netns, config: &Path, log: PathBuf) -> Daemon {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, mpvr(), "run", "-c"])
+            .arg(config)
+            .env("MPVR_LOG", "info,mpvr::daemon=debug")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log has `n` lines containing `needle`.
+    pub fn wait_log(&self, needle: &str, n: usize, within: Duration) {
+        let t = Instant::now();
+        while self.log().matches(needle).count() < n {
+            assert!(
+                t.elapsed() < within,
+                "no {n} x {needle:?} in the log within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait; SIGKILL if it does not stop. Returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // `ip netns exec` execs the command, so this pid is mpvr's.
+        // SAFETY: kill(2) on a pid this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run `f` on a thread that has entered namespace `ns` (sockets it opens
+/// belong to that namespace).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a valid namespace fd, affecting only this thread.
+        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// What a UDP stream delivered.
+#[derive(Debug, Clone)]
+pub struct StreamResult {
+    pub sent: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub missing: Vec<u64>,
+}
+
+/// Send `count` sequence-numbered UDP packets of `size` bytes, one every
+/// `interval`, from namespace `from_ns` to `to` (a tunnel address; the
+/// receiver listens in `to_ns`). `during(i)` is called before packet `i` is
+/// sent, so a test can cut links mid-stream.
+pub fn udp_stream(
+    from_ns: &str,
+    to_ns: &str,
+    to: SocketAddr,
+    count: u64,
+    interval: Duration,
+    size: usize,
+    mut during: impl FnMut(u64) + Send + 'static,
+) -> StreamResult {
+    let rx = in_netns(to_ns, move || {
+        let s = UdpSocket::bind(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut seen = vec![0u32; count as usize];
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            if n >= 8 {
+                let i = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                if let Some(c) = seen.get_mut(i as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let tx = in_netns(from_ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut buf = vec![0u8; size.max(8)];
+        let start = Instant::now();
+        for i in 0..count {
+            during(i);
+            let due = start + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            buf[..8].copy_from_slice(&i.to_be_bytes());
+            s.send_to(&buf, to).unwrap();
+        }
+    });
+    tx.join().unwrap();
+    let seen = rx.join().unwrap();
+    StreamResult {
+        sent: count,
+        received: seen.iter().filter(|c| **c > 0).count() as u64,
+        duplicates: seen.iter().map(|c| u64::from(c.saturating_sub(1))).sum(),
+        missing: seen
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == 0)
+            .map(|(i, _)| i as u64)
+            .collect(),
+    }
+}
