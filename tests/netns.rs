@@ -447,3 +447,108 @@ fn bad_config_unknown_nic_or_missing_privilege_fail_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("host.id"));
 }
+
+/// The seed layout with the example configs from examples/seed: VM0 and VM2
+/// share no link and reach each other only through VM1, the virtual router.
+#[test]
+fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
+    if !root_or_skip("seed_layout_relays_through_vm1_and_a_cut_loses_nothing") {
+        return;
+    }
+    let _g = serial();
+    let vm0 = Netns::new("v0");
+    let vm1 = Netns::new("v1");
+    let vm2 = Netns::new("v2");
+    veth(
+        &vm0,
+        "net0",
+        "192.168.0.2/24",
+        &vm1,
+        "net0",
+        "192.168.0.3/24",
+    );
+    veth(
+        &vm0,
+        "net1",
+        "192.168.1.2/24",
+        &vm1,
+        "net1",
+        "192.168.1.3/24",
+    );
+    veth(
+        &vm2,
+        "net2",
+        "192.168.2.2/24",
+        &vm1,
+        "net2",
+        "192.168.2.3/24",
+    );
+    veth(
+        &vm2,
+        "net3",
+        "192.168.3.2/24",
+        &vm1,
+        "net3",
+        "192.168.3.3/24",
+    );
+    let dir = TempDir::new();
+    let keys: Vec<_> = ["vm0", "vm1", "vm2"]
+        .iter()
+        .map(|n| keypair(&dir, &format!("{n}.key")))
+        .collect();
+    let example = |name: &str, key: &Path| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/seed")
+                .join(name),
+        )
+        .unwrap();
+        let text = text
+            .replace("/etc/mpvr/private.key", &key.display().to_string())
+            .replace("REPLACE with VM0's public key", &keys[0].1)
+            .replace("REPLACE with VM1's public key", &keys[1].1)
+            .replace("REPLACE with VM2's public key", &keys[2].1)
+            .replace("[links]\n", "[links]\nallow_virtual = true\n");
+        dir.write(name, &text)
+    };
+    let c0 = example("vm0.toml", &keys[0].0);
+    let c1 = example("vm1.toml", &keys[1].0);
+    let c2 = example("vm2.toml", &keys[2].0);
+    let d1 = Daemon::start(&vm1, &c1, dir.0.join("vm1.log"));
+    let d0 = Daemon::start(&vm0, &c0, dir.0.join("vm0.log"));
+    let d2 = Daemon::start(&vm2, &c2, dir.0.join("vm2.log"));
+    d1.wait_log("link up", 4, Duration::from_secs(10));
+    d0.wait_log("link up", 2, Duration::from_secs(10));
+    d2.wait_log("link up", 2, Duration::from_secs(10));
+    vm0.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    let v0 = vm0.name.clone();
+    let r = udp_stream(
+        &vm0.name,
+        &vm2.name,
+        "10.9.0.2:7000".parse().unwrap(),
+        6000,
+        Duration::from_micros(500),
+        300,
+        move |i| {
+            if i == 1500 {
+                nsh(&v0, &["ip", "link", "set", "net1", "down"]);
+            }
+            if i == 4500 {
+                nsh(&v0, &["ip", "link", "set", "net1", "up"]);
+            }
+        },
+    );
+    if !r.missing.is_empty() || r.duplicates != 0 {
+        for d in [&d0, &d1, &d2] {
+            eprintln!("--- {} ---\n{}", d.log.display(), d.log());
+        }
+    }
+    assert_eq!(
+        r.missing,
+        Vec::<u64>::new(),
+        "lost {} of {}",
+        r.missing.len(),
+        r.sent
+    );
+    assert_eq!(r.duplicates, 0);
+}

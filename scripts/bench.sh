@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on the 2-host namespace layout (two veth links between
+# host A and host B), all figures from one run so they can be compared:
+#
+#   plain          the raw link 0, no tunnel (baseline)
+#   wireguard-go   Debian's userspace WireGuard over link 0
+#   mpvr-1link     mpvr over link 0 only
+#   mpvr-2links    mpvr over both links (every packet duplicated)
+#
+# For each: TCP throughput (iperf3, 1 stream), ping RTT percentiles, and the
+# resident memory of the tunnel process. Prints a table and writes JSON
+# (default target/bench/bench.json). Needs root. Usage: scripts/bench.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+out_dir=target/bench
+mkdir -p "$out_dir"
+
+if [ "$(id -u)" != 0 ]; then echo "bench: needs root (network namespaces)" >&2; exit 1; fi
+need=()
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+cargo build --locked --release --quiet
+mpvr=$PWD/target/release/mpvr
+
+A=mpvrbenchA$$; B=mpvrbenchB$$
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  ip netns del "$A" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$A"; ip netns add "$B"
+for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+for i in 0 1; do
+  ip link add "a$i" netns "$A" type veth peer name "b$i" netns "$B"
+  ip -n "$A" addr add "10.$((i+1)).0.1/24" dev "a$i"; ip -n "$A" link set "a$i" up
+  ip -n "$B" addr add "10.$((i+1)).0.2/24" dev "b$i"; ip -n "$B" link set "b$i" up
+done
+
+"$mpvr" genkey > "$work/a.key"; "$mpvr" genkey > "$work/b.key"; chmod 600 "$work"/*.key
+pa=$("$mpvr" pubkey < "$work/a.key"); pb=$("$mpvr" pubkey < "$work/b.key")
+
+results="$work/results.txt"
+: > "$results"
+
+measure() { # name target-ip pid
+  local name=$1 ip=$2 pid=$3
+  ip netns exec "$B" iperf3 -s -1 -D -p 5299 >/dev/null 2>&1
+  sleep 0.3
+  local tcp
+  tcp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5299 -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  local rtts
+  rtts=$(ip netns exec "$A" ping -n -c 300 -i 0.005 -W 1 "$ip" | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | tr '\n' ' ')
+  local rss=0
+  if [ "$pid" != 0 ]; then rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status"); fi
+  echo "$name $tcp $rss $rtts" >> "$results"
+  echo "  $name: $(python3 -c "print(round($tcp/1e6))") Mbit/s" >&2
+}
+
+start_mpvr() { # ns id key addr peer peerpub endpoints include
+  local cfg="$work/$1.toml"
+  cat > "$cfg" <<EOC
+[host]
+id = $2
+private_key_file = "$3"
+addresses = ["$4/24"]
+[links]
+allow_virtual = true
+include = $8
+[[peer]]
+id = $5
+public_key = "$6"
+endpoints = $7
+prefixes = ["10.9.0.$5/32"]
+EOC
+  ip netns exec "$1" "$mpvr" run -c "$cfg" >/dev/null 2>"$work/$1.log" &
+  last_pid=$!
+  pids+=("$last_pid")
+}
+
+echo "bench: ${secs}s per TCP run" >&2
+measure plain 10.1.0.2 0
+
+# wireguard-go over link 0.
+WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$A" wireguard-go -f wga >/dev/null 2>&1 & pids+=($!); wga=$!
+WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$B" wireguard-go -f wgb >/dev/null 2>&1 & pids+=($!); wgb=$!
+for _ in $(seq 100); do
+  # The UAPI sockets are per name, shared by all namespaces: hence wga and wgb.
+  [ -S /var/run/wireguard/wga.sock ] && [ -S /var/run/wireguard/wgb.sock ] && break
+  sleep 0.1
+done
+"$mpvr" genkey > "$work/wa.key"; "$mpvr" genkey > "$work/wb.key"
+ip netns exec "$A" wg set wga listen-port 51900 private-key "$work/wa.key" peer "$("$mpvr" pubkey < "$work/wb.key")" allowed-ips 10.8.0.2/32 endpoint 10.1.0.2:51900
+ip netns exec "$B" wg set wgb listen-port 51900 private-key "$work/wb.key" peer "$("$mpvr" pubkey < "$work/wa.key")" allowed-ips 10.8.0.1/32 endpoint 10.1.0.1:51900
+ip -n "$A" addr add 10.8.0.1/24 dev wga; ip -n "$A" link set wga up
+ip -n "$B" addr add 10.8.0.2/24 dev wgb; ip -n "$B" link set wgb up
+ip netns exec "$A" ping -c 1 -W 2 10.8.0.2 >/dev/null
+measure wireguard-go 10.8.0.2 "$wga"
+kill "$wga" "$wgb"; sleep 0.3
+
+for links in 1 2; do
+  if [ "$links" = 1 ]; then inc_a='["a0"]'; inc_b='["b0"]'; else inc_a='["a0", "a1"]'; inc_b='["b0", "b1"]'; fi
+  start_mpvr "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a"; ma=$last_pid
+  start_mpvr "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b"; mb=$last_pid
+  for _ in $(seq 50); do ip netns exec "$A" ping -c 1 -W 0.2 10.9.0.2 >/dev/null 2>&1 && break; done
+  measure "mpvr-${links}link" 10.9.0.2 "$ma"
+  kill "$ma" "$mb"; wait "$ma" "$mb" 2>/dev/null || true
+done
+
+python3 - "$results" "$out_dir/bench.json" <<'EOP'
+import json, sys, statistics, datetime, platform, os
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rtts = sorted(float(x) for x in f[3:])
+    q = lambda p: rtts[min(len(rtts) - 1, int(round(p / 100 * (len(rtts) - 1))))] if rtts else None
+    rows[f[0]] = {"tcp_mbit_s": float(f[1]) / 1e6, "rss_kib": int(f[2]),
+                  "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts)}}
+base, wg = rows["plain"], rows.get("wireguard-go")
+for name, r in rows.items():
+    r["tcp_vs_plain"] = r["tcp_mbit_s"] / base["tcp_mbit_s"]
+    if wg:
+        r["tcp_vs_wireguard_go"] = r["tcp_mbit_s"] / wg["tcp_mbit_s"]
+    r["rtt_p50_added_ms"] = r["rtt_ms"]["p50"] - base["rtt_ms"]["p50"]
+doc = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+       "kernel": platform.release(), "results": rows}
+json.dump(doc, open(sys.argv[2], "w"), indent=2)
+print(f"{'':14} {'TCP Mbit/s':>11} {'vs plain':>9} {'vs wg-go':>9} {'RTT p50 ms':>11} {'p99 ms':>8} {'+p50 ms':>8} {'RSS MiB':>8}")
+for name, r in rows.items():
+    print(f"{name:14} {r['tcp_mbit_s']:11.0f} {r['tcp_vs_plain']:9.3f} {r.get('tcp_vs_wireguard_go', 0):9.2f} "
+          f"{r['rtt_ms']['p50']:11.3f} {r['rtt_ms']['p99']:8.3f} {r['rtt_p50_added_ms']:8.3f} {r['rss_kib'] / 1024:8.1f}")
+print(f"(JSON: {sys.argv[2]})")
+EOP

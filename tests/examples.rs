@@ -1,0 +1,47 @@
+//! The example configs in examples/ are valid (with real keys put in).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use mpvr::keys;
+
+fn check_example(path: &Path, dir: &Path) -> mpvr::config::Config {
+    let key = dir.join("private.key");
+    fs::write(&key, keys::encode(&keys::generate().unwrap())).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let public = keys::encode(&keys::public(&keys::generate().unwrap()));
+    let text = fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = if line.starts_with("private_key_file") {
+            format!("private_key_file = \"{}\"", key.display())
+        } else if line.starts_with("public_key") {
+            format!("public_key = \"{public}\"")
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    mpvr::config::parse(&out, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::env::temp_dir().join(format!("mpvr-examples-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let mut n = 0;
+    for sub in ["examples/two-hosts", "examples/seed"] {
+        for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = check_example(&path, &dir);
+                assert!(!c.peers.is_empty(), "{}", path.display());
+                n += 1;
+            }
+        }
+    }
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(n, 5);
+}
