@@ -9,8 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mpvr::proto::window::{DEFAULT_WINDOW_PACKETS, ReplayWindow};
 use mpvr::proto::wire::{HEADER_LEN, Header, MessageType, OVERHEAD, Packet};
 use mpvr::proto::{
-    Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Seq,
-    SessionKeys, Time, Transmits,
+    Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Seq, SessionKeys, Time, Transmits,
 };
 use mpvr::sim::traffic;
 
@@ -19,24 +18,13 @@ fn host(n: u32) -> HostId {
 }
 
 fn header(c: &mut Criterion) {
-    let h = Header {
-        msg_type: MessageType::Data,
-        hop_limit: 8,
-        sender: host(1),
-        receiver: host(2),
-        seq: Seq(77),
-    };
+    let h = Header { msg_type: MessageType::Data, hop_limit: 8, sender: host(1), receiver: host(2), seq: Seq(77) };
     let mut buf = [0u8; OVERHEAD];
     let mut g = c.benchmark_group("header");
-    g.bench_function("emit", |b| {
-        b.iter(|| black_box(&h).emit(black_box(&mut buf[..])))
-    });
+    g.bench_function("emit", |b| b.iter(|| black_box(&h).emit(black_box(&mut buf[..]))));
     h.emit(&mut buf);
     g.bench_function("parse", |b| {
-        b.iter(|| {
-            Header::parse(&Packet::new_checked(black_box(&buf[..])).expect("long enough"))
-                .expect("valid")
-        })
+        b.iter(|| Header::parse(&Packet::new_checked(black_box(&buf[..])).expect("long enough")).expect("valid"))
     });
     g.finish();
 }
@@ -67,23 +55,11 @@ fn node(me: u32, other: u32, links: &[(u32, &str)]) -> Node {
     let mut endpoints = Vec::new();
     for &(l, ep) in links {
         n.add_link(LinkId(l));
-        endpoints.push(Endpoint {
-            remote: ep.parse().expect("endpoint"),
-            link: Some(LinkId(l)),
-        });
+        endpoints.push(Endpoint { remote: ep.parse().expect("endpoint"), link: Some(LinkId(l)) });
     }
     let keys = SessionKeys::from_shared_secret(&[3; 32], host(me), host(other));
-    n.add_neighbour(NeighbourConfig {
-        host: host(other),
-        keys,
-        endpoints,
-    })
-    .expect("neighbour");
-    n.add_route(
-        format!("10.9.0.{other}/32").parse().expect("prefix"),
-        NextHop::Host(host(other)),
-    )
-    .expect("route");
+    n.add_neighbour(NeighbourConfig { host: host(other), keys, endpoints }).expect("neighbour");
+    n.add_route(format!("10.9.0.{other}/32").parse().expect("prefix"), NextHop::Host(host(other))).expect("route");
     n
 }
 
@@ -118,12 +94,7 @@ fn send_receive(c: &mut Criterion) {
         let mut a = node(1, 2, &[(1, "192.0.2.2:51820"), (2, "198.51.100.2:51820")]);
         let mut b = node(2, 1, &[(1, "192.0.2.1:51820"), (2, "198.51.100.1:51820")]);
         let from: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
-        let packet = traffic::udp_packet(
-            "10.9.0.1".parse().expect("ip"),
-            "10.9.0.2".parse().expect("ip"),
-            1,
-            size,
-        );
+        let packet = traffic::udp_packet("10.9.0.1".parse().expect("ip"), "10.9.0.2".parse().expect("ip"), 1, size);
         let mut out = Transmits::new();
         let mut rx_out = Transmits::new();
         let mut buf = vec![0u8; size + OVERHEAD];
@@ -131,14 +102,12 @@ fn send_receive(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(size), &size, |bch, _| {
             bch.iter(|| {
                 out.clear();
-                a.handle_tun_packet(Time::ZERO, &packet, &mut out)
-                    .expect("sent");
+                a.handle_tun_packet(Time::ZERO, &packet, &mut out).expect("sent");
                 let t = out.iter().next().expect("one datagram");
                 let mut delivered = 0;
                 for path in t.paths {
                     buf.copy_from_slice(t.datagram);
-                    if let Received::Deliver(r) =
-                        b.handle_datagram(Time::ZERO, path.link, from, &mut buf, &mut rx_out)
+                    if let Received::Deliver(r) = b.handle_datagram(Time::ZERO, path.link, from, &mut buf, &mut rx_out)
                     {
                         delivered += r.len() + HEADER_LEN;
                     }

@@ -145,9 +145,7 @@ impl LinkSelection {
     /// Whether a NIC with this name may be a link (physical-ness and state
     /// are checked by the caller).
     pub fn wants(&self, name: &str) -> bool {
-        self.include.is_match(name)
-            && !self.exclude.is_match(name)
-            && self.options.get(name).is_none_or(|o| o.enabled)
+        self.include.is_match(name) && !self.exclude.is_match(name) && self.options.get(name).is_none_or(|o| o.enabled)
     }
 }
 
@@ -237,13 +235,7 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(
-            f,
-            "{}: {} problem{}",
-            self.source_file.display(),
-            n,
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {} problem{}", self.source_file.display(), n, if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
             if p.field.is_empty() {
                 write!(f, "\n  {}", p.message)?;
@@ -261,10 +253,7 @@ struct Checker {
 
 impl Checker {
     fn bad(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { field: field.into(), message: message.into() });
     }
 
     fn host_id(&mut self, field: &str, v: u32) -> Option<HostId> {
@@ -281,7 +270,10 @@ impl Checker {
             Err(_) => match v.parse::<IpAddr>() {
                 Ok(a) => Some(IpNet::from(a)),
                 Err(_) => {
-                    self.bad(field, format!("{v:?} is not an address or prefix: write it like 10.9.0.0/24 or fd09::/64"));
+                    self.bad(
+                        field,
+                        format!("{v:?} is not an address or prefix: write it like 10.9.0.0/24 or fd09::/64"),
+                    );
                     None
                 }
             },
@@ -295,10 +287,7 @@ impl Checker {
                 Ok(g) => {
                     b.add(g);
                 }
-                Err(e) => self.bad(
-                    format!("{field}[{i}]"),
-                    format!("{p:?} is not a valid glob: {e}"),
-                ),
+                Err(e) => self.bad(format!("{field}[{i}]"), format!("{p:?} is not a valid glob: {e}")),
             }
         }
         b.build().unwrap_or_else(|_| GlobSet::empty())
@@ -311,22 +300,16 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Read and check a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let fail = |message: String| ConfigError {
         source_file: path.to_path_buf(),
-        problems: vec![Problem {
-            field: String::new(),
-            message,
-        }],
+        problems: vec![Problem { field: String::new(), message }],
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     parse(&text, path)
 }
 
@@ -335,26 +318,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let file: File = toml::from_str(text).map_err(|e| ConfigError {
         source_file: path.to_path_buf(),
-        problems: vec![Problem {
-            field: String::new(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
-        }],
+        problems: vec![Problem { field: String::new(), message: e.to_string().trim_end().replace('\n', "\n  ") }],
     })?;
-    let mut c = Checker {
-        problems: Vec::new(),
-    };
+    let mut c = Checker { problems: Vec::new() };
     let host = c.host_id("host.id", file.host.id);
 
     let private_key = match (&file.host.private_key, &file.host.private_key_file) {
         (Some(_), Some(_)) => {
-            c.bad(
-                "host.private_key",
-                "give private_key or private_key_file, not both",
-            );
+            c.bad("host.private_key", "give private_key or private_key_file, not both");
             None
         }
         (None, None) => {
-            c.bad("host", "no private key: set private_key_file = \"/etc/mpvr/private.key\" (create it with `mpvr genkey`)");
+            c.bad(
+                "host",
+                "no private key: set private_key_file = \"/etc/mpvr/private.key\" (create it with `mpvr genkey`)",
+            );
             None
         }
         (Some(k), None) => match keys::decode(k) {
@@ -365,11 +343,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             }
         },
         (None, Some(f)) => {
-            let f = if f.is_relative() {
-                path.parent().unwrap_or(Path::new(".")).join(f)
-            } else {
-                f.clone()
-            };
+            let f = if f.is_relative() { path.parent().unwrap_or(Path::new(".")).join(f) } else { f.clone() };
             match keys::read_private_key_file(&f) {
                 Ok(k) => Some(k),
                 Err(e) => {
@@ -382,23 +356,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
     let listen_port = file.host.listen_port.unwrap_or(DEFAULT_PORT);
     if listen_port == 0 {
-        c.bad(
-            "host.listen_port",
-            "port 0 cannot be reached by peers: use a fixed port such as 51820",
-        );
+        c.bad("host.listen_port", "port 0 cannot be reached by peers: use a fixed port such as 51820");
     }
-    let tun = file
-        .host
-        .tun
-        .clone()
-        .unwrap_or_else(|| DEFAULT_TUN.to_string());
+    let tun = file.host.tun.clone().unwrap_or_else(|| DEFAULT_TUN.to_string());
     if !valid_ifname(&tun) {
-        c.bad(
-            "host.tun",
-            format!(
-                "{tun:?} is not a valid interface name: 1 to 15 letters, digits, '-', '_' or '.'"
-            ),
-        );
+        c.bad("host.tun", format!("{tun:?} is not a valid interface name: 1 to 15 letters, digits, '-', '_' or '.'"));
     }
     let mut addresses = Vec::new();
     for (i, a) in file.host.addresses.iter().enumerate() {
@@ -407,19 +369,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     if file.host.addresses.is_empty() {
-        c.bad(
-            "host.addresses",
-            "the TUN needs at least one address, such as [\"10.9.0.1/24\"]",
-        );
+        c.bad("host.addresses", "the TUN needs at least one address, such as [\"10.9.0.1/24\"]");
     }
     let mtu = match &file.host.mtu {
         None => Mtu::Auto,
         Some(MtuValue::Word(w)) if w == "auto" => Mtu::Auto,
-        Some(MtuValue::Number(n)) if (576..=MAX_PACKET_LIMIT as i64).contains(n) => {
-            Mtu::Fixed(*n as u16)
-        }
+        Some(MtuValue::Number(n)) if (576..=MAX_PACKET_LIMIT as i64).contains(n) => Mtu::Fixed(*n as u16),
         Some(other) => {
-            c.bad("host.mtu", format!("{other:?} is not an MTU: use \"auto\" or a number from 576 to {MAX_PACKET_LIMIT}"));
+            c.bad(
+                "host.mtu",
+                format!("{other:?} is not an MTU: use \"auto\" or a number from 576 to {MAX_PACKET_LIMIT}"),
+            );
             Mtu::Auto
         }
     };
@@ -427,26 +387,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         && m < 1280
         && addresses.iter().any(|a| a.addr().is_ipv6())
     {
-        c.bad(
-            "host.mtu",
-            format!("{m} is below IPv6's minimum of 1280 while the TUN has an IPv6 address"),
-        );
+        c.bad("host.mtu", format!("{m} is below IPv6's minimum of 1280 while the TUN has an IPv6 address"));
     }
 
-    let include = file
-        .links
-        .include
-        .clone()
-        .unwrap_or_else(|| vec!["*".to_string()]);
+    let include = file.links.include.clone().unwrap_or_else(|| vec!["*".to_string()]);
     let links = LinkSelection {
         include: c.globs("links.include", &include),
         exclude: c.globs("links.exclude", &file.links.exclude),
         allow_virtual: file.links.allow_virtual,
-        named: include
-            .iter()
-            .filter(|p| !p.contains(['*', '?', '[', '{']))
-            .cloned()
-            .collect(),
+        named: include.iter().filter(|p| !p.contains(['*', '?', '[', '{'])).cloned().collect(),
         options: file
             .link
             .iter()
@@ -459,21 +408,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                     Some(g) => match g.parse::<IpAddr>() {
                         Ok(a) => Some(a),
                         Err(_) => {
-                            c.bad(
-                                format!("link.{name}.gateway"),
-                                format!("{g:?} is not an IP address"),
-                            );
+                            c.bad(format!("link.{name}.gateway"), format!("{g:?} is not an IP address"));
                             None
                         }
                     },
                 };
-                (
-                    name.clone(),
-                    LinkOptions {
-                        enabled: l.enabled,
-                        gateway,
-                    },
-                )
+                (name.clone(), LinkOptions { enabled: l.enabled, gateway })
             })
             .collect(),
     };
@@ -487,16 +427,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             continue;
         };
         if Some(id) == host {
-            c.bad(
-                f("id"),
-                format!("{id} is this host itself: give each host its own id"),
-            );
+            c.bad(f("id"), format!("{id} is this host itself: give each host its own id"));
         }
         if !seen.insert(id) {
-            c.bad(
-                f("id"),
-                format!("{id} is listed twice: merge the two [[peer]] sections"),
-            );
+            c.bad(f("id"), format!("{id} is listed twice: merge the two [[peer]] sections"));
         }
         let via = p.via.and_then(|v| c.host_id(&f("via"), v));
         let public_key = match &p.public_key {
@@ -532,10 +466,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             if let Some(l) = link
                 && !valid_ifname(&l)
             {
-                c.bad(
-                    format!("peer[{i}].endpoints[{j}].link"),
-                    format!("{l:?} is not a valid interface name"),
-                );
+                c.bad(format!("peer[{i}].endpoints[{j}].link"), format!("{l:?} is not a valid interface name"));
             }
         }
         let mut prefixes = Vec::new();
@@ -544,34 +475,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             if let Some(pfx) = c.prefix(&field, s) {
                 let pfx = pfx.trunc();
                 if let Some(other) = routed.insert(pfx, field.clone()) {
-                    c.bad(
-                        field,
-                        format!("{pfx} is already routed by {other}: a prefix goes to one peer"),
-                    );
+                    c.bad(field, format!("{pfx} is already routed by {other}: a prefix goes to one peer"));
                 }
                 prefixes.push(pfx);
             }
         }
-        peers.push(PeerConfig {
-            id,
-            public_key,
-            endpoints,
-            prefixes,
-            via,
-        });
+        peers.push(PeerConfig { id, public_key, endpoints, prefixes, via });
     }
     for (i, p) in peers.iter().enumerate() {
         if let Some(v) = p.via {
             match peers.iter().find(|q| q.id == v) {
-                None => c.bad(
-                    format!("peer[{i}].via"),
-                    format!("{v} is not a peer: add a [[peer]] for the relay"),
-                ),
+                None => c.bad(format!("peer[{i}].via"), format!("{v} is not a peer: add a [[peer]] for the relay")),
                 Some(q) if q.via.is_some() => c.bad(
                     format!("peer[{i}].via"),
-                    format!(
-                        "{v} is itself reached via a relay: name the relay that is a neighbour"
-                    ),
+                    format!("{v} is itself reached via a relay: name the relay that is a neighbour"),
                 ),
                 Some(_) => {}
             }
@@ -588,9 +505,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let window = match file.session.window {
         None => DEFAULT_WINDOW_PACKETS,
-        Some(w) if (i64::from(MIN_WINDOW_PACKETS)..=i64::from(MAX_WINDOW_PACKETS)).contains(&w) => {
-            w as u32
-        }
+        Some(w) if (i64::from(MIN_WINDOW_PACKETS)..=i64::from(MAX_WINDOW_PACKETS)).contains(&w) => w as u32,
         Some(w) => {
             c.bad("session.window", format!("{w} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default {DEFAULT_WINDOW_PACKETS}: 100 000 packets/s with 500 ms of skew)"));
             DEFAULT_WINDOW_PACKETS
@@ -599,22 +514,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let keepalive = match file.session.keepalive.as_deref() {
         None => Some(DEFAULT_KEEPALIVE),
         Some("off") => None,
-        Some(s) => match parse_duration(s) {
-            Some(d) if d >= Duration::from_secs(1) => Some(d),
-            _ => {
-                c.bad("session.keepalive", format!("{s:?} is not a keepalive interval: use \"off\" or a duration of at least 1s, such as \"25s\""));
-                None
+        Some(s) => {
+            match parse_duration(s) {
+                Some(d) if d >= Duration::from_secs(1) => Some(d),
+                _ => {
+                    c.bad("session.keepalive", format!("{s:?} is not a keepalive interval: use \"off\" or a duration of at least 1s, such as \"25s\""));
+                    None
+                }
             }
-        },
+        }
     };
     let hop_limit = match file.session.hop_limit {
         None => DEFAULT_HOP_LIMIT,
         Some(h) if (1..=255).contains(&h) => h as u8,
         Some(h) => {
-            c.bad(
-                "session.hop_limit",
-                format!("{h} is out of range: use 1 to 255 (default {DEFAULT_HOP_LIMIT})"),
-            );
+            c.bad("session.hop_limit", format!("{h} is out of range: use 1 to 255 (default {DEFAULT_HOP_LIMIT})"));
             DEFAULT_HOP_LIMIT
         }
     };
@@ -635,10 +549,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             keepalive,
             hop_limit,
         }),
-        _ => Err(ConfigError {
-            source_file: path.to_path_buf(),
-            problems: c.problems,
-        }),
+        _ => Err(ConfigError { source_file: path.to_path_buf(), problems: c.problems }),
     }
 }
 
@@ -654,12 +565,7 @@ mod tests {
     }
 
     fn fields(text: &str) -> Vec<String> {
-        check(text)
-            .unwrap_err()
-            .problems
-            .into_iter()
-            .map(|p| p.field)
-            .collect()
+        check(text).unwrap_err().problems.into_iter().map(|p| p.field).collect()
     }
 
     #[test]
@@ -696,26 +602,12 @@ mod tests {
         assert_eq!(c.host.get(), 1);
         assert_eq!(c.mtu, Mtu::Fixed(1400));
         assert_eq!(c.listen_port, DEFAULT_PORT);
-        assert!(
-            c.links.wants("eth0")
-                && !c.links.wants("eth9")
-                && c.links.wants("wwan0")
-                && !c.links.wants("docker0")
-        );
-        assert_eq!(
-            c.links.options["wwan0"].gateway,
-            Some("10.64.0.1".parse().unwrap())
-        );
+        assert!(c.links.wants("eth0") && !c.links.wants("eth9") && c.links.wants("wwan0") && !c.links.wants("docker0"));
+        assert_eq!(c.links.options["wwan0"].gateway, Some("10.64.0.1".parse().unwrap()));
         assert_eq!(c.peers[0].endpoints[1].link.as_deref(), Some("wwan0"));
-        assert_eq!(
-            c.peers[1].prefixes,
-            vec!["10.9.0.3/32".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(c.peers[1].prefixes, vec!["10.9.0.3/32".parse::<IpNet>().unwrap()]);
         assert_eq!(c.peers[1].via, HostId::new(2));
-        assert_eq!(
-            (c.window, c.keepalive, c.hop_limit),
-            (100_000, Some(Duration::from_secs(10)), 4)
-        );
+        assert_eq!((c.window, c.keepalive, c.hop_limit), (100_000, Some(Duration::from_secs(10)), 4));
     }
 
     #[test]
@@ -766,16 +658,11 @@ mod tests {
 
     #[test]
     fn syntax_and_unknown_fields_are_refused_with_their_place() {
-        let e = check("[host]\nid = 1\ncolour = \"red\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = check("[host]\nid = 1\ncolour = \"red\"\n").unwrap_err().to_string();
         assert!(e.contains("colour") && e.contains("line 3"), "{e}");
         let e = check("[host\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
-        assert_eq!(
-            fields("[host]\nid = 1\naddresses = [\"10.0.0.1/8\"]\n"),
-            vec!["host"]
-        );
+        assert_eq!(fields("[host]\nid = 1\naddresses = [\"10.0.0.1/8\"]\n"), vec!["host"]);
     }
 
     #[test]

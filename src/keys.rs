@@ -38,9 +38,7 @@ pub enum KeyError {
         source: io::Error,
     },
     /// The private key file is readable by group or others.
-    #[error(
-        "private key file {path} is readable by group or others (mode {mode:o}): run `chmod 600 {path}`"
-    )]
+    #[error("private key file {path} is readable by group or others (mode {mode:o}): run `chmod 600 {path}`")]
     TooOpen {
         /// The file.
         path: String,
@@ -61,9 +59,7 @@ pub type Key = [u8; 32];
 /// A fresh private key from the system's random generator.
 pub fn generate() -> Result<Key, KeyError> {
     let mut k = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut k)
-        .map_err(|_| KeyError::Random)?;
+    SystemRandom::new().fill(&mut k).map_err(|_| KeyError::Random)?;
     // Clamp as X25519 does, so the stored key is canonical.
     Ok(StaticSecret::from(k).to_bytes())
 }
@@ -87,18 +83,12 @@ pub fn decode(s: &str) -> Result<Key, KeyError> {
 /// Read a private key file, refusing one that group or others can read.
 pub fn read_private_key_file(path: &Path) -> Result<Key, KeyError> {
     let shown = path.display().to_string();
-    let meta = fs::metadata(path).map_err(|source| KeyError::Read {
-        path: shown.clone(),
-        source,
-    })?;
+    let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: shown.clone(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen { path: shown, mode });
     }
-    let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: shown,
-        source,
-    })?;
+    let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: shown, source })?;
     decode(&text)
 }
 
@@ -113,11 +103,7 @@ pub fn static_session_keys(
     if !shared.was_contributory() {
         return Err(KeyError::LowOrder(remote));
     }
-    Ok(SessionKeys::from_shared_secret(
-        shared.as_bytes(),
-        local,
-        remote,
-    ))
+    Ok(SessionKeys::from_shared_secret(shared.as_bytes(), local, remote))
 }
 
 #[cfg(test)]
@@ -138,10 +124,7 @@ mod tests {
         let tag = ka.seal(crate::proto::Seq(1), &[0; 20], &mut msg);
         msg.extend_from_slice(&tag);
         assert_eq!(kb.open(crate::proto::Seq(1), &[0; 20], &mut msg), Ok(2));
-        assert!(matches!(
-            static_session_keys(&a, ha, &[0; 32], hb),
-            Err(KeyError::LowOrder(_))
-        ));
+        assert!(matches!(static_session_keys(&a, ha, &[0; 32], hb), Err(KeyError::LowOrder(_))));
     }
 
     #[test]

@@ -28,24 +28,14 @@ enum Command {
     /// to the peers until SIGINT or SIGTERM, then remove everything it added.
     Run {
         /// Configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/mpvr/mpvr.toml"
-        )]
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/mpvr/mpvr.toml")]
         config: PathBuf,
     },
     /// Check a configuration file and show which NICs would become links.
     /// Changes nothing.
     Check {
         /// Configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/mpvr/mpvr.toml"
-        )]
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/mpvr/mpvr.toml")]
         config: PathBuf,
     },
     /// Print a new private key (base64), like `wg genkey`.
@@ -79,10 +69,7 @@ struct SimArgs {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".to_string(),
-        |d| format!("{:.1}", d.as_secs_f64() * 1e3),
-    )
+    d.map_or_else(|| "-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
 }
 
 fn print_rows(rows: &[Row]) {
@@ -110,12 +97,7 @@ fn print_rows(rows: &[Row]) {
 fn sim(args: SimArgs) -> Result<bool> {
     anyhow::ensure!(!args.links.is_empty(), "give at least one --link");
     anyhow::ensure!(args.rate > 0, "--rate must be at least 1 packet per second");
-    let load = Load {
-        packets: args.packets,
-        rate_pps: args.rate,
-        size: usize::from(args.size),
-        seed: args.seed,
-    };
+    let load = Load { packets: args.packets, rate_pps: args.rate, size: usize::from(args.size), seed: args.seed };
     println!(
         "mpvr simulator: {} packets of {} bytes at {} packets/s from host 1 to host 2 (seed {})",
         load.packets, load.size, load.rate_pps, load.seed
@@ -137,20 +119,13 @@ fn sim(args: SimArgs) -> Result<bool> {
         best_single,
         mpvr.copies_lost,
         mpvr.copies_sent,
-        if mpvr.report.delivered_twice == 0 && mpvr.report.mangled == 0 {
-            "yes"
-        } else {
-            "NO"
-        }
+        if mpvr.report.delivered_twice == 0 && mpvr.report.mangled == 0 { "yes" } else { "NO" }
     );
     Ok(mpvr.report.delivered_twice == 0 && mpvr.report.mangled == 0)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn run(config: &Path) -> Result<bool> {
@@ -163,23 +138,11 @@ fn run(config: &Path) -> Result<bool> {
 fn check(config: &Path) -> Result<bool> {
     let cfg = mpvr::config::load(config)?;
     println!("{}: ok", config.display());
-    println!(
-        "  host {} (public key {})",
-        cfg.host.get(),
-        keys::encode(&keys::public(&cfg.private_key))
-    );
-    println!(
-        "  tun {} with {:?}, mtu {:?}, port {}",
-        cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port
-    );
+    println!("  host {} (public key {})", cfg.host.get(), keys::encode(&keys::public(&cfg.private_key)));
+    println!("  tun {} with {:?}, mtu {:?}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
     for p in &cfg.peers {
         match p.via {
-            Some(v) => println!(
-                "  peer {} via relay {}: {:?}",
-                p.id.get(),
-                v.get(),
-                p.prefixes
-            ),
+            Some(v) => println!("  peer {} via relay {}: {:?}", p.id.get(), v.get(), p.prefixes),
             None => {
                 let eps: Vec<String> = p
                     .endpoints
@@ -189,12 +152,7 @@ fn check(config: &Path) -> Result<bool> {
                         None => e.address.to_string(),
                     })
                     .collect();
-                println!(
-                    "  peer {} at [{}]: {:?}",
-                    p.id.get(),
-                    eps.join(", "),
-                    p.prefixes
-                );
+                println!("  peer {} at [{}]: {:?}", p.id.get(), eps.join(", "), p.prefixes);
             }
         }
     }
@@ -211,12 +169,29 @@ fn check(config: &Path) -> Result<bool> {
                 };
                 println!("    {:<16} {verdict}", n.name);
             }
+            let links: Vec<&mpvr::sys::netlink::Nic> =
+                nics.iter().filter(|n| mpvr::daemon::plan::classify(n, &cfg, None).is_ok()).collect();
+            for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
+                let paths: Vec<String> = mpvr::daemon::plan::endpoints(p, &cfg, &links)
+                    .iter()
+                    .map(|e| {
+                        let link = e.link.and_then(|l| links.iter().find(|n| n.index == l.0));
+                        format!("{} -> {}", link.map_or("?", |n| n.name.as_str()), e.remote)
+                    })
+                    .collect();
+                if paths.is_empty() {
+                    println!(
+                        "  peer {}: no path from the links here (no endpoint on a link's subnet, and no link with \
+                         a default route or a gateway); it can still reach us first",
+                        p.id.get()
+                    );
+                } else {
+                    println!("  paths to peer {}: {}", p.id.get(), paths.join(", "));
+                }
+            }
             let missing = mpvr::daemon::plan::missing_nics(&cfg, &nics);
             if !missing.is_empty() {
-                anyhow::bail!(
-                    "the config names network interfaces that do not exist here: {}",
-                    missing.join(", ")
-                );
+                anyhow::bail!("the config names network interfaces that do not exist here: {}", missing.join(", "));
             }
         }
     }
@@ -230,9 +205,7 @@ fn genkey() -> Result<bool> {
 
 fn pubkey() -> Result<bool> {
     let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read standard input")?;
+    std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
     let private = keys::decode(&text).context("standard input is not a private key")?;
     println!("{}", keys::encode(&keys::public(&private)));
     Ok(true)
@@ -241,10 +214,7 @@ fn pubkey() -> Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MPVR_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MPVR_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -5,14 +5,8 @@ use std::time::Duration;
 /// Read a duration; `None` if it is not one (negative, unknown unit, not a number).
 pub fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
-    let (num, unit) = v
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((v, "ms"), |i| v.split_at(i));
-    let n: f64 = num
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let (num, unit) = v.find(|c: char| c.is_ascii_alphabetic()).map_or((v, "ms"), |i| v.split_at(i));
+    let n: f64 = num.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
     let secs = match unit {
         "us" => n / 1e6,
         "ms" => n / 1e3,

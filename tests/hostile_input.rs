@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use mpvr::proto::{
-    DropReason, Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received,
-    SessionKeys, Time, Transmits,
+    DropReason, Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time,
+    Transmits,
 };
 use mpvr::sim::traffic;
 use proptest::prelude::*;
@@ -26,19 +26,11 @@ fn node(me: u32, other: u32, other_ep: &str) -> Node {
     n.add_neighbour(NeighbourConfig {
         host: host(other),
         keys: SessionKeys::from_shared_secret(&SECRET, host(me), host(other)),
-        endpoints: vec![Endpoint {
-            remote: addr(other_ep),
-            link: Some(LinkId(1)),
-        }],
+        endpoints: vec![Endpoint { remote: addr(other_ep), link: Some(LinkId(1)) }],
     })
     .unwrap();
-    n.add_route(
-        format!("10.9.0.{other}/32").parse().unwrap(),
-        NextHop::Host(host(other)),
-    )
-    .unwrap();
-    n.add_route(format!("10.9.0.{me}/32").parse().unwrap(), NextHop::Local)
-        .unwrap();
+    n.add_route(format!("10.9.0.{other}/32").parse().unwrap(), NextHop::Host(host(other))).unwrap();
+    n.add_route(format!("10.9.0.{me}/32").parse().unwrap(), NextHop::Local).unwrap();
     n
 }
 
@@ -49,12 +41,7 @@ fn setup(count: u64) -> (Node, Vec<Vec<u8>>) {
     let mut out = Transmits::new();
     let mut dgrams = Vec::new();
     for id in 0..count {
-        let p = traffic::udp_packet(
-            "10.9.0.1".parse().unwrap(),
-            "10.9.0.2".parse().unwrap(),
-            id,
-            120,
-        );
+        let p = traffic::udp_packet("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap(), id, 120);
         a.handle_tun_packet(Time::ZERO, &p, &mut out).unwrap();
         dgrams.extend(out.iter().map(|t| t.datagram.to_vec()));
         out.clear();
@@ -66,13 +53,7 @@ const FROM_A: &str = "192.0.2.1:51820";
 
 fn deliver(b: &mut Node, d: &[u8]) -> Received {
     let mut buf = d.to_vec();
-    b.handle_datagram(
-        Time::ZERO,
-        LinkId(1),
-        addr(FROM_A),
-        &mut buf,
-        &mut Transmits::new(),
-    )
+    b.handle_datagram(Time::ZERO, LinkId(1), addr(FROM_A), &mut buf, &mut Transmits::new())
 }
 
 #[test]
@@ -84,58 +65,22 @@ fn each_kind_of_bad_datagram_has_its_reason() {
         f(&mut x);
         deliver(&mut b, &x)
     };
-    assert_eq!(
-        with(&|x| x.truncate(10)),
-        Received::Dropped(DropReason::Truncated)
-    );
-    assert_eq!(
-        with(&|x| x.truncate(30)),
-        Received::Dropped(DropReason::Truncated)
-    );
-    assert_eq!(
-        with(&|x| x[0] = 9),
-        Received::Dropped(DropReason::BadVersion)
-    );
-    assert_eq!(
-        with(&|x| x[1] = 99),
-        Received::Dropped(DropReason::UnknownType)
-    );
-    assert_eq!(
-        with(&|x| x[1] = 5),
-        Received::Dropped(DropReason::Unsupported)
-    );
+    assert_eq!(with(&|x| x.truncate(10)), Received::Dropped(DropReason::Truncated));
+    assert_eq!(with(&|x| x.truncate(30)), Received::Dropped(DropReason::Truncated));
+    assert_eq!(with(&|x| x[0] = 9), Received::Dropped(DropReason::BadVersion));
+    assert_eq!(with(&|x| x[1] = 99), Received::Dropped(DropReason::UnknownType));
+    assert_eq!(with(&|x| x[1] = 5), Received::Dropped(DropReason::Unsupported));
     assert_eq!(with(&|x| x[3] = 1), Received::Dropped(DropReason::BadFlags));
-    assert_eq!(
-        with(&|x| x[8..12].copy_from_slice(&7u32.to_be_bytes())),
-        Received::Dropped(DropReason::WrongReceiver)
-    );
-    assert_eq!(
-        with(&|x| x[4..8].copy_from_slice(&7u32.to_be_bytes())),
-        Received::Dropped(DropReason::UnknownSender)
-    );
-    assert_eq!(
-        with(&|x| x[12..20].fill(0)),
-        Received::Dropped(DropReason::TooOld)
-    );
-    assert_eq!(
-        with(&|x| x[40] ^= 1),
-        Received::Dropped(DropReason::AuthFailed)
-    );
+    assert_eq!(with(&|x| x[8..12].copy_from_slice(&7u32.to_be_bytes())), Received::Dropped(DropReason::WrongReceiver));
+    assert_eq!(with(&|x| x[4..8].copy_from_slice(&7u32.to_be_bytes())), Received::Dropped(DropReason::UnknownSender));
+    assert_eq!(with(&|x| x[12..20].fill(0)), Received::Dropped(DropReason::TooOld));
+    assert_eq!(with(&|x| x[40] ^= 1), Received::Dropped(DropReason::AuthFailed));
     let mut buf = good.clone();
-    let r = b.handle_datagram(
-        Time::ZERO,
-        LinkId(9),
-        addr(FROM_A),
-        &mut buf,
-        &mut Transmits::new(),
-    );
+    let r = b.handle_datagram(Time::ZERO, LinkId(9), addr(FROM_A), &mut buf, &mut Transmits::new());
     assert_eq!(r, Received::Dropped(DropReason::UnknownLink));
     // None of that changed anything: the genuine datagram is still accepted, once.
     assert!(matches!(deliver(&mut b, &good), Received::Deliver(_)));
-    assert_eq!(
-        deliver(&mut b, &good),
-        Received::Dropped(DropReason::Duplicate)
-    );
+    assert_eq!(deliver(&mut b, &good), Received::Dropped(DropReason::Duplicate));
     let drops = &b.stats().drops;
     assert_eq!(drops.total(), 12);
     assert_eq!(b.stats().tun_out.packets, 1);
@@ -145,40 +90,19 @@ fn each_kind_of_bad_datagram_has_its_reason() {
 fn bad_tun_packets_are_counted() {
     let mut a = node(1, 2, "192.0.2.2:51820");
     let mut out = Transmits::new();
-    let p =
-        |dst: &str| traffic::udp_packet("10.9.0.1".parse().unwrap(), dst.parse().unwrap(), 1, 100);
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &[], &mut out),
-        Err(DropReason::MalformedIp)
-    );
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &[0x45; 10], &mut out),
-        Err(DropReason::MalformedIp)
-    );
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &p("10.8.0.1"), &mut out),
-        Err(DropReason::NoRoute)
-    );
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &p("10.9.0.1"), &mut out),
-        Err(DropReason::LocalDestination)
-    );
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &vec![0x45; 70_000], &mut out),
-        Err(DropReason::TooBig)
-    );
+    let p = |dst: &str| traffic::udp_packet("10.9.0.1".parse().unwrap(), dst.parse().unwrap(), 1, 100);
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &[], &mut out), Err(DropReason::MalformedIp));
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &[0x45; 10], &mut out), Err(DropReason::MalformedIp));
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.8.0.1"), &mut out), Err(DropReason::NoRoute));
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.9.0.1"), &mut out), Err(DropReason::LocalDestination));
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &vec![0x45; 70_000], &mut out), Err(DropReason::TooBig));
     a.remove_link(LinkId(1));
-    assert_eq!(
-        a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out),
-        Err(DropReason::NoPath)
-    );
+    assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out), Err(DropReason::NoPath));
     assert!(out.is_empty());
     assert_eq!(a.stats().drops.total(), 6);
     // No sequence number was spent on any of them.
     a.add_link(LinkId(1));
-    let sent = a
-        .handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out)
-        .unwrap();
+    let sent = a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out).unwrap();
     assert_eq!(sent.seq.0, 1);
 }
 
@@ -189,31 +113,14 @@ fn every_copy_is_byte_identical() {
         a.add_link(LinkId(l));
     }
     let endpoints = vec![
-        Endpoint {
-            remote: addr("192.0.2.2:1"),
-            link: None,
-        },
-        Endpoint {
-            remote: addr("198.51.100.2:1"),
-            link: Some(LinkId(3)),
-        },
+        Endpoint { remote: addr("192.0.2.2:1"), link: None },
+        Endpoint { remote: addr("198.51.100.2:1"), link: Some(LinkId(3)) },
     ];
     let keys = SessionKeys::from_shared_secret(&SECRET, host(1), host(2));
-    a.add_neighbour(NeighbourConfig {
-        host: host(2),
-        keys,
-        endpoints,
-    })
-    .unwrap();
-    a.add_route("0.0.0.0/0".parse().unwrap(), NextHop::Host(host(2)))
-        .unwrap();
+    a.add_neighbour(NeighbourConfig { host: host(2), keys, endpoints }).unwrap();
+    a.add_route("0.0.0.0/0".parse().unwrap(), NextHop::Host(host(2))).unwrap();
     let mut out = Transmits::new();
-    let p = traffic::udp_packet(
-        "10.9.0.1".parse().unwrap(),
-        "10.9.0.2".parse().unwrap(),
-        1,
-        100,
-    );
+    let p = traffic::udp_packet("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap(), 1, 100);
     let sent = a.handle_tun_packet(Time::ZERO, &p, &mut out).unwrap();
     // Unpinned endpoint: one path per link; pinned one: one path.
     assert_eq!(sent.copies, 4);
@@ -266,30 +173,14 @@ fn endpoints_can_change_and_paths_follow() {
     let mut a = node(1, 2, "192.0.2.2:51820");
     a.add_link(LinkId(2));
     let eps = vec![
-        Endpoint {
-            remote: addr("192.0.2.2:51820"),
-            link: Some(LinkId(1)),
-        },
-        Endpoint {
-            remote: addr("198.51.100.2:51820"),
-            link: None,
-        },
+        Endpoint { remote: addr("192.0.2.2:51820"), link: Some(LinkId(1)) },
+        Endpoint { remote: addr("198.51.100.2:51820"), link: None },
     ];
     a.set_endpoints(host(2), eps).unwrap();
-    let paths: Vec<_> = a
-        .neighbour(host(2))
-        .unwrap()
-        .paths()
-        .iter()
-        .map(|p| (p.addr.link.0, p.addr.remote))
-        .collect();
+    let paths: Vec<_> = a.neighbour(host(2)).unwrap().paths().iter().map(|p| (p.addr.link.0, p.addr.remote)).collect();
     assert_eq!(
         paths,
-        vec![
-            (1, addr("192.0.2.2:51820")),
-            (1, addr("198.51.100.2:51820")),
-            (2, addr("198.51.100.2:51820"))
-        ]
+        vec![(1, addr("192.0.2.2:51820")), (1, addr("198.51.100.2:51820")), (2, addr("198.51.100.2:51820"))]
     );
     a.set_endpoints(host(2), vec![]).unwrap();
     assert!(a.neighbour(host(2)).unwrap().paths().is_empty());
@@ -303,27 +194,11 @@ fn sequence_numbers_start_after_the_base() {
     let mut a = Node::new(cfg).unwrap();
     a.add_link(LinkId(1));
     let keys = SessionKeys::from_shared_secret(&SECRET, host(1), host(2));
-    let endpoints = vec![Endpoint {
-        remote: addr("192.0.2.2:1"),
-        link: None,
-    }];
-    a.add_neighbour(NeighbourConfig {
-        host: host(2),
-        keys,
-        endpoints,
-    })
-    .unwrap();
-    a.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(host(2)))
-        .unwrap();
-    let p = traffic::udp_packet(
-        "10.9.0.1".parse().unwrap(),
-        "10.9.0.2".parse().unwrap(),
-        1,
-        100,
-    );
-    let sent = a
-        .handle_tun_packet(Time::ZERO, &p, &mut Transmits::new())
-        .unwrap();
+    let endpoints = vec![Endpoint { remote: addr("192.0.2.2:1"), link: None }];
+    a.add_neighbour(NeighbourConfig { host: host(2), keys, endpoints }).unwrap();
+    a.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(host(2))).unwrap();
+    let p = traffic::udp_packet("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap(), 1, 100);
+    let sent = a.handle_tun_packet(Time::ZERO, &p, &mut Transmits::new()).unwrap();
     assert_eq!(sent.seq.0, 1_000_001);
 }
 
@@ -333,27 +208,13 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
     let mut b = Node::new(NodeConfig::new(host(2))).unwrap();
     b.add_link(LinkId(1));
     let keys = SessionKeys::from_shared_secret(&SECRET, host(2), host(1));
-    b.add_neighbour(NeighbourConfig {
-        host: host(1),
-        keys,
-        endpoints: vec![],
-    })
-    .unwrap();
-    b.add_route("10.9.0.1/32".parse().unwrap(), NextHop::Host(host(1)))
-        .unwrap();
+    b.add_neighbour(NeighbourConfig { host: host(1), keys, endpoints: vec![] }).unwrap();
+    b.add_route("10.9.0.1/32".parse().unwrap(), NextHop::Host(host(1))).unwrap();
     let (_, d) = setup(3);
     let nat = addr("203.0.113.7:40001");
-    let reply = traffic::udp_packet(
-        "10.9.0.2".parse().unwrap(),
-        "10.9.0.1".parse().unwrap(),
-        9,
-        100,
-    );
+    let reply = traffic::udp_packet("10.9.0.2".parse().unwrap(), "10.9.0.1".parse().unwrap(), 9, 100);
     let mut out = Transmits::new();
-    assert_eq!(
-        b.handle_tun_packet(Time::ZERO, &reply, &mut out),
-        Err(DropReason::NoPath)
-    );
+    assert_eq!(b.handle_tun_packet(Time::ZERO, &reply, &mut out), Err(DropReason::NoPath));
     // A forged packet from the NAT address teaches nothing.
     let mut forged = d[0].clone();
     forged[30] ^= 1;
@@ -361,10 +222,7 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
     assert!(b.neighbour(host(1)).unwrap().paths().is_empty());
     // A genuine one does.
     let mut genuine = d[0].clone();
-    assert!(matches!(
-        b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut genuine, &mut out),
-        Received::Deliver(_)
-    ));
+    assert!(matches!(b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut genuine, &mut out), Received::Deliver(_)));
     let sent = b.handle_tun_packet(Time::ZERO, &reply, &mut out).unwrap();
     assert_eq!(sent.copies, 1);
     assert_eq!(out.iter().next().unwrap().paths[0].remote, nat);

@@ -28,14 +28,7 @@ struct TwoHosts {
     b: Netns,
 }
 
-fn config(
-    me: u32,
-    key: &Path,
-    peer_pub: &str,
-    peer: u32,
-    endpoints: [&str; 2],
-    gateway: (&str, &str),
-) -> String {
+fn config(me: u32, key: &Path, peer_pub: &str, peer: u32, endpoints: [&str; 2], gateway: (&str, &str)) -> String {
     let (gw_link, gw) = gateway;
     format!(
         r#"
@@ -71,64 +64,19 @@ fn two_hosts() -> TwoHosts {
     veth(&b, "b0", "10.20.0.2/24", &m, "mb0", "10.20.0.1/24");
     veth(&b, "b1", "10.21.0.2/24", &m, "mb1", "10.21.0.1/24");
     m.sysctl("net.ipv4.ip_forward", "1");
-    a.sh(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.10.0.1",
-        "dev",
-        "a0",
-    ]);
-    b.sh(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.20.0.1",
-        "dev",
-        "b0",
-    ]);
+    a.sh(&["ip", "route", "add", "default", "via", "10.10.0.1", "dev", "a0"]);
+    b.sh(&["ip", "route", "add", "default", "via", "10.20.0.1", "dev", "b0"]);
     let dir = TempDir::new();
     let (ka, pa) = keypair(&dir, "a.key");
     let (kb, pb) = keypair(&dir, "b.key");
-    let ca = dir.write(
-        "a.toml",
-        &config(
-            1,
-            &ka,
-            &pb,
-            2,
-            ["10.20.0.2", "10.21.0.2"],
-            ("a1", "10.11.0.1"),
-        ),
-    );
-    let cb = dir.write(
-        "b.toml",
-        &config(
-            2,
-            &kb,
-            &pa,
-            1,
-            ["10.10.0.2", "10.11.0.2"],
-            ("b1", "10.21.0.1"),
-        ),
-    );
+    let ca = dir.write("a.toml", &config(1, &ka, &pb, 2, ["10.20.0.2", "10.21.0.2"], ("a1", "10.11.0.1")));
+    let cb = dir.write("b.toml", &config(2, &kb, &pa, 1, ["10.10.0.2", "10.11.0.2"], ("b1", "10.21.0.1")));
     let da = Daemon::start(&a, &ca, dir.0.join("a.log"));
     let db = Daemon::start(&b, &cb, dir.0.join("b.log"));
     for d in [&da, &db] {
         d.wait_log("link up", 2, Duration::from_secs(10));
     }
-    TwoHosts {
-        da,
-        db,
-        dir,
-        a,
-        m,
-        b,
-    }
+    TwoHosts { da, db, dir, a, m, b }
 }
 
 impl Drop for TwoHosts {
@@ -136,11 +84,7 @@ impl Drop for TwoHosts {
         if std::thread::panicking() {
             self.da.stop();
             self.db.stop();
-            eprintln!(
-                "--- host A log ---\n{}\n--- host B log ---\n{}",
-                self.da.log(),
-                self.db.log()
-            );
+            eprintln!("--- host A log ---\n{}\n--- host B log ---\n{}", self.da.log(), self.db.log());
         }
     }
 }
@@ -162,15 +106,7 @@ const TO_B: &str = "10.9.0.2:7000";
 
 fn stream(t: &TwoHosts, count: u64, during: impl FnMut(u64) + Send + 'static) -> StreamResult {
     let to: SocketAddr = TO_B.parse().unwrap();
-    udp_stream(
-        &t.a.name,
-        &t.b.name,
-        to,
-        count,
-        Duration::from_micros(500),
-        200,
-        during,
-    )
+    udp_stream(&t.a.name, &t.b.name, to, count, Duration::from_micros(500), 200, during)
 }
 
 #[test]
@@ -184,41 +120,21 @@ fn ping_across_the_tunnel_over_ipv4_and_ipv6() {
     t.a.sh(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd09::2"]);
     t.b.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.9.0.1"]);
     // The MTU leaves room for the encapsulation over IPv4 links of 1500.
-    assert!(
-        t.a.sh(&["ip", "link", "show", "mpvr0"])
-            .contains("mtu 1436")
-    );
+    assert!(t.a.sh(&["ip", "link", "show", "mpvr0"]).contains("mtu 1436"));
     // Link a1 got its own table through its gateway.
     let rules = t.a.sh(&["ip", "rule"]);
-    assert!(
-        rules.contains("5182:") && rules.contains("oif a1"),
-        "{rules}"
-    );
+    assert!(rules.contains("5182:") && rules.contains("oif a1"), "{rules}");
     // Every packet goes out on every path: each of A's links carries a copy
     // to each of B's two endpoints, and each of B's links receives two.
     let before: Vec<u64> = ["ma0", "ma1", "mb0", "mb1"]
         .iter()
-        .map(|d| {
-            if d.starts_with("ma") {
-                rx_packets(&t.m, d)
-            } else {
-                tx_packets(&t.m, d)
-            }
-        })
+        .map(|d| if d.starts_with("ma") { rx_packets(&t.m, d) } else { tx_packets(&t.m, d) })
         .collect();
     let r = stream(&t, 1000, |_| {});
     assert_eq!(r.received, 1000);
     for (i, d) in ["ma0", "ma1", "mb0", "mb1"].iter().enumerate() {
-        let now = if d.starts_with("ma") {
-            rx_packets(&t.m, d)
-        } else {
-            tx_packets(&t.m, d)
-        };
-        assert!(
-            now - before[i] >= 2000,
-            "{d} carried {} copies of 1000 packets",
-            now - before[i]
-        );
+        let now = if d.starts_with("ma") { rx_packets(&t.m, d) } else { tx_packets(&t.m, d) };
+        assert!(now - before[i] >= 2000, "{d} carried {} copies of 1000 packets", now - before[i]);
     }
     let _ = (&t.da, &t.db, &t.dir);
 }
@@ -236,13 +152,7 @@ fn a_link_cut_mid_stream_loses_nothing() {
     let r = stream(&t, 8000, move |i| {
         if i == 2000 {
             nsh(&m, &["nft", "add table inet cut"]);
-            nsh(
-                &m,
-                &[
-                    "nft",
-                    "add chain inet cut f { type filter hook forward priority 0; }",
-                ],
-            );
+            nsh(&m, &["nft", "add chain inet cut f { type filter hook forward priority 0; }"]);
             nsh(&m, &["nft", "add rule inet cut f iifname ma0 counter drop"]);
             nsh(&m, &["nft", "add rule inet cut f oifname ma0 counter drop"]);
         }
@@ -250,13 +160,7 @@ fn a_link_cut_mid_stream_loses_nothing() {
             nsh(&m, &["nft", "delete table inet cut"]);
         }
     });
-    assert_eq!(
-        r.missing,
-        Vec::<u64>::new(),
-        "lost {} of {}",
-        r.missing.len(),
-        r.sent
-    );
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     assert_eq!(r.duplicates, 0);
     assert_eq!(r.received, 8000);
     let _ = (&t.da, &t.db, &t.dir);
@@ -279,28 +183,15 @@ fn a_link_taken_down_loses_nothing_and_is_used_again() {
             nsh(&a, &["ip", "link", "set", "a1", "up"]);
         }
     });
-    assert_eq!(
-        r.missing,
-        Vec::<u64>::new(),
-        "lost {} of {}",
-        r.missing.len(),
-        r.sent
-    );
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     t.da.wait_log("link up link=a1", 2, Duration::from_secs(5));
-    t.da.wait_log(
-        "policy routing installed link=a1",
-        2,
-        Duration::from_secs(5),
-    );
+    t.da.wait_log("policy routing installed link=a1", 2, Duration::from_secs(5));
     // a1 carries copies again, through its own table.
     let before = rx_packets(&t.m, "ma1");
     let r = stream(&t, 1000, |_| {});
     assert_eq!(r.received, 1000);
     let carried = rx_packets(&t.m, "ma1") - before;
-    assert!(
-        carried >= 1000,
-        "a1 carried {carried} packets after coming back"
-    );
+    assert!(carried >= 1000, "a1 carried {carried} packets after coming back");
     let _ = (&t.db, &t.dir);
 }
 
@@ -318,33 +209,21 @@ fn a_nic_deleted_and_recreated_is_used_again_without_restart() {
             nsh(&a, &["ip", "link", "del", "a1"]);
         }
         if i == 6000 {
-            sh(&[
-                "ip", "link", "add", "a1", "netns", &a, "type", "veth", "peer", "name", "ma1",
-                "netns", &m,
-            ]);
+            sh(&["ip", "link", "add", "a1", "netns", &a, "type", "veth", "peer", "name", "ma1", "netns", &m]);
             nsh(&a, &["ip", "addr", "add", "10.11.0.2/24", "dev", "a1"]);
             nsh(&m, &["ip", "addr", "add", "10.11.0.1/24", "dev", "ma1"]);
             nsh(&a, &["ip", "link", "set", "a1", "up"]);
             nsh(&m, &["ip", "link", "set", "ma1", "up"]);
         }
     });
-    assert_eq!(
-        r.missing,
-        Vec::<u64>::new(),
-        "lost {} of {}",
-        r.missing.len(),
-        r.sent
-    );
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     t.da.wait_log("link up link=a1", 2, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let before = rx_packets(&t.m, "ma1");
     let r = stream(&t, 1000, |_| {});
     assert_eq!(r.received, 1000);
     let carried = rx_packets(&t.m, "ma1") - before;
-    assert!(
-        carried >= 1000,
-        "the re-created a1 carried {carried} packets"
-    );
+    assert!(carried >= 1000, "the re-created a1 carried {carried} packets");
     let _ = (&t.db, &t.dir);
 }
 
@@ -360,10 +239,7 @@ fn sigterm_removes_everything_it_added() {
     assert!(!t.a.sh(&["ip", "link"]).contains("mpvr0"));
     assert!(!t.a.sh(&["ip", "rule"]).contains("5182:"));
     // No route is left in any of mpvr's per-link tables (0x6d70_0000 + index).
-    assert!(
-        !t.a.sh(&["ip", "route", "show", "table", "all"])
-            .contains("table 183605")
-    );
+    assert!(!t.a.sh(&["ip", "route", "show", "table", "all"]).contains("table 183605"));
     assert!(t.da.log().contains("mpvr stopped"));
     let _ = (&t.db, &t.dir, &t.m, &t.b);
 }
@@ -373,21 +249,12 @@ fn run_fails(ns: &Netns, prefix: &[&str], config: &Path) -> String {
     args.extend_from_slice(prefix);
     let cfg = config.display().to_string();
     args.extend_from_slice(&[mpvr(), "run", "-c", &cfg]);
-    let out = std::process::Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     // Nothing left behind.
-    assert!(
-        !ns.sh(&["ip", "link"]).contains("mpvr0"),
-        "a TUN was left after: {err}"
-    );
-    assert!(
-        !ns.sh(&["ip", "rule"]).contains("5182:"),
-        "a rule was left after: {err}"
-    );
+    assert!(!ns.sh(&["ip", "link"]).contains("mpvr0"), "a TUN was left after: {err}");
+    assert!(!ns.sh(&["ip", "rule"]).contains("5182:"), "a rule was left after: {err}");
     err
 }
 
@@ -411,39 +278,16 @@ fn bad_config_unknown_nic_or_missing_privilege_fail_cleanly() {
     let err = run_fails(&a, &[], &bad);
     assert!(err.contains("host.id") && err.contains("reserved"), "{err}");
 
-    let unknown = dir.write(
-        "unknown.toml",
-        &format!("{good}[link.wan9]\ngateway = \"10.10.0.1\"\n"),
-    );
+    let unknown = dir.write("unknown.toml", &format!("{good}[link.wan9]\ngateway = \"10.10.0.1\"\n"));
     let err = run_fails(&a, &[], &unknown);
-    assert!(
-        err.contains("wan9") && err.contains("do not exist"),
-        "{err}"
-    );
+    assert!(err.contains("wan9") && err.contains("do not exist"), "{err}");
 
     let ok = dir.write("ok.toml", &good);
-    let err = run_fails(
-        &a,
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ],
-        &ok,
-    );
-    assert!(
-        err.contains("CAP_NET_ADMIN") && err.contains("CAP_NET_RAW"),
-        "{err}"
-    );
+    let err = run_fails(&a, &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"], &ok);
+    assert!(err.contains("CAP_NET_ADMIN") && err.contains("CAP_NET_RAW"), "{err}");
 
     // And `mpvr check` says what is wrong without needing root.
-    let out = std::process::Command::new(mpvr())
-        .args(["check", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(mpvr()).args(["check", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("host.id"));
 }
@@ -459,50 +303,15 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     let vm0 = Netns::new("v0");
     let vm1 = Netns::new("v1");
     let vm2 = Netns::new("v2");
-    veth(
-        &vm0,
-        "net0",
-        "192.168.0.2/24",
-        &vm1,
-        "net0",
-        "192.168.0.3/24",
-    );
-    veth(
-        &vm0,
-        "net1",
-        "192.168.1.2/24",
-        &vm1,
-        "net1",
-        "192.168.1.3/24",
-    );
-    veth(
-        &vm2,
-        "net2",
-        "192.168.2.2/24",
-        &vm1,
-        "net2",
-        "192.168.2.3/24",
-    );
-    veth(
-        &vm2,
-        "net3",
-        "192.168.3.2/24",
-        &vm1,
-        "net3",
-        "192.168.3.3/24",
-    );
+    veth(&vm0, "net0", "192.168.0.2/24", &vm1, "net0", "192.168.0.3/24");
+    veth(&vm0, "net1", "192.168.1.2/24", &vm1, "net1", "192.168.1.3/24");
+    veth(&vm2, "net2", "192.168.2.2/24", &vm1, "net2", "192.168.2.3/24");
+    veth(&vm2, "net3", "192.168.3.2/24", &vm1, "net3", "192.168.3.3/24");
     let dir = TempDir::new();
-    let keys: Vec<_> = ["vm0", "vm1", "vm2"]
-        .iter()
-        .map(|n| keypair(&dir, &format!("{n}.key")))
-        .collect();
+    let keys: Vec<_> = ["vm0", "vm1", "vm2"].iter().map(|n| keypair(&dir, &format!("{n}.key"))).collect();
     let example = |name: &str, key: &Path| {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("examples/seed")
-                .join(name),
-        )
-        .unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed").join(name)).unwrap();
         let text = text
             .replace("/etc/mpvr/private.key", &key.display().to_string())
             .replace("REPLACE with VM0's public key", &keys[0].1)
@@ -543,12 +352,6 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
             eprintln!("--- {} ---\n{}", d.log.display(), d.log());
         }
     }
-    assert_eq!(
-        r.missing,
-        Vec::<u64>::new(),
-        "lost {} of {}",
-        r.missing.len(),
-        r.sent
-    );
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     assert_eq!(r.duplicates, 0);
 }

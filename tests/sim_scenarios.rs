@@ -20,10 +20,7 @@ fn at_ms(n: u64) -> Time {
 fn binomial_95(n: u64, p: f64) -> (u64, u64) {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (
-        (mean - 1.96 * sd).floor() as u64,
-        (mean + 1.96 * sd).ceil() as u64,
-    )
+    ((mean - 1.96 * sd).floor() as u64, (mean + 1.96 * sd).ceil() as u64)
 }
 
 fn assert_clean(r: &StreamReport) {
@@ -48,21 +45,12 @@ fn two_links_at_5_percent_lose_about_0_25_percent() {
     let n = 200_000;
     let r = run_pair(&mut p, n);
     let (lo, hi) = binomial_95(n, 0.05 * 0.05);
-    assert!(
-        (lo..=hi).contains(&r.lost()),
-        "lost {} of {n}, expected {lo}..={hi}",
-        r.lost()
-    );
+    assert!((lo..=hi).contains(&r.lost()), "lost {} of {n}, expected {lo}..={hi}", r.lost());
     // Each raw link really lost about 5 %: duplication did the rest.
     for w in &p.wires {
         let c = p.sim.channel(*w, Dir::Forward).stats;
         let (lo, hi) = binomial_95(c.offered, 0.05);
-        assert!(
-            (lo..=hi).contains(&c.lost),
-            "raw link lost {} of {}",
-            c.lost,
-            c.offered
-        );
+        assert!((lo..=hi).contains(&c.lost), "raw link lost {} of {}", c.lost, c.offered);
     }
 }
 
@@ -73,21 +61,13 @@ fn three_links_at_10_percent_lose_about_0_1_percent() {
     let n = 200_000;
     let r = run_pair(&mut p, n);
     let (lo, hi) = binomial_95(n, 0.001);
-    assert!(
-        (lo..=hi).contains(&r.lost()),
-        "lost {} of {n}, expected {lo}..={hi}",
-        r.lost()
-    );
+    assert!((lo..=hi).contains(&r.lost()), "lost {} of {n}, expected {lo}..={hi}", r.lost());
 }
 
 #[test]
 fn every_packet_is_delivered_at_the_earliest_arrival_of_its_copies() {
-    let fast = LinkModel::delay(ms(10))
-        .with_jitter(Jitter::Normal(ms(3)))
-        .with_loss(0.02);
-    let slow = LinkModel::delay(ms(40))
-        .with_jitter(Jitter::Uniform(ms(40)))
-        .with_loss(0.02);
+    let fast = LinkModel::delay(ms(10)).with_jitter(Jitter::Normal(ms(3))).with_loss(0.02);
+    let slow = LinkModel::delay(ms(40)).with_jitter(Jitter::Uniform(ms(40))).with_loss(0.02);
     let mut p = scenario::pair(3, &[fast, slow], &|_| {});
     p.sim.record_arrivals = true;
     let n = 20_000;
@@ -97,33 +77,19 @@ fn every_packet_is_delivered_at_the_earliest_arrival_of_its_copies() {
     assert_clean(&r);
 
     let mut earliest: HashMap<u64, (Time, mpvr::sim::WireIx)> = HashMap::new();
-    for a in p
-        .sim
-        .arrivals()
-        .iter()
-        .filter(|a| a.host == p.b && a.sender == 1)
-    {
+    for a in p.sim.arrivals().iter().filter(|a| a.host == p.b && a.sender == 1) {
         let e = earliest.entry(a.seq).or_insert((a.at, a.wire));
         if a.at < e.0 {
             *e = (a.at, a.wire);
         }
     }
-    let seq_of: HashMap<u64, u64> = p
-        .sim
-        .tun_sends()
-        .iter()
-        .map(|t| (t.id, t.result.expect("sent").seq.0))
-        .collect();
+    let seq_of: HashMap<u64, u64> = p.sim.tun_sends().iter().map(|t| (t.id, t.result.expect("sent").seq.0)).collect();
     let mut wins = [0u64; 2];
     let mut checked = 0;
     for d in p.sim.deliveries().iter().filter(|d| d.host == p.b) {
         let id = mpvr::sim::traffic::packet_id(&d.packet).expect("intact");
         let (first, wire) = earliest[&seq_of[&id]];
-        assert_eq!(
-            d.at, first,
-            "packet {id} delivered at {} but its first copy arrived at {first}",
-            d.at
-        );
+        assert_eq!(d.at, first, "packet {id} delivered at {} but its first copy arrived at {first}", d.at);
         wins[wire.0] += 1;
         checked += 1;
     }
@@ -144,12 +110,7 @@ fn one_link_blacked_out_for_2s_loses_nothing() {
         let mut p = scenario::pair(4, &[link.clone(), link], &|_| {});
         p.sim.blackout(p.wires[cut], at_ms(1_000), at_ms(3_000));
         let r = run_pair(&mut p, 50_000);
-        assert_eq!(
-            r.lost(),
-            0,
-            "cutting wire {cut} lost {:?}",
-            &r.lost_ids[..r.lost_ids.len().min(10)]
-        );
+        assert_eq!(r.lost(), 0, "cutting wire {cut} lost {:?}", &r.lost_ids[..r.lost_ids.len().min(10)]);
         let blacked = p.sim.channel(p.wires[cut], Dir::Forward).stats.blacked_out;
         assert!(blacked >= 19_000, "the blackout hit {blacked} copies");
     }
@@ -166,9 +127,8 @@ fn both_links_blacked_out_lose_only_during_the_overlap() {
     let r = p.sim.stream_report(s, p.b);
     assert_clean(&r);
     let stream = p.sim.stream(s).clone();
-    let in_overlap: Vec<u64> = (0..stream.count)
-        .filter(|&n| (at_ms(2_000)..at_ms(3_000)).contains(&stream.send_time(n)))
-        .collect();
+    let in_overlap: Vec<u64> =
+        (0..stream.count).filter(|&n| (at_ms(2_000)..at_ms(3_000)).contains(&stream.send_time(n))).collect();
     assert_eq!(in_overlap.len(), 10_000);
     assert_eq!(r.lost_ids, in_overlap);
 }
@@ -185,20 +145,12 @@ fn a_nic_that_vanishes_costs_nothing_and_is_used_again_when_it_returns() {
     let r = run_pair(&mut p, 30_000);
     assert_eq!(r.lost(), 0);
     let (link_a, _) = p.sim.end(w, p.a);
-    let nb = p
-        .sim
-        .node(p.a)
-        .neighbour(mpvr::proto::HostId::new(2).unwrap())
-        .unwrap();
+    let nb = p.sim.node(p.a).neighbour(mpvr::proto::HostId::new(2).unwrap()).unwrap();
     let path = nb.paths().iter().find(|x| x.addr.link == link_a).unwrap();
     assert!(path.usable);
     // Copies went out on it before the cut and again after (not during):
     // 30 000 packets, 10 000 of them sent while it was down.
-    assert!(
-        (19_900..=20_100).contains(&path.tx.packets),
-        "tx {}",
-        path.tx.packets
-    );
+    assert!((19_900..=20_100).contains(&path.tx.packets), "tx {}", path.tx.packets);
     assert!(p.sim.unreachable == 0);
 }
 
@@ -217,27 +169,16 @@ fn no_packet_is_delivered_twice_under_duplication_reordering_replay_and_corrupti
         ..LinkModel::default()
     };
     // A second pair of models whose replays come back long after the window.
-    let late = LinkModel {
-        replay_after: ms(30_000),
-        ..hostile.clone()
-    };
+    let late = LinkModel { replay_after: ms(30_000), ..hostile.clone() };
     let mut p = scenario::pair(7, &[hostile, late], &|c| c.window_packets = 4096);
     let r = run_pair(&mut p, 60_000);
     let drops = &p.sim.node(p.b).stats().drops;
-    for reason in [
-        DropReason::AuthFailed,
-        DropReason::Duplicate,
-        DropReason::TooOld,
-    ] {
+    for reason in [DropReason::AuthFailed, DropReason::Duplicate, DropReason::TooOld] {
         assert!(drops.get(reason) > 100, "{reason}: {}", drops.get(reason));
     }
     // Corrupted copies never count as delivered: every auth failure was a
     // corrupted copy and nothing mangled reached the TUN.
-    let corrupted: u64 = p
-        .wires
-        .iter()
-        .map(|w| p.sim.channel(*w, Dir::Forward).stats.corrupted)
-        .sum();
+    let corrupted: u64 = p.wires.iter().map(|w| p.sim.channel(*w, Dir::Forward).stats.corrupted).sum();
     assert!(drops.get(DropReason::AuthFailed) <= corrupted);
     assert!(r.loss_rate() < 0.01, "loss {}", r.loss_rate());
 }
@@ -251,10 +192,7 @@ fn skew_beyond_the_window_is_too_old_never_delivered_twice() {
     let r = run_pair(&mut p, 20_000);
     assert_eq!(r.lost(), 0);
     let drops = &p.sim.node(p.b).stats().drops;
-    let (too_old, dup) = (
-        drops.get(DropReason::TooOld),
-        drops.get(DropReason::Duplicate),
-    );
+    let (too_old, dup) = (drops.get(DropReason::TooOld), drops.get(DropReason::Duplicate));
     // Every late copy is refused: too old while the stream runs, and a
     // duplicate for the last packets, whose late copies find the window still.
     let late = p.sim.channel(p.wires[1], Dir::Forward).stats.arrived;
@@ -266,16 +204,8 @@ fn skew_beyond_the_window_is_too_old_never_delivered_twice() {
 fn relay_loses_nothing_when_any_single_link_is_cut() {
     let link = LinkModel::delay(ms(7)).with_jitter(Jitter::Uniform(ms(3)));
     for cut in 0..4 {
-        let mut c: Chain = scenario::chain(
-            9,
-            &[link.clone(), link.clone()],
-            &[link.clone(), link.clone()],
-        );
-        let w = if cut < 2 {
-            c.hop1[cut]
-        } else {
-            c.hop2[cut - 2]
-        };
+        let mut c: Chain = scenario::chain(9, &[link.clone(), link.clone()], &[link.clone(), link.clone()]);
+        let w = if cut < 2 { c.hop1[cut] } else { c.hop2[cut - 2] };
         c.sim.blackout(w, at_ms(500), at_ms(60_000));
         let s = c.stream(ms(100), Duration::from_micros(200), 20_000, 400);
         c.sim.run_until(at_ms(6_000));
@@ -285,12 +215,7 @@ fn relay_loses_nothing_when_any_single_link_is_cut() {
         let relay = c.sim.node(c.r).stats();
         assert_eq!(relay.forwarded.packets, 20_000);
         // A and B share no wire: everything went through the relay.
-        assert!(
-            c.sim
-                .node(c.a)
-                .neighbour(mpvr::proto::HostId::new(2).unwrap())
-                .is_none()
-        );
+        assert!(c.sim.node(c.a).neighbour(mpvr::proto::HostId::new(2).unwrap()).is_none());
     }
 }
 
@@ -317,9 +242,7 @@ fn ipv6_inside_the_tunnel() {
 #[test]
 fn same_seed_same_run() {
     let run = |seed| {
-        let link = LinkModel::delay(ms(10))
-            .with_jitter(Jitter::Normal(ms(2)))
-            .with_loss(0.1);
+        let link = LinkModel::delay(ms(10)).with_jitter(Jitter::Normal(ms(2))).with_loss(0.1);
         let mut p = scenario::pair(seed, &[link.clone(), link], &|_| {});
         let r = run_pair(&mut p, 5_000);
         (r.lost_ids, r.latency)
@@ -333,10 +256,7 @@ fn routing_loops_die_by_hop_limit_and_bounces_are_refused() {
     use mpvr::proto::{HostId, NextHop};
     use mpvr::sim::{Sim, Stream};
     let mut sim = Sim::new(13);
-    let h: Vec<_> = [1, 3, 4, 5]
-        .iter()
-        .map(|&n| scenario::add_host(&mut sim, n, &|_| {}))
-        .collect();
+    let h: Vec<_> = [1, 3, 4, 5].iter().map(|&n| scenario::add_host(&mut sim, n, &|_| {})).collect();
     let (a, r3, r4, r5) = (h[0], h[1], h[2], h[3]);
     for (x, y) in [(a, r3), (r3, r4), (r4, r5), (r5, r3)] {
         sim.connect(x, y, LinkModel::delay(ms(1)), LinkModel::delay(ms(1)));
@@ -349,40 +269,19 @@ fn routing_loops_die_by_hop_limit_and_bounces_are_refused() {
     scenario::route_to(&mut sim, r5, 2, 3);
     // And 10.9.0.6 bounces: 4 sends it to 5, which sends it back to 4.
     let six: ipnet::IpNet = "10.9.0.6/32".parse().unwrap();
-    sim.route(a, six, NextHop::Host(HostId::new(3).unwrap()))
-        .unwrap();
-    sim.route(r3, six, NextHop::Host(HostId::new(4).unwrap()))
-        .unwrap();
-    sim.route(r4, six, NextHop::Host(HostId::new(5).unwrap()))
-        .unwrap();
-    sim.route(r5, six, NextHop::Host(HostId::new(4).unwrap()))
-        .unwrap();
+    sim.route(a, six, NextHop::Host(HostId::new(3).unwrap())).unwrap();
+    sim.route(r3, six, NextHop::Host(HostId::new(4).unwrap())).unwrap();
+    sim.route(r4, six, NextHop::Host(HostId::new(5).unwrap())).unwrap();
+    sim.route(r5, six, NextHop::Host(HostId::new(4).unwrap())).unwrap();
     for dst in [scenario::addr4(2), "10.9.0.6".parse().unwrap()] {
-        let s = Stream {
-            from: a,
-            src: scenario::addr4(1),
-            dst,
-            start: at_ms(1),
-            interval: ms(1),
-            count: 1,
-            size: 100,
-        };
+        let s = Stream { from: a, src: scenario::addr4(1), dst, start: at_ms(1), interval: ms(1), count: 1, size: 100 };
         sim.add_stream(s);
     }
     sim.run_until(at_ms(1_000));
     let stat = |x| sim.node(x).stats().clone();
-    let forwarded: u64 = [r3, r4, r5]
-        .iter()
-        .map(|&x| stat(x).forwarded.packets)
-        .sum();
-    let hop_limit: u64 = [r3, r4, r5]
-        .iter()
-        .map(|&x| stat(x).drops.get(DropReason::HopLimit))
-        .sum();
-    let bounce: u64 = [r3, r4, r5]
-        .iter()
-        .map(|&x| stat(x).drops.get(DropReason::Bounce))
-        .sum();
+    let forwarded: u64 = [r3, r4, r5].iter().map(|&x| stat(x).forwarded.packets).sum();
+    let hop_limit: u64 = [r3, r4, r5].iter().map(|&x| stat(x).drops.get(DropReason::HopLimit)).sum();
+    let bounce: u64 = [r3, r4, r5].iter().map(|&x| stat(x).drops.get(DropReason::Bounce)).sum();
     // Default hop limit 8: the looping packet is relayed 7 times, then dropped.
     // The bouncing one is relayed twice (3 -> 4 -> 5) and refused at 5.
     assert_eq!((forwarded, hop_limit, bounce), (7 + 2, 1, 1));

@@ -30,8 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::keys::{self, KeyError};
 use crate::proto::{
-    self, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time,
-    Transmits,
+    self, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time, Transmits,
 };
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;
@@ -74,9 +73,7 @@ pub enum RunError {
     #[error("invalid settings: {0}")]
     Node(#[from] proto::ConfigError),
     /// The TUN could not be created.
-    #[error(
-        "cannot create the TUN device {name}: {source} (is the tun module loaded, and is the name free?)"
-    )]
+    #[error("cannot create the TUN device {name}: {source} (is the tun module loaded, and is the name free?)")]
     Tun {
         /// Its name.
         name: String,
@@ -168,10 +165,7 @@ impl Shared {
     fn note_send_error(&self, link: LinkId, e: &io::Error, total: u64) {
         let mut last = self.error_logged.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
-        if last
-            .get(&link)
-            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL)
-        {
+        if last.get(&link).is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL) {
             last.insert(link, now);
             warn!(%link, error = %e, send_errors_total = total, "sending on this link fails");
         }
@@ -184,9 +178,7 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Sequence base: wall-clock nanoseconds, so that a restarted sender never
 /// reuses a nonce under the static session keys (see [`crate::keys`]).
 fn wall_clock_seq_base() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
 /// The node with neighbours, keys and routes from the config.
@@ -200,17 +192,10 @@ fn build_node(cfg: &Config, max_packet: usize) -> Result<Node, RunError> {
     nc.seq_base = wall_clock_seq_base();
     let mut node = Node::new(nc)?;
     for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
-        let public = p
-            .public_key
-            .expect("config check: a neighbour has a public key");
-        let keys: SessionKeys =
-            keys::static_session_keys(&cfg.private_key, cfg.host, &public, p.id)
-                .map_err(|source| RunError::Key { peer: p.id, source })?;
-        node.add_neighbour(NeighbourConfig {
-            host: p.id,
-            keys,
-            endpoints: Vec::new(),
-        })?;
+        let public = p.public_key.expect("config check: a neighbour has a public key");
+        let keys: SessionKeys = keys::static_session_keys(&cfg.private_key, cfg.host, &public, p.id)
+            .map_err(|source| RunError::Key { peer: p.id, source })?;
+        node.add_neighbour(NeighbourConfig { host: p.id, keys, endpoints: Vec::new() })?;
     }
     for a in &cfg.addresses {
         node.add_route(IpNet::from(a.addr()), NextHop::Local)?;
@@ -248,12 +233,7 @@ impl Links {
             .filter(|n| plan::classify(n, &self.cfg, Some(self.tun_index)).is_ok())
             .map(|n| (n.index, n))
             .collect();
-        let gone: Vec<u32> = self
-            .up
-            .keys()
-            .filter(|i| !wanted.contains_key(i))
-            .copied()
-            .collect();
+        let gone: Vec<u32> = self.up.keys().filter(|i| !wanted.contains_key(i)).copied().collect();
         for index in gone {
             if let Some(entry) = self.up.remove(&index) {
                 self.remove_link(entry).await;
@@ -280,7 +260,7 @@ impl Links {
         let nics: Vec<&Nic> = self.up.values().map(|e| &e.nic).collect();
         let mut node = self.shared.node();
         for p in self.cfg.peers.iter().filter(|p| p.via.is_none()) {
-            let _ = node.set_endpoints(p.id, plan::endpoints(p, &nics));
+            let _ = node.set_endpoints(p.id, plan::endpoints(p, &self.cfg, &nics));
         }
     }
 
@@ -293,38 +273,18 @@ impl Links {
             }
         };
         let link = LinkId(nic.index);
-        self.shared
-            .sockets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(link, socket.clone());
+        self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
         self.shared.node().add_link(link);
-        let reader = tokio::spawn(read_link(
-            self.shared.clone(),
-            link,
-            socket,
-            self.fatal.clone(),
-        ));
+        let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
         let installed = self.policy_routes(&nic).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
-        self.up.insert(
-            nic.index,
-            LinkEntry {
-                nic,
-                reader,
-                installed,
-            },
-        );
+        self.up.insert(nic.index, LinkEntry { nic, reader, installed });
     }
 
     async fn remove_link(&mut self, entry: LinkEntry) {
         entry.reader.abort();
         let link = LinkId(entry.nic.index);
-        self.shared
-            .sockets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&link);
+        self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).remove(&link);
         self.shared.node().remove_link(link);
         for i in &entry.installed {
             if let Err(e) = self.nl.remove(i).await {
@@ -339,28 +299,13 @@ impl Links {
     /// there: without it the kernel would find no route for a link that has
     /// no default route of its own.
     async fn policy_routes(&self, nic: &Nic) -> Vec<Installed> {
-        let Some(gw) = self
-            .cfg
-            .links
-            .options
-            .get(&nic.name)
-            .and_then(|o| o.gateway)
-        else {
+        let Some(gw) = self.cfg.links.options.get(&nic.name).and_then(|o| o.gateway) else {
             return Vec::new();
         };
         let table = TABLE_BASE + nic.index;
         let mut done = Vec::new();
-        let default: IpNet = if gw.is_ipv4() {
-            "0.0.0.0/0".parse()
-        } else {
-            "::/0".parse()
-        }
-        .expect("literal");
-        let subnets = nic
-            .addrs
-            .iter()
-            .filter(|a| plan::usable_addr(&a.addr()))
-            .map(|a| a.trunc());
+        let default: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("literal");
+        let subnets = nic.addrs.iter().filter(|a| plan::usable_addr(&a.addr())).map(|a| a.trunc());
         let mut result: Result<(), NetlinkError> = Ok(());
         for s in subnets {
             match self.nl.add_route(s, nic.index, None, Some(table)).await {
@@ -368,11 +313,7 @@ impl Links {
                 Err(e) => result = Err(e),
             }
         }
-        match self
-            .nl
-            .add_route(default, nic.index, Some(gw), Some(table))
-            .await
-        {
+        match self.nl.add_route(default, nic.index, Some(gw), Some(table)).await {
             Ok(i) => done.push(i),
             Err(e) => result = Err(e),
         }
@@ -406,24 +347,14 @@ impl Links {
 }
 
 fn rp_filter_strict(ifname: &str) -> bool {
-    let read = |p: String| {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u8>().ok())
-            .unwrap_or(0)
-    };
+    let read = |p: String| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u8>().ok()).unwrap_or(0);
     let all = read("/proc/sys/net/ipv4/conf/all/rp_filter".into());
     let one = read(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"));
     all.max(one) == 1
 }
 
 /// Read one link's socket until aborted.
-async fn read_link(
-    shared: Arc<Shared>,
-    link: LinkId,
-    socket: Arc<LinkSocket>,
-    fatal: mpsc::UnboundedSender<String>,
-) {
+async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkSocket>, fatal: mpsc::UnboundedSender<String>) {
     let mut buf = vec![0u8; BUF_LEN];
     let mut out = Transmits::new();
     loop {
@@ -438,9 +369,7 @@ async fn read_link(
         };
         let r = {
             let now = shared.now();
-            shared
-                .node()
-                .handle_datagram(now, link, from, &mut buf[..n], &mut out)
+            shared.node().handle_datagram(now, link, from, &mut buf[..n], &mut out)
         };
         if let Received::Deliver(range) = r
             && shared.tun.send(&buf[range]).await.is_err()
@@ -480,20 +409,13 @@ async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
 /// first, before the config (whose key file root alone may read) is loaded.
 pub fn check_privileges() -> Result<(), RunError> {
     let missing = missing_capabilities();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::Privilege(missing.join(" and ")))
-    }
+    if missing.is_empty() { Ok(()) } else { Err(RunError::Privilege(missing.join(" and "))) }
 }
 
 /// Check everything that can be checked without changing the system.
 pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
     check_privileges()?;
-    let nl = Netlink::new().map_err(|source| RunError::Io {
-        what: "opening netlink".into(),
-        source,
-    })?;
+    let nl = Netlink::new().map_err(|source| RunError::Io { what: "opening netlink".into(), source })?;
     let nics = nl.nics().await?;
     let missing = plan::missing_nics(cfg, &nics);
     if !missing.is_empty() {
@@ -506,34 +428,22 @@ pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let (nl, nics) = preflight(&cfg).await?;
-    let initial: Vec<&Nic> = nics
-        .iter()
-        .filter(|n| plan::classify(n, &cfg, None).is_ok())
-        .collect();
+    let initial: Vec<&Nic> = nics.iter().filter(|n| plan::classify(n, &cfg, None).is_ok()).collect();
     let mtu = plan::mtu(&cfg, &initial);
     let node = build_node(&cfg, usize::from(mtu))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| RunError::Io {
-        what: "SIGINT handler".into(),
-        source,
-    })?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| RunError::Io {
-        what: "SIGTERM handler".into(),
-        source,
-    })?;
-    let mut watch = netlink::watch().map_err(|source| RunError::Io {
-        what: "netlink events".into(),
-        source,
-    })?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|source| RunError::Io { what: "SIGINT handler".into(), source })?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|source| RunError::Io { what: "SIGTERM handler".into(), source })?;
+    let mut watch = netlink::watch().map_err(|source| RunError::Io { what: "netlink events".into(), source })?;
 
     // From here on the system changes.
     let stale = nl.flush_rules(RULE_PRIORITY).await?;
     if stale > 0 {
         info!(stale, "removed policy rules left by an earlier run");
     }
-    let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| RunError::Tun {
-        name: cfg.tun.clone(),
-        source,
-    })?;
+    let (tun, tun_index) =
+        tun::create(&cfg.tun, mtu).map_err(|source| RunError::Tun { name: cfg.tun.clone(), source })?;
     let configured: Result<(), NetlinkError> = async {
         for a in &cfg.addresses {
             nl.add_address(tun_index, *a).await?;

@@ -58,38 +58,40 @@ pub fn classify(nic: &Nic, cfg: &Config, tun_index: Option<u32>) -> Result<(), S
     Ok(())
 }
 
+/// Whether `link` can reach `ip` without help: `ip` is on one of its subnets,
+/// or the link has a default route of the right family (in the main table,
+/// or through its configured `gateway`). A socket pinned to a NIC that has
+/// neither would make the kernel treat `ip` as on-link and ARP for it there,
+/// which, with Linux's default ARP behaviour, can silently carry the copy
+/// over another path.
+pub fn reaches(link: &Nic, cfg: &Config, ip: IpAddr) -> bool {
+    if link.addrs.iter().any(|a| a.contains(&ip)) {
+        return true;
+    }
+    let gateway = cfg.links.options.get(&link.name).and_then(|o| o.gateway);
+    match ip {
+        IpAddr::V4(_) => link.default_v4 || gateway.is_some_and(|g| g.is_ipv4()),
+        IpAddr::V6(_) => link.default_v6 || gateway.is_some_and(|g| g.is_ipv6()),
+    }
+}
+
 /// The endpoints of a neighbour as the node should see them, given the links
 /// that are up now. An endpoint pinned to a NIC uses that NIC only (and is
 /// left out while it is not a link). An unpinned endpoint uses the links on
-/// whose subnet it lies if there are any, else every link.
-pub fn endpoints(peer: &PeerConfig, links: &[&Nic]) -> Vec<Endpoint> {
+/// whose subnet it lies if there are any, else every link that [`reaches`] it.
+pub fn endpoints(peer: &PeerConfig, cfg: &Config, links: &[&Nic]) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for e in &peer.endpoints {
+        let pin = |nic: &Nic| Endpoint { remote: e.address, link: Some(LinkId(nic.index)) };
         match &e.link {
-            Some(name) => {
-                if let Some(nic) = links.iter().find(|n| &n.name == name) {
-                    out.push(Endpoint {
-                        remote: e.address,
-                        link: Some(LinkId(nic.index)),
-                    });
-                }
-            }
+            Some(name) => out.extend(links.iter().filter(|n| &n.name == name).map(|n| pin(n))),
             None => {
                 let ip = e.address.ip();
-                let on_link: Vec<_> = links
-                    .iter()
-                    .filter(|n| n.addrs.iter().any(|a| a.contains(&ip)))
-                    .collect();
-                if on_link.is_empty() {
-                    out.push(Endpoint {
-                        remote: e.address,
-                        link: None,
-                    });
+                let on_subnet = |n: &&&Nic| n.addrs.iter().any(|a| a.contains(&ip));
+                if links.iter().any(|n| on_subnet(&n)) {
+                    out.extend(links.iter().filter(on_subnet).map(|n| pin(n)));
                 } else {
-                    out.extend(on_link.iter().map(|n| Endpoint {
-                        remote: e.address,
-                        link: Some(LinkId(n.index)),
-                    }));
+                    out.extend(links.iter().filter(|n| reaches(n, cfg, ip)).map(|n| pin(n)));
                 }
             }
         }
@@ -100,11 +102,7 @@ pub fn endpoints(peer: &PeerConfig, links: &[&Nic]) -> Vec<Endpoint> {
 /// The underlay family whose overhead the MTU must allow for: IPv6 if any
 /// endpoint is IPv6.
 pub fn underlay_family(cfg: &Config) -> Family {
-    let v6 = cfg
-        .peers
-        .iter()
-        .flat_map(|p| &p.endpoints)
-        .any(|e| e.address.is_ipv6());
+    let v6 = cfg.peers.iter().flat_map(|p| &p.endpoints).any(|e| e.address.is_ipv6());
     if v6 { Family::V6 } else { Family::V4 }
 }
 
@@ -124,12 +122,7 @@ pub fn mtu(cfg: &Config, links: &[&Nic]) -> u16 {
 /// NIC names the config mentions literally (pinned endpoints, `[link.NAME]`
 /// sections, glob-free `links.include` entries) that do not exist.
 pub fn missing_nics(cfg: &Config, nics: &[Nic]) -> Vec<String> {
-    let mut named: Vec<String> = cfg
-        .peers
-        .iter()
-        .flat_map(|p| &p.endpoints)
-        .filter_map(|e| e.link.clone())
-        .collect();
+    let mut named: Vec<String> = cfg.peers.iter().flat_map(|p| &p.endpoints).filter_map(|e| e.link.clone()).collect();
     named.extend(cfg.links.options.keys().cloned());
     named.extend(cfg.links.named.iter().cloned());
     named.sort();
@@ -153,6 +146,8 @@ mod tests {
             virtual_device: false,
             mtu: 1500,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            default_v4: false,
+            default_v6: false,
         }
     }
 
@@ -169,32 +164,17 @@ mod tests {
         let mut lo = nic(1, "lo", &["127.0.0.1/8"]);
         lo.loopback = true;
         assert_eq!(classify(&lo, &c, None), Err(Skip::Loopback));
-        assert_eq!(
-            classify(&nic(2, "eth0", &["192.0.2.1/24"]), &c, None),
-            Ok(())
-        );
-        assert_eq!(
-            classify(&nic(3, "mpvr0", &["10.9.0.1/24"]), &c, Some(9)),
-            Err(Skip::OwnTun)
-        );
-        assert_eq!(
-            classify(&nic(4, "docker0", &["172.17.0.1/16"]), &c, None),
-            Err(Skip::NotSelected)
-        );
+        assert_eq!(classify(&nic(2, "eth0", &["192.0.2.1/24"]), &c, None), Ok(()));
+        assert_eq!(classify(&nic(3, "mpvr0", &["10.9.0.1/24"]), &c, Some(9)), Err(Skip::OwnTun));
+        assert_eq!(classify(&nic(4, "docker0", &["172.17.0.1/16"]), &c, None), Err(Skip::NotSelected));
         let mut veth = nic(5, "veth0", &["192.0.2.1/24"]);
         veth.virtual_device = true;
         assert_eq!(classify(&veth, &c, None), Err(Skip::Virtual));
-        assert_eq!(
-            classify(&veth, &cfg("[links]\nallow_virtual = true\n"), None),
-            Ok(())
-        );
+        assert_eq!(classify(&veth, &cfg("[links]\nallow_virtual = true\n"), None), Ok(()));
         let mut down = nic(6, "eth1", &["192.0.2.1/24"]);
         down.up = false;
         assert_eq!(classify(&down, &c, None), Err(Skip::Down));
-        assert_eq!(
-            classify(&nic(7, "eth2", &["fe80::1/64"]), &c, None),
-            Err(Skip::NoAddress)
-        );
+        assert_eq!(classify(&nic(7, "eth2", &["fe80::1/64"]), &c, None), Err(Skip::NoAddress));
     }
 
     #[test]
@@ -204,31 +184,23 @@ mod tests {
              endpoints = [\"192.168.0.3:51820\", \"203.0.113.9:51820\", { address = \"198.51.100.1:4000\", link = \"wwan0\" }]\n",
         );
         let a = nic(2, "net0", &["192.168.0.2/24"]);
-        let b = nic(3, "net1", &["192.168.1.2/24"]);
-        let eps = endpoints(&c.peers[0], &[&a, &b]);
-        let got: Vec<_> = eps
-            .iter()
-            .map(|e| (e.remote.to_string(), e.link.map(|l| l.0)))
-            .collect();
+        let mut b = nic(3, "net1", &["192.168.1.2/24"]);
+        let got = |links: &[&Nic]| -> Vec<(String, Option<u32>)> {
+            endpoints(&c.peers[0], &c, links).iter().map(|e| (e.remote.to_string(), e.link.map(|l| l.0))).collect()
+        };
+        // 203.0.113.9 is on no subnet and no link has a default route: no path.
+        assert_eq!(got(&[&a, &b]), vec![("192.168.0.3:51820".to_string(), Some(2))]);
+        b.default_v4 = true;
         assert_eq!(
-            got,
-            vec![
-                ("192.168.0.3:51820".to_string(), Some(2)),
-                ("203.0.113.9:51820".to_string(), None)
-            ]
+            got(&[&a, &b]),
+            vec![("192.168.0.3:51820".to_string(), Some(2)), ("203.0.113.9:51820".to_string(), Some(3))]
         );
         let w = nic(7, "wwan0", &["10.64.0.5/30"]);
-        assert_eq!(
-            endpoints(&c.peers[0], &[&a, &w]).last().unwrap().link,
-            Some(LinkId(7))
-        );
+        assert_eq!(endpoints(&c.peers[0], &c, &[&a, &w]).last().unwrap().link, Some(LinkId(7)));
         assert_eq!(mtu(&c, &[&a, &b]), 1436);
         let mut small = nic(8, "wwan1", &["10.64.1.5/30"]);
         small.mtu = 1400;
         assert_eq!(mtu(&c, &[&a, &small]), 1336);
-        assert_eq!(
-            missing_nics(&c, &[a, b]),
-            vec!["eth5".to_string(), "wwan0".to_string()]
-        );
+        assert_eq!(missing_nics(&c, &[a, b]), vec!["eth5".to_string(), "wwan0".to_string()]);
     }
 }

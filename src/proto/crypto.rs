@@ -46,19 +46,14 @@ fn nonce(seq: Seq) -> Nonce {
 
 fn key(bytes: &[u8; 32]) -> LessSafeKey {
     // CHACHA20_POLY1305 takes exactly 32 bytes, so this cannot fail.
-    LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"),
-    )
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"))
 }
 
 impl SessionKeys {
     /// Keys from raw 32-byte secrets: `send` seals what this host sends,
     /// `recv` opens what it receives.
     pub fn new(send: &[u8; 32], recv: &[u8; 32]) -> SessionKeys {
-        SessionKeys {
-            send: key(send),
-            recv: key(recv),
-        }
+        SessionKeys { send: key(send), recv: key(recv) }
     }
 
     /// Directional keys derived with HKDF-SHA256 from a secret both hosts
@@ -66,23 +61,13 @@ impl SessionKeys {
     /// B's receive key. See the module docs for why this is for the simulator
     /// and tests only.
     pub fn from_shared_secret(secret: &[u8; 32], local: HostId, remote: HostId) -> SessionKeys {
-        let prk =
-            hkdf::Salt::new(hkdf::HKDF_SHA256, b"mpvr v1 shared-secret session").extract(secret);
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mpvr v1 shared-secret session").extract(secret);
         let derive = |from: HostId, to: HostId| {
-            let info = [
-                b"mpvr v1 direction".as_slice(),
-                &from.get().to_be_bytes(),
-                &to.get().to_be_bytes(),
-            ];
-            let okm = prk
-                .expand(&info, &CHACHA20_POLY1305)
-                .expect("HKDF output of one key length");
+            let info = [b"mpvr v1 direction".as_slice(), &from.get().to_be_bytes(), &to.get().to_be_bytes()];
+            let okm = prk.expand(&info, &CHACHA20_POLY1305).expect("HKDF output of one key length");
             LessSafeKey::new(UnboundKey::from(okm))
         };
-        SessionKeys {
-            send: derive(local, remote),
-            recv: derive(remote, local),
-        }
+        SessionKeys { send: derive(local, remote), recv: derive(remote, local) }
     }
 
     /// Encrypt `payload` in place and return the tag. `header` is
@@ -101,10 +86,7 @@ impl SessionKeys {
     /// Authenticate and decrypt `sealed` (ciphertext followed by the tag) in
     /// place; returns the plaintext length on success.
     pub fn open(&self, seq: Seq, header: &[u8], sealed: &mut [u8]) -> Result<usize, OpenError> {
-        self.recv
-            .open_in_place(nonce(seq), Aad::from(header), sealed)
-            .map(|plain| plain.len())
-            .map_err(|_| OpenError)
+        self.recv.open_in_place(nonce(seq), Aad::from(header), sealed).map(|plain| plain.len()).map_err(|_| OpenError)
     }
 }
 
@@ -116,10 +98,7 @@ mod tests {
         let a = HostId::new(1).unwrap();
         let b = HostId::new(2).unwrap();
         let s = [7u8; 32];
-        (
-            SessionKeys::from_shared_secret(&s, a, b),
-            SessionKeys::from_shared_secret(&s, b, a),
-        )
+        (SessionKeys::from_shared_secret(&s, a, b), SessionKeys::from_shared_secret(&s, b, a))
     }
 
     #[test]

@@ -21,22 +21,16 @@ pub fn destination(packet: &[u8]) -> Result<IpAddr, IpError> {
     let first = *packet.first().ok_or(IpError::Truncated)?;
     match first >> 4 {
         4 => {
-            let b: [u8; 4] = packet
-                .get(16..20)
-                .ok_or(IpError::Truncated)?
-                .try_into()
-                .map_err(|_| IpError::Truncated)?;
+            let b: [u8; 4] =
+                packet.get(16..20).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
             if first & 0x0f < 5 {
                 return Err(IpError::Truncated);
             }
             Ok(IpAddr::V4(Ipv4Addr::from(b)))
         }
         6 => {
-            let b: [u8; 16] = packet
-                .get(24..40)
-                .ok_or(IpError::Truncated)?
-                .try_into()
-                .map_err(|_| IpError::Truncated)?;
+            let b: [u8; 16] =
+                packet.get(24..40).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
             Ok(IpAddr::V6(Ipv6Addr::from(b)))
         }
         v => Err(IpError::BadVersion(v)),

@@ -42,9 +42,7 @@ use super::stats::{Count, DropReason, LinkStats, NodeStats};
 use super::time::Time;
 use super::transmit::Transmits;
 use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS, ReplayWindow, Verdict};
-use super::wire::{
-    DEFAULT_HOP_LIMIT, HEADER_LEN, Header, MessageType, OVERHEAD, Packet, WireError,
-};
+use super::wire::{DEFAULT_HOP_LIMIT, HEADER_LEN, Header, MessageType, OVERHEAD, Packet, WireError};
 
 /// Default interval after which a path that sent nothing gets a keepalive
 /// (holds NAT mappings; WireGuard's persistent-keepalive value).
@@ -99,17 +97,13 @@ impl NodeConfig {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// Window size out of range.
-    #[error(
-        "window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)"
-    )]
+    #[error("window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)")]
     WindowOutOfRange(u32),
     /// Hop limit 0.
     #[error("hop limit 0 would drop every packet: use 1 to 255 (default {DEFAULT_HOP_LIMIT})")]
     ZeroHopLimit,
     /// Max packet size out of range.
-    #[error(
-        "maximum packet size {0} is out of range: use {MIN_PACKET_LIMIT} to {MAX_PACKET_LIMIT} bytes"
-    )]
+    #[error("maximum packet size {0} is out of range: use {MIN_PACKET_LIMIT} to {MAX_PACKET_LIMIT} bytes")]
     MaxPacketOutOfRange(usize),
     /// Keepalive shorter than a second.
     #[error("keepalive interval {0:?} is too short: use at least 1 s, or disable keepalives")]
@@ -124,9 +118,7 @@ pub enum ConfigError {
     #[error("{0} is not a neighbour")]
     UnknownNeighbour(HostId),
     /// A route whose next hop is not a neighbour.
-    #[error(
-        "route {prefix} goes to {next}, which is not a neighbour: add it as a neighbour, or route via one"
-    )]
+    #[error("route {prefix} goes to {next}, which is not a neighbour: add it as a neighbour, or route via one")]
     UnknownNextHop {
         /// The route's prefix.
         prefix: IpNet,
@@ -232,9 +224,10 @@ impl Neighbour {
     /// past that the one heard from longest ago is replaced.
     fn learn_path(&mut self, addr: PathAddr) -> &mut PathState {
         self.stats.paths_learned += 1;
-        let same_pair = self.paths.iter().position(|p| {
-            p.learned && p.addr.link == addr.link && p.addr.remote.ip() == addr.remote.ip()
-        });
+        let same_pair = self
+            .paths
+            .iter()
+            .position(|p| p.learned && p.addr.link == addr.link && p.addr.remote.ip() == addr.remote.ip());
         let learned = self.paths.iter().filter(|p| p.learned).count();
         let slot = same_pair.or_else(|| {
             (learned >= MAX_LEARNED_PATHS)
@@ -276,10 +269,7 @@ impl Neighbour {
         if up {
             for e in &self.endpoints {
                 if e.link.is_none_or(|l| l == link) {
-                    let addr = PathAddr {
-                        link,
-                        remote: e.remote,
-                    };
+                    let addr = PathAddr { link, remote: e.remote };
                     if !self.paths.iter().any(|p| p.addr == addr) {
                         self.paths.push(PathState {
                             addr,
@@ -448,23 +438,13 @@ impl Node {
 
     /// Replace a neighbour's endpoints. Paths that remain keep their
     /// counters; paths no endpoint names any more are forgotten.
-    pub fn set_endpoints(
-        &mut self,
-        host: HostId,
-        endpoints: Vec<Endpoint>,
-    ) -> Result<(), ConfigError> {
-        let idx = *self
-            .index
-            .get(&host)
-            .ok_or(ConfigError::UnknownNeighbour(host))?;
+    pub fn set_endpoints(&mut self, host: HostId, endpoints: Vec<Endpoint>) -> Result<(), ConfigError> {
+        let idx = *self.index.get(&host).ok_or(ConfigError::UnknownNeighbour(host))?;
         let n = &mut self.neighbours[idx];
         n.endpoints = endpoints;
         let endpoints = &n.endpoints;
         n.paths.retain(|p| {
-            p.learned
-                || endpoints
-                    .iter()
-                    .any(|e| e.remote == p.addr.remote && e.link.is_none_or(|l| l == p.addr.link))
+            p.learned || endpoints.iter().any(|e| e.remote == p.addr.remote && e.link.is_none_or(|l| l == p.addr.link))
         });
         for l in &self.links {
             n.link_changed(l.id, true);
@@ -473,11 +453,7 @@ impl Node {
     }
 
     /// Route `prefix` to `next`: this host, or a neighbour.
-    pub fn add_route(
-        &mut self,
-        prefix: IpNet,
-        next: NextHop,
-    ) -> Result<Option<NextHop>, ConfigError> {
+    pub fn add_route(&mut self, prefix: IpNet, next: NextHop) -> Result<Option<NextHop>, ConfigError> {
         if let NextHop::Host(h) = next
             && !self.index.contains_key(&h)
         {
@@ -494,10 +470,7 @@ impl Node {
     /// A local link came up (idempotent): paths over it are used from now on.
     pub fn add_link(&mut self, link: LinkId) {
         if !self.links.iter().any(|l| l.id == link) {
-            self.links.push(LinkEntry {
-                id: link,
-                stats: LinkStats::default(),
-            });
+            self.links.push(LinkEntry { id: link, stats: LinkStats::default() });
         }
         for n in &mut self.neighbours {
             n.link_changed(link, true);
@@ -515,12 +488,7 @@ impl Node {
 
     /// A packet read from the TUN: route it, seal it once, queue a copy on
     /// every path the policy picks.
-    pub fn handle_tun_packet(
-        &mut self,
-        now: Time,
-        packet: &[u8],
-        out: &mut Transmits,
-    ) -> Result<Sent, DropReason> {
+    pub fn handle_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
         self.stats.tun_in.add(packet.len());
         let r = self.route_tun_packet(now, packet, out);
         if let Err(reason) = r {
@@ -529,12 +497,7 @@ impl Node {
         r
     }
 
-    fn route_tun_packet(
-        &mut self,
-        now: Time,
-        packet: &[u8],
-        out: &mut Transmits,
-    ) -> Result<Sent, DropReason> {
+    fn route_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
         if packet.len() > self.cfg.max_packet {
             return Err(DropReason::TooBig);
         }
@@ -546,13 +509,8 @@ impl Node {
         };
         let idx = self.index[&next];
         self.choose_by_policy(idx);
-        let (seq, copies) =
-            self.seal_to_chosen(now, idx, MessageType::Data, self.cfg.hop_limit, packet, out)?;
-        Ok(Sent {
-            next_hop: next,
-            seq,
-            copies,
-        })
+        let (seq, copies) = self.seal_to_chosen(now, idx, MessageType::Data, self.cfg.hop_limit, packet, out)?;
+        Ok(Sent { next_hop: next, seq, copies })
     }
 
     /// A datagram received on `link` from `from`. `datagram` is opened in
@@ -597,10 +555,7 @@ impl Node {
         if header.receiver != self.cfg.host {
             return Err(DropReason::WrongReceiver);
         }
-        let idx = *self
-            .index
-            .get(&header.sender)
-            .ok_or(DropReason::UnknownSender)?;
+        let idx = *self.index.get(&header.sender).ok_or(DropReason::UnknownSender)?;
         let n = &mut self.neighbours[idx];
         // Cheap replay/duplicate check before any cryptography.
         match n.window.check(header.seq) {
@@ -609,19 +564,12 @@ impl Node {
             Verdict::TooOld => return Err(DropReason::TooOld),
         }
         let (head, sealed) = packet.split_mut();
-        let plain_len = n
-            .keys
-            .open(header.seq, head, sealed)
-            .map_err(|_| DropReason::AuthFailed)?;
+        let plain_len = n.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
         // Authenticated: only now may state change.
         n.window.mark(header.seq);
         let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
         n.stats.accepted.add(wire_len);
-        let p = match n
-            .paths
-            .iter()
-            .position(|p| p.addr.link == link && p.addr.remote == from)
-        {
+        let p = match n.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
             Some(i) => &mut n.paths[i],
             None => n.learn_path(PathAddr { link, remote: from }),
         };
@@ -647,19 +595,10 @@ impl Node {
                 }
                 let next_idx = self.index[&next];
                 self.choose_by_policy(next_idx);
-                let (_, copies) = self.seal_to_chosen(
-                    now,
-                    next_idx,
-                    MessageType::Data,
-                    header.hop_limit - 1,
-                    &datagram[plain],
-                    out,
-                )?;
+                let (_, copies) =
+                    self.seal_to_chosen(now, next_idx, MessageType::Data, header.hop_limit - 1, &datagram[plain], out)?;
                 self.stats.forwarded.add(plain_len);
-                Ok(Received::Forwarded {
-                    next_hop: next,
-                    copies,
-                })
+                Ok(Received::Forwarded { next_hop: next, copies })
             }
         }
     }
@@ -691,10 +630,7 @@ impl Node {
             if self.chosen.is_empty() {
                 continue;
             }
-            if self
-                .seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out)
-                .is_ok()
-            {
+            if self.seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out).is_ok() {
                 self.stats.keepalives_out += 1;
             } else {
                 self.stats.drops.add(DropReason::SeqExhausted);
@@ -706,12 +642,7 @@ impl Node {
     /// among neighbour `idx`'s usable paths.
     fn choose_by_policy(&mut self, idx: usize) {
         self.chosen.clear();
-        let usable = self.neighbours[idx]
-            .paths
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.usable)
-            .map(|(i, _)| i);
+        let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
         let chosen = &mut self.chosen;
         self.cfg.policy.select(usable, |i| chosen.push(i));
     }
@@ -746,13 +677,7 @@ impl Node {
                 l.stats.tx.add(wire_len);
             }
         }
-        let header = Header {
-            msg_type,
-            hop_limit,
-            sender: self.cfg.host,
-            receiver: n.host,
-            seq,
-        };
+        let header = Header { msg_type, hop_limit, sender: self.cfg.host, receiver: n.host, seq };
         let copies = out.push_sealed(&header, payload, &n.keys);
         n.stats.sealed.add(wire_len);
         self.stats.sealed.add(wire_len);

@@ -57,12 +57,6 @@ mod tests {
         Policy::All.select([1, 2, 3].into_iter(), |p| got.push(p));
         assert_eq!(got, vec![1, 2, 3]);
         assert_eq!("all".parse::<Policy>(), Ok(Policy::All));
-        assert!(
-            "best:2"
-                .parse::<Policy>()
-                .unwrap_err()
-                .to_string()
-                .contains("known policies")
-        );
+        assert!("best:2".parse::<Policy>().unwrap_err().to_string().contains("known policies"));
     }
 }

@@ -98,10 +98,7 @@ impl DropCounts {
 
     /// Nonzero counters with their reasons.
     pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL
-            .iter()
-            .map(|r| (*r, self.get(*r)))
-            .filter(|(_, n)| *n > 0)
+        DropReason::ALL.iter().map(|r| (*r, self.get(*r))).filter(|(_, n)| *n > 0)
     }
 }
 
@@ -169,9 +166,6 @@ mod tests {
         let mut c = DropCounts::default();
         c.add(DropReason::Bounce);
         c.add(DropReason::Bounce);
-        assert_eq!(
-            c.nonzero().collect::<Vec<_>>(),
-            vec![(DropReason::Bounce, 2)]
-        );
+        assert_eq!(c.nonzero().collect::<Vec<_>>(), vec![(DropReason::Bounce, 2)]);
     }
 }

@@ -74,13 +74,7 @@ mod tests {
         let t = Time::from_nanos(10);
         assert_eq!(t + Duration::from_nanos(5), Time::from_nanos(15));
         assert_eq!(t - Time::from_nanos(20), Duration::ZERO);
-        assert_eq!(
-            Time::from_nanos(u64::MAX) + Duration::from_secs(1),
-            Time::from_nanos(u64::MAX)
-        );
-        assert_eq!(
-            Time::from_duration(Duration::from_millis(2)).as_nanos(),
-            2_000_000
-        );
+        assert_eq!(Time::from_nanos(u64::MAX) + Duration::from_secs(1), Time::from_nanos(u64::MAX));
+        assert_eq!(Time::from_duration(Duration::from_millis(2)).as_nanos(), 2_000_000);
     }
 }

@@ -68,10 +68,9 @@ impl Transmits {
 
     /// The datagrams in the order they were produced.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Transmit<'_>> + '_ {
-        self.items.iter().map(|i| Transmit {
-            datagram: &self.buf[i.bytes.clone()],
-            paths: &self.paths[i.paths.clone()],
-        })
+        self.items
+            .iter()
+            .map(|i| Transmit { datagram: &self.buf[i.bytes.clone()], paths: &self.paths[i.paths.clone()] })
     }
 
     /// Stage a path for the next datagram.
@@ -82,12 +81,7 @@ impl Transmits {
 
     /// Seal `payload` once under `header` and queue it for every staged path.
     /// Returns the number of copies.
-    pub(crate) fn push_sealed(
-        &mut self,
-        header: &Header,
-        payload: &[u8],
-        keys: &SessionKeys,
-    ) -> usize {
+    pub(crate) fn push_sealed(&mut self, header: &Header, payload: &[u8], keys: &SessionKeys) -> usize {
         let start = self.buf.len();
         let len = HEADER_LEN + payload.len() + TAG_LEN;
         self.buf.resize(start + len, 0);
@@ -99,10 +93,7 @@ impl Transmits {
         let tag = keys.seal(header.seq, head, body);
         tag_out.copy_from_slice(&tag);
         let copies = self.pending;
-        self.items.push(Item {
-            bytes: start..start + len,
-            paths: self.paths.len() - copies..self.paths.len(),
-        });
+        self.items.push(Item { bytes: start..start + len, paths: self.paths.len() - copies..self.paths.len() });
         self.pending = 0;
         copies
     }

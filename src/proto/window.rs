@@ -55,11 +55,7 @@ impl ReplayWindow {
         let packets = u64::from(packets.max(1));
         let needed_blocks = packets.div_ceil(BLOCK_BITS) + 1;
         let n = needed_blocks.next_power_of_two();
-        ReplayWindow {
-            blocks: vec![0u64; n as usize].into_boxed_slice(),
-            top: 0,
-            size: (n - 1) * BLOCK_BITS,
-        }
+        ReplayWindow { blocks: vec![0u64; n as usize].into_boxed_slice(), top: 0, size: (n - 1) * BLOCK_BITS }
     }
 
     /// How many sequence numbers behind the highest one are remembered.
@@ -90,11 +86,7 @@ impl ReplayWindow {
             return Verdict::TooOld;
         }
         let (block, bit) = self.slot(seq);
-        if self.blocks[block] & bit != 0 {
-            Verdict::Duplicate
-        } else {
-            Verdict::Fresh
-        }
+        if self.blocks[block] & bit != 0 { Verdict::Duplicate } else { Verdict::Fresh }
     }
 
     /// Accept `seq`: call only after `check` said `Fresh` and the packet was

@@ -135,10 +135,7 @@ impl MessageType {
     /// Whether messages of this type are sealed with a session key (header as
     /// associated data, tag at the end).
     pub const fn is_sealed(self) -> bool {
-        !matches!(
-            self,
-            MessageType::HandshakeInit | MessageType::HandshakeResponse | MessageType::Cookie
-        )
+        !matches!(self, MessageType::HandshakeInit | MessageType::HandshakeResponse | MessageType::Cookie)
     }
 }
 
@@ -285,25 +282,17 @@ impl Header {
         if p.version() != VERSION {
             return Err(WireError::BadVersion(p.version()));
         }
-        let msg_type =
-            MessageType::from_u8(p.msg_type()).ok_or(WireError::UnknownType(p.msg_type()))?;
+        let msg_type = MessageType::from_u8(p.msg_type()).ok_or(WireError::UnknownType(p.msg_type()))?;
         if p.flags() != 0 {
             return Err(WireError::BadFlags(p.flags()));
         }
         if msg_type.is_sealed() && p.len() < OVERHEAD {
             return Err(WireError::Truncated);
         }
-        let (Some(sender), Some(receiver)) = (HostId::new(p.sender()), HostId::new(p.receiver()))
-        else {
+        let (Some(sender), Some(receiver)) = (HostId::new(p.sender()), HostId::new(p.receiver())) else {
             return Err(WireError::ZeroHostId);
         };
-        Ok(Header {
-            msg_type,
-            hop_limit: p.hop_limit(),
-            sender,
-            receiver,
-            seq: p.seq(),
-        })
+        Ok(Header { msg_type, hop_limit: p.hop_limit(), sender, receiver, seq: p.seq() })
     }
 
     /// Write the header into the first [`HEADER_LEN`] bytes of `buf`.
@@ -340,13 +329,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        let h = Header {
-            msg_type: MessageType::Data,
-            hop_limit: 3,
-            sender: hid(1),
-            receiver: hid(2),
-            seq: Seq(9),
-        };
+        let h = Header { msg_type: MessageType::Data, hop_limit: 3, sender: hid(1), receiver: hid(2), seq: Seq(9) };
         let mut b = vec![0u8; OVERHEAD];
         h.emit(&mut b);
         let parse = |v: &[u8]| Packet::new_checked(v).and_then(|p| Header::parse(&p));

@@ -37,19 +37,9 @@ pub struct Row {
 pub fn compare(links: &[LinkModel], load: Load) -> Vec<Row> {
     let mut rows = Vec::new();
     for (i, m) in links.iter().enumerate() {
-        rows.push(run(
-            format!("link {} alone", i + 1),
-            std::slice::from_ref(m),
-            load,
-            load.seed + 1 + i as u64,
-        ));
+        rows.push(run(format!("link {} alone", i + 1), std::slice::from_ref(m), load, load.seed + 1 + i as u64));
     }
-    rows.push(run(
-        format!("mpvr over {} links", links.len()),
-        links,
-        load,
-        load.seed,
-    ));
+    rows.push(run(format!("mpvr over {} links", links.len()), links, load, load.seed));
     rows
 }
 
@@ -57,11 +47,7 @@ fn run(label: String, links: &[LinkModel], load: Load, seed: u64) -> Row {
     let mut p = scenario::pair(seed, links, &|_| {});
     let interval = Duration::from_secs_f64(1.0 / load.rate_pps.max(1) as f64);
     let s = p.stream(Duration::from_millis(10), interval, load.packets, load.size);
-    let worst_delay = links
-        .iter()
-        .map(|m| m.delay + Duration::from_secs(2))
-        .max()
-        .unwrap_or_default();
+    let worst_delay = links.iter().map(|m| m.delay + Duration::from_secs(2)).max().unwrap_or_default();
     let end = p.sim.stream(s).send_time(load.packets) + worst_delay;
     p.sim.run_until(end);
     let report = p.sim.stream_report(s, p.b);
@@ -71,12 +57,7 @@ fn run(label: String, links: &[LinkModel], load: Load, seed: u64) -> Row {
         copies_lost += c.lost + c.blacked_out + c.queue_drops;
         copies_sent += c.offered;
     }
-    Row {
-        label,
-        report,
-        copies_lost,
-        copies_sent,
-    }
+    Row { label, report, copies_lost, copies_sent }
 }
 
 #[cfg(test)]
@@ -87,25 +68,11 @@ mod tests {
     fn duplication_beats_each_link() {
         let a: LinkModel = "delay=20ms,loss=5%".parse().unwrap();
         let b: LinkModel = "delay=40ms,loss=5%,blackout=1s-2s".parse().unwrap();
-        let rows = compare(
-            &[a, b],
-            Load {
-                packets: 20_000,
-                rate_pps: 5_000,
-                size: 200,
-                seed: 1,
-            },
-        );
+        let rows = compare(&[a, b], Load { packets: 20_000, rate_pps: 5_000, size: 200, seed: 1 });
         let mpvr = &rows[2].report;
         assert_eq!(mpvr.delivered_twice, 0);
         for r in &rows[..2] {
-            assert!(
-                mpvr.lost() * 3 < r.report.lost(),
-                "{} lost {} vs mpvr {}",
-                r.label,
-                r.report.lost(),
-                mpvr.lost()
-            );
+            assert!(mpvr.lost() * 3 < r.report.lost(), "{} lost {} vs mpvr {}", r.label, r.report.lost(), mpvr.lost());
         }
         assert!(mpvr.latency_percentile(50.0).unwrap() < Duration::from_millis(21));
     }

@@ -106,10 +106,7 @@ impl Default for LinkModel {
 impl LinkModel {
     /// A perfect link with this one-way delay.
     pub fn delay(d: Duration) -> LinkModel {
-        LinkModel {
-            delay: d,
-            ..LinkModel::default()
-        }
+        LinkModel { delay: d, ..LinkModel::default() }
     }
 
     /// Same link with independent loss `p`.
@@ -176,24 +173,12 @@ pub struct Channel {
 impl Channel {
     /// A channel in its initial state.
     pub fn new(model: LinkModel) -> Channel {
-        Channel {
-            model,
-            stats: ChannelStats::default(),
-            bad: false,
-            busy_until: Time::ZERO,
-            last_arrival: Time::ZERO,
-        }
+        Channel { model, stats: ChannelStats::default(), bad: false, busy_until: Time::ZERO, last_arrival: Time::ZERO }
     }
 
     /// Offer a packet of `len` bytes at `now`; push the copies that will
     /// arrive (none if lost) onto `out`.
-    pub fn transit(
-        &mut self,
-        rng: &mut ChaCha8Rng,
-        now: Time,
-        len: usize,
-        out: &mut Vec<Delivery>,
-    ) {
+    pub fn transit(&mut self, rng: &mut ChaCha8Rng, now: Time, len: usize, out: &mut Vec<Delivery>) {
         let m = &self.model;
         self.stats.offered += 1;
         if m.blackouts.iter().any(|&(s, e)| s <= now && now < e) {
@@ -213,11 +198,7 @@ impl Channel {
         }
         let loss = match m.burst {
             Some(ge) => {
-                let flip = if self.bad {
-                    ge.p_bad_good
-                } else {
-                    ge.p_good_bad
-                };
+                let flip = if self.bad { ge.p_bad_good } else { ge.p_good_bad };
                 if rng.random_bool(flip.clamp(0.0, 1.0)) {
                     self.bad = !self.bad;
                 }
@@ -254,18 +235,12 @@ impl Channel {
         self.stats.arrived += 1;
         if m.duplicate > 0.0 && rng.random_bool(m.duplicate.clamp(0.0, 1.0)) {
             let extra = Duration::from_micros(rng.random_range(0..1000));
-            out.push(Delivery {
-                at: at + extra,
-                flip_bit,
-            });
+            out.push(Delivery { at: at + extra, flip_bit });
             self.stats.duplicated += 1;
             self.stats.arrived += 1;
         }
         if m.replay > 0.0 && rng.random_bool(m.replay.clamp(0.0, 1.0)) {
-            out.push(Delivery {
-                at: at + m.replay_after,
-                flip_bit: None,
-            });
+            out.push(Delivery { at: at + m.replay_after, flip_bit: None });
             self.stats.replayed += 1;
             self.stats.arrived += 1;
         }
@@ -289,34 +264,14 @@ mod tests {
 
     #[test]
     fn loss_rates_match_the_model() {
-        let (ch, out) = run(
-            LinkModel::default().with_loss(0.1),
-            100_000,
-            Duration::from_micros(10),
-        );
+        let (ch, out) = run(LinkModel::default().with_loss(0.1), 100_000, Duration::from_micros(10));
         let p = ch.stats.lost as f64 / 100_000.0;
         assert!((p - 0.1).abs() < 0.005, "{p}");
         assert_eq!(out.len() as u64, 100_000 - ch.stats.lost);
-        let ge = GilbertElliott {
-            p_good_bad: 0.01,
-            p_bad_good: 0.2,
-            loss_good: 0.0,
-            loss_bad: 0.8,
-        };
-        let (ch, _) = run(
-            LinkModel {
-                burst: Some(ge),
-                ..LinkModel::default()
-            },
-            200_000,
-            Duration::from_micros(10),
-        );
+        let ge = GilbertElliott { p_good_bad: 0.01, p_bad_good: 0.2, loss_good: 0.0, loss_bad: 0.8 };
+        let (ch, _) = run(LinkModel { burst: Some(ge), ..LinkModel::default() }, 200_000, Duration::from_micros(10));
         let p = ch.stats.lost as f64 / 200_000.0;
-        assert!(
-            (p - ge.mean_loss()).abs() < 0.005,
-            "{p} vs {}",
-            ge.mean_loss()
-        );
+        assert!((p - ge.mean_loss()).abs() < 0.005, "{p} vs {}", ge.mean_loss());
     }
 
     #[test]
@@ -327,19 +282,12 @@ mod tests {
         assert_eq!(ch.stats.blacked_out, 100);
         assert!(out.iter().all(|d| d.at >= Time::ZERO + ms(10)));
         // 1000-byte packets at 8 Mbit/s take 1 ms each: a 10-packet queue.
-        let m = LinkModel {
-            rate_bps: Some(8_000_000),
-            queue_bytes: 10_000,
-            ..LinkModel::default()
-        };
+        let m = LinkModel { rate_bps: Some(8_000_000), queue_bytes: 10_000, ..LinkModel::default() };
         let (ch, out) = run(m, 100, Duration::ZERO);
         assert_eq!(ch.stats.queue_drops, 90);
         assert_eq!(out.last().unwrap().at, Time::ZERO + ms(11));
         // Order-keeping jitter never reorders.
-        let m = LinkModel {
-            keep_order: true,
-            ..LinkModel::delay(ms(5)).with_jitter(Jitter::Normal(ms(3)))
-        };
+        let m = LinkModel { keep_order: true, ..LinkModel::delay(ms(5)).with_jitter(Jitter::Normal(ms(3))) };
         let (_, out) = run(m, 1000, Duration::from_micros(100));
         assert!(out.windows(2).all(|w| w[0].at <= w[1].at));
     }

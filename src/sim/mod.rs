@@ -31,8 +31,8 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    ConfigError, DropReason, Endpoint, LinkId, NeighbourConfig, NextHop, Node, NodeConfig,
-    Received, SessionKeys, Time, Transmits,
+    ConfigError, DropReason, Endpoint, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time,
+    Transmits,
 };
 
 /// Index of a host in the simulator.
@@ -74,10 +74,7 @@ pub struct Stream {
 impl Stream {
     /// When packet `n` (0-based) is sent.
     pub fn send_time(&self, n: u64) -> Time {
-        self.start
-            + self
-                .interval
-                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        self.start + self.interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
     }
 }
 
@@ -143,28 +140,11 @@ struct SimHost {
 }
 
 enum EventKind {
-    StreamTick {
-        stream: StreamIx,
-        n: u64,
-    },
-    Tun {
-        host: HostIx,
-        packet: Vec<u8>,
-    },
-    Arrive {
-        host: HostIx,
-        link: LinkId,
-        from: SocketAddr,
-        bytes: Vec<u8>,
-    },
-    Timer {
-        host: HostIx,
-    },
-    LinkState {
-        host: HostIx,
-        link: LinkId,
-        up: bool,
-    },
+    StreamTick { stream: StreamIx, n: u64 },
+    Tun { host: HostIx, packet: Vec<u8> },
+    Arrive { host: HostIx, link: LinkId, from: SocketAddr, bytes: Vec<u8> },
+    Timer { host: HostIx },
+    LinkState { host: HostIx, link: LinkId, up: bool },
 }
 
 struct Event {
@@ -239,12 +219,7 @@ impl Sim {
     /// Add a host running a node with `cfg`.
     pub fn add_host(&mut self, cfg: NodeConfig) -> Result<HostIx, ConfigError> {
         let node = Node::new(cfg)?;
-        self.hosts.push(SimHost {
-            node,
-            links: HashMap::new(),
-            timer_at: None,
-            next_link: 1,
-        });
+        self.hosts.push(SimHost { node, links: HashMap::new(), timer_at: None, next_link: 1 });
         let h = HostIx(self.hosts.len() - 1);
         self.rearm(h);
         Ok(h)
@@ -276,10 +251,7 @@ impl Sim {
         };
         let ea = end(a, 1, Dir::Forward);
         let eb = end(b, 2, Dir::Backward);
-        self.wires.push(Wire {
-            ends: [ea, eb],
-            channels: [Channel::new(ab), Channel::new(ba)],
-        });
+        self.wires.push(Wire { ends: [ea, eb], channels: [Channel::new(ab), Channel::new(ba)] });
         self.rearm(a);
         self.rearm(b);
         w
@@ -287,11 +259,7 @@ impl Sim {
 
     /// The local link and endpoint of `h` on wire `w`.
     pub fn end(&self, w: WireIx, h: HostIx) -> (LinkId, SocketAddr) {
-        let e = self.wires[w.0]
-            .ends
-            .iter()
-            .find(|e| e.0 == h)
-            .expect("host is on the wire");
+        let e = self.wires[w.0].ends.iter().find(|e| e.0 == h).expect("host is on the wire");
         (e.1, e.2)
     }
 
@@ -306,19 +274,12 @@ impl Sim {
                 .map(|w| {
                     let mine = w.ends.iter().find(|e| e.0 == me).expect("end");
                     let theirs = w.ends.iter().find(|e| e.0 == other).expect("end");
-                    Endpoint {
-                        remote: theirs.2,
-                        link: Some(mine.1),
-                    }
+                    Endpoint { remote: theirs.2, link: Some(mine.1) }
                 })
                 .collect();
             let (hm, ho) = (self.node(me).host(), self.node(other).host());
             let keys = SessionKeys::from_shared_secret(&secret, hm, ho);
-            self.node_mut(me).add_neighbour(NeighbourConfig {
-                host: ho,
-                keys,
-                endpoints,
-            })?;
+            self.node_mut(me).add_neighbour(NeighbourConfig { host: ho, keys, endpoints })?;
             self.rearm(me);
         }
         Ok(())
@@ -350,23 +311,9 @@ impl Sim {
     /// at `at`, and back up at `back` if given.
     pub fn link_down(&mut self, h: HostIx, w: WireIx, at: Time, back: Option<Time>) {
         let (link, _) = self.end(w, h);
-        self.push(
-            at,
-            EventKind::LinkState {
-                host: h,
-                link,
-                up: false,
-            },
-        );
+        self.push(at, EventKind::LinkState { host: h, link, up: false });
         if let Some(b) = back {
-            self.push(
-                b,
-                EventKind::LinkState {
-                    host: h,
-                    link,
-                    up: true,
-                },
-            );
+            self.push(b, EventKind::LinkState { host: h, link, up: true });
         }
     }
 
@@ -378,15 +325,7 @@ impl Sim {
     /// Hand raw bytes to host `h` as if received on wire `w` from `from` at `at`.
     pub fn inject(&mut self, h: HostIx, w: WireIx, from: SocketAddr, at: Time, bytes: Vec<u8>) {
         let (link, _) = self.end(w, h);
-        self.push(
-            at,
-            EventKind::Arrive {
-                host: h,
-                link,
-                from,
-                bytes,
-            },
-        );
+        self.push(at, EventKind::Arrive { host: h, link, from, bytes });
     }
 
     /// Start a stream of test packets.
@@ -423,11 +362,7 @@ impl Sim {
 
     fn push(&mut self, at: Time, kind: EventKind) {
         self.order += 1;
-        self.queue.push(Reverse(Event {
-            at: at.max(self.now),
-            order: self.order,
-            kind,
-        }));
+        self.queue.push(Reverse(Event { at: at.max(self.now), order: self.order, kind }));
     }
 
     /// Run every event up to and including `until`; the clock ends at `until`.
@@ -457,42 +392,18 @@ impl Sim {
                     let next = s.send_time(n + 1);
                     self.push(next, EventKind::StreamTick { stream, n: n + 1 });
                 }
-                let result = self.hosts[host.0]
-                    .node
-                    .handle_tun_packet(now, &packet, &mut self.out);
-                self.tun_sends.push(TunSend {
-                    id,
-                    host,
-                    at: now,
-                    result,
-                });
+                let result = self.hosts[host.0].node.handle_tun_packet(now, &packet, &mut self.out);
+                self.tun_sends.push(TunSend { id, host, at: now, result });
                 self.flush(host);
             }
             EventKind::Tun { host, packet } => {
-                let _ = self.hosts[host.0]
-                    .node
-                    .handle_tun_packet(now, &packet, &mut self.out);
+                let _ = self.hosts[host.0].node.handle_tun_packet(now, &packet, &mut self.out);
                 self.flush(host);
             }
-            EventKind::Arrive {
-                host,
-                link,
-                from,
-                mut bytes,
-            } => {
-                let r = self.hosts[host.0].node.handle_datagram(
-                    now,
-                    link,
-                    from,
-                    &mut bytes,
-                    &mut self.out,
-                );
+            EventKind::Arrive { host, link, from, mut bytes } => {
+                let r = self.hosts[host.0].node.handle_datagram(now, link, from, &mut bytes, &mut self.out);
                 if let Received::Deliver(range) = r {
-                    self.deliveries.push(Delivery {
-                        host,
-                        at: now,
-                        packet: bytes[range].to_vec(),
-                    });
+                    self.deliveries.push(Delivery { host, at: now, packet: bytes[range].to_vec() });
                 }
                 self.flush(host);
             }
@@ -534,12 +445,7 @@ impl Sim {
                     continue;
                 }
                 self.copies.clear();
-                wire.channels[dir as usize].transit(
-                    &mut self.rng,
-                    self.now,
-                    t.datagram.len(),
-                    &mut self.copies,
-                );
+                wire.channels[dir as usize].transit(&mut self.rng, self.now, t.datagram.len(), &mut self.copies);
                 for i in 0..self.copies.len() {
                     let c = self.copies[i];
                     let mut bytes = t.datagram.to_vec();
@@ -557,15 +463,7 @@ impl Sim {
                             corrupted: c.flip_bit.is_some(),
                         });
                     }
-                    self.push(
-                        c.at,
-                        EventKind::Arrive {
-                            host: dst.0,
-                            link: dst.1,
-                            from: src.2,
-                            bytes,
-                        },
-                    );
+                    self.push(c.at, EventKind::Arrive { host: dst.0, link: dst.1, from: src.2, bytes });
                 }
             }
         }
@@ -591,10 +489,7 @@ impl Sim {
     pub fn stream_report(&self, s: StreamIx, to: HostIx) -> StreamReport {
         let stream = &self.streams[s.0];
         let mut first: Vec<Option<Time>> = vec![None; stream.count as usize];
-        let mut report = StreamReport {
-            sent: stream.count,
-            ..StreamReport::default()
-        };
+        let mut report = StreamReport { sent: stream.count, ..StreamReport::default() };
         for d in self.deliveries.iter().filter(|d| d.host == to) {
             let Some(id) = traffic::packet_id(&d.packet) else {
                 report.mangled += 1;
@@ -646,11 +541,7 @@ impl StreamReport {
 
     /// Loss as a fraction of packets sent.
     pub fn loss_rate(&self) -> f64 {
-        if self.sent == 0 {
-            0.0
-        } else {
-            self.lost() as f64 / self.sent as f64
-        }
+        if self.sent == 0 { 0.0 } else { self.lost() as f64 / self.sent as f64 }
     }
 
     /// Latency percentile `p` in `[0, 100]`.

@@ -17,26 +17,12 @@ pub const SECRET: [u8; 32] = *b"mpvr simulator shared secret 32b";
 
 /// Host `n`'s IPv4 tunnel address.
 pub fn addr4(n: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(
-        10,
-        9,
-        0,
-        u8::try_from(n).expect("host number below 256"),
-    ))
+    IpAddr::V4(Ipv4Addr::new(10, 9, 0, u8::try_from(n).expect("host number below 256")))
 }
 
 /// Host `n`'s IPv6 tunnel address.
 pub fn addr6(n: u32) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(
-        0xfd09,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        u16::try_from(n).expect("host number below 65536"),
-    ))
+    IpAddr::V6(Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, u16::try_from(n).expect("host number below 65536")))
 }
 
 fn host_routes(n: u32) -> [IpNet; 2] {
@@ -79,10 +65,7 @@ pub fn pair(seed: u64, links: &[LinkModel], tweak: &dyn Fn(&mut NodeConfig)) -> 
     let mut sim = Sim::new(seed);
     let a = add_host(&mut sim, 1, tweak);
     let b = add_host(&mut sim, 2, tweak);
-    let wires = links
-        .iter()
-        .map(|m| sim.connect(a, b, m.clone(), m.clone()))
-        .collect();
+    let wires = links.iter().map(|m| sim.connect(a, b, m.clone(), m.clone())).collect();
     sim.pair(a, b, SECRET).expect("fresh neighbours");
     route_to(&mut sim, a, 2, 2);
     route_to(&mut sim, b, 1, 1);
@@ -91,15 +74,8 @@ pub fn pair(seed: u64, links: &[LinkModel], tweak: &dyn Fn(&mut NodeConfig)) -> 
 
 impl Pair {
     /// A stream of `count` IPv4 packets of `size` bytes from host 1 to host 2.
-    pub fn stream(
-        &mut self,
-        start: Duration,
-        interval: Duration,
-        count: u64,
-        size: usize,
-    ) -> StreamIx {
-        self.sim
-            .add_stream(stream_1_to_2(self.a, start, interval, count, size))
+    pub fn stream(&mut self, start: Duration, interval: Duration, count: u64, size: usize) -> StreamIx {
+        self.sim.add_stream(stream_1_to_2(self.a, start, interval, count, size))
     }
 }
 
@@ -126,58 +102,24 @@ pub fn chain(seed: u64, hop1: &[LinkModel], hop2: &[LinkModel]) -> Chain {
     let a = add_host(&mut sim, 1, &|_| {});
     let b = add_host(&mut sim, 2, &|_| {});
     let r = add_host(&mut sim, 3, &|_| {});
-    let hop1 = hop1
-        .iter()
-        .map(|m| sim.connect(a, r, m.clone(), m.clone()))
-        .collect();
-    let hop2 = hop2
-        .iter()
-        .map(|m| sim.connect(r, b, m.clone(), m.clone()))
-        .collect();
+    let hop1 = hop1.iter().map(|m| sim.connect(a, r, m.clone(), m.clone())).collect();
+    let hop2 = hop2.iter().map(|m| sim.connect(r, b, m.clone(), m.clone())).collect();
     sim.pair(a, r, SECRET).expect("fresh neighbours");
     sim.pair(r, b, SECRET).expect("fresh neighbours");
     route_to(&mut sim, a, 2, 3);
     route_to(&mut sim, b, 1, 3);
     route_to(&mut sim, r, 1, 1);
     route_to(&mut sim, r, 2, 2);
-    Chain {
-        sim,
-        a,
-        r,
-        b,
-        hop1,
-        hop2,
-    }
+    Chain { sim, a, r, b, hop1, hop2 }
 }
 
 impl Chain {
     /// A stream of `count` IPv4 packets of `size` bytes from host 1 to host 2.
-    pub fn stream(
-        &mut self,
-        start: Duration,
-        interval: Duration,
-        count: u64,
-        size: usize,
-    ) -> StreamIx {
-        self.sim
-            .add_stream(stream_1_to_2(self.a, start, interval, count, size))
+    pub fn stream(&mut self, start: Duration, interval: Duration, count: u64, size: usize) -> StreamIx {
+        self.sim.add_stream(stream_1_to_2(self.a, start, interval, count, size))
     }
 }
 
-fn stream_1_to_2(
-    from: HostIx,
-    start: Duration,
-    interval: Duration,
-    count: u64,
-    size: usize,
-) -> Stream {
-    Stream {
-        from,
-        src: addr4(1),
-        dst: addr4(2),
-        start: Time::from_duration(start),
-        interval,
-        count,
-        size,
-    }
+fn stream_1_to_2(from: HostIx, start: Duration, interval: Duration, count: u64, size: usize) -> Stream {
+    Stream { from, src: addr4(1), dst: addr4(2), start: Time::from_duration(start), interval, count, size }
 }

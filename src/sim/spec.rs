@@ -33,10 +33,7 @@ fn scaled(v: &str, units: &[(&str, u64)]) -> Option<u64> {
     let lower = v.to_ascii_lowercase();
     for (suffix, mult) in units {
         if let Some(num) = lower.strip_suffix(suffix) {
-            let n: f64 = num
-                .parse()
-                .ok()
-                .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+            let n: f64 = num.parse().ok().filter(|n: &f64| n.is_finite() && *n > 0.0)?;
             return Some((n * *mult as f64) as u64);
         }
     }
@@ -47,29 +44,16 @@ impl FromStr for LinkModel {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<LinkModel, SpecError> {
-        let err = |what: String| SpecError {
-            spec: spec.to_string(),
-            what,
-        };
+        let err = |what: String| SpecError { spec: spec.to_string(), what };
         let mut m = LinkModel::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| err(format!("{part:?} is not key=value")))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| err(format!("{part:?} is not key=value")))?;
             let bad = |kind: &str| err(format!("{k}={v}: expected {kind}"));
             match k {
-                "delay" => {
-                    m.delay = parse_duration(v).ok_or_else(|| bad("a duration such as 20ms"))?
-                }
-                "jitter" => {
-                    m.jitter = Jitter::Uniform(
-                        parse_duration(v).ok_or_else(|| bad("a duration such as 5ms"))?,
-                    )
-                }
+                "delay" => m.delay = parse_duration(v).ok_or_else(|| bad("a duration such as 20ms"))?,
+                "jitter" => m.jitter = Jitter::Uniform(parse_duration(v).ok_or_else(|| bad("a duration such as 5ms"))?),
                 "jitter-sd" => {
-                    m.jitter = Jitter::Normal(
-                        parse_duration(v).ok_or_else(|| bad("a duration such as 2ms"))?,
-                    )
+                    m.jitter = Jitter::Normal(parse_duration(v).ok_or_else(|| bad("a duration such as 2ms"))?)
                 }
                 "loss" => m.loss = probability(v).ok_or_else(|| bad("a probability such as 5%"))?,
                 "burst" => {
@@ -77,22 +61,11 @@ impl FromStr for LinkModel {
                     // Bad runs last 5 packets on average and lose everything;
                     // the good-to-bad rate gives the requested mean loss.
                     let p_bad_good = 0.2;
-                    let p_good_bad = if mean >= 1.0 {
-                        1.0
-                    } else {
-                        p_bad_good * mean / (1.0 - mean)
-                    };
-                    m.burst = Some(GilbertElliott {
-                        p_good_bad,
-                        p_bad_good,
-                        loss_good: 0.0,
-                        loss_bad: 1.0,
-                    });
+                    let p_good_bad = if mean >= 1.0 { 1.0 } else { p_bad_good * mean / (1.0 - mean) };
+                    m.burst = Some(GilbertElliott { p_good_bad, p_bad_good, loss_good: 0.0, loss_bad: 1.0 });
                 }
                 "blackout" => {
-                    let (s, e) = v
-                        .split_once('-')
-                        .ok_or_else(|| bad("start-end such as 2s-4s"))?;
+                    let (s, e) = v.split_once('-').ok_or_else(|| bad("start-end such as 2s-4s"))?;
                     let (s, e) = (parse_duration(s), parse_duration(e));
                     let (Some(s), Some(e)) = (s, e) else {
                         return Err(bad("start-end such as 2s-4s"));
@@ -100,27 +73,14 @@ impl FromStr for LinkModel {
                     if e <= s {
                         return Err(bad("an end after the start"));
                     }
-                    m.blackouts
-                        .push((Time::from_duration(s), Time::from_duration(e)));
+                    m.blackouts.push((Time::from_duration(s), Time::from_duration(e)));
                 }
-                "reorder" => {
-                    m.reorder = probability(v).ok_or_else(|| bad("a probability such as 1%"))?
-                }
-                "duplicate" => {
-                    m.duplicate = probability(v).ok_or_else(|| bad("a probability such as 1%"))?
-                }
-                "corrupt" => {
-                    m.corrupt = probability(v).ok_or_else(|| bad("a probability such as 1%"))?
-                }
+                "reorder" => m.reorder = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
+                "duplicate" => m.duplicate = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
+                "corrupt" => m.corrupt = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
                 "rate" => {
-                    let units = [
-                        ("gbit", 1_000_000_000),
-                        ("mbit", 1_000_000),
-                        ("kbit", 1_000),
-                        ("bit", 1),
-                    ];
-                    m.rate_bps =
-                        Some(scaled(v, &units).ok_or_else(|| bad("a rate such as 10mbit"))?);
+                    let units = [("gbit", 1_000_000_000), ("mbit", 1_000_000), ("kbit", 1_000), ("bit", 1)];
+                    m.rate_bps = Some(scaled(v, &units).ok_or_else(|| bad("a rate such as 10mbit"))?);
                 }
                 "queue" => {
                     let units = [("mb", 1 << 20), ("kb", 1 << 10), ("b", 1)];
@@ -155,11 +115,7 @@ impl fmt::Display for LinkModel {
             let since = |t: Time| format_duration(t.saturating_since(Time::ZERO));
             parts.push(format!("blackout={}-{}", since(*s), since(*e)));
         }
-        for (key, p) in [
-            ("reorder", self.reorder),
-            ("duplicate", self.duplicate),
-            ("corrupt", self.corrupt),
-        ] {
+        for (key, p) in [("reorder", self.reorder), ("duplicate", self.duplicate), ("corrupt", self.corrupt)] {
             if p > 0.0 {
                 parts.push(format!("{key}={}", pct(p)));
             }
@@ -182,18 +138,13 @@ mod tests {
     #[test]
     fn parses_every_key() {
         let m: LinkModel =
-            "delay=20ms, jitter=5ms,loss=5%,blackout=1s-3s,rate=10mbit,queue=64kb,reorder=0.01"
-                .parse()
-                .unwrap();
+            "delay=20ms, jitter=5ms,loss=5%,blackout=1s-3s,rate=10mbit,queue=64kb,reorder=0.01".parse().unwrap();
         assert_eq!(m.delay, Duration::from_millis(20));
         assert_eq!(m.jitter, Jitter::Uniform(Duration::from_millis(5)));
         assert!((m.loss - 0.05).abs() < 1e-12);
         assert_eq!(
             m.blackouts,
-            vec![(
-                Time::from_duration(Duration::from_secs(1)),
-                Time::from_duration(Duration::from_secs(3))
-            )]
+            vec![(Time::from_duration(Duration::from_secs(1)), Time::from_duration(Duration::from_secs(3)))]
         );
         assert_eq!(m.rate_bps, Some(10_000_000));
         assert_eq!(m.queue_bytes, 65_536);

@@ -41,10 +41,7 @@ pub fn udp_packet(src: IpAddr, dst: IpAddr, id: u64, total_len: usize) -> Vec<u8
 }
 
 fn udp4(src: Ipv4Addr, dst: Ipv4Addr, id: u64, total_len: usize) -> Vec<u8> {
-    assert!(
-        (20 + 8 + ID_LEN..=65_535).contains(&total_len),
-        "bad IPv4 test packet length {total_len}"
-    );
+    assert!((20 + 8 + ID_LEN..=65_535).contains(&total_len), "bad IPv4 test packet length {total_len}");
     let mut p = vec![0u8; total_len];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
@@ -60,10 +57,7 @@ fn udp4(src: Ipv4Addr, dst: Ipv4Addr, id: u64, total_len: usize) -> Vec<u8> {
 }
 
 fn udp6(src: Ipv6Addr, dst: Ipv6Addr, id: u64, total_len: usize) -> Vec<u8> {
-    assert!(
-        (40 + 8 + ID_LEN..=65_535).contains(&total_len),
-        "bad IPv6 test packet length {total_len}"
-    );
+    assert!((40 + 8 + ID_LEN..=65_535).contains(&total_len), "bad IPv6 test packet length {total_len}");
     let mut p = vec![0u8; total_len];
     p[0] = 0x60;
     p[4..6].copy_from_slice(&((total_len - 40) as u16).to_be_bytes());
@@ -115,12 +109,7 @@ mod tests {
         let mut q = p.clone();
         q[150] ^= 4;
         assert_eq!(packet_id(&q), None);
-        let p6 = udp_packet(
-            "fd09::1".parse().unwrap(),
-            "fd09::2".parse().unwrap(),
-            7,
-            100,
-        );
+        let p6 = udp_packet("fd09::1".parse().unwrap(), "fd09::2".parse().unwrap(), 7, 100);
         assert_eq!(ip::destination(&p6), Ok("fd09::2".parse().unwrap()));
         assert_eq!(packet_id(&p6), Some(7));
     }

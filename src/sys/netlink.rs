@@ -3,7 +3,7 @@
 //! rest of the daemon never sees a netlink message.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use futures::stream::TryStreamExt;
@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
-use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
@@ -46,6 +46,10 @@ pub struct Nic {
     pub mtu: u32,
     /// Addresses with their prefix lengths.
     pub addrs: Vec<IpNet>,
+    /// The main table has an IPv4 default route out of this NIC.
+    pub default_v4: bool,
+    /// The main table has an IPv6 default route out of this NIC.
+    pub default_v6: bool,
 }
 
 /// A route or rule this process added, kept so it can be removed again.
@@ -81,11 +85,12 @@ impl Netlink {
                 index: msg.header.index,
                 name: String::new(),
                 up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
-                loopback: flags.contains(LinkFlags::Loopback)
-                    || msg.header.link_layer_type == LinkLayerType::Loopback,
+                loopback: flags.contains(LinkFlags::Loopback) || msg.header.link_layer_type == LinkLayerType::Loopback,
                 virtual_device: false,
                 mtu: 1500,
                 addrs: Vec::new(),
+                default_v4: false,
+                default_v6: false,
             };
             for a in msg.attributes {
                 match a {
@@ -94,17 +99,11 @@ impl Netlink {
                     _ => {}
                 }
             }
-            nic.virtual_device = Path::new("/sys/devices/virtual/net")
-                .join(&nic.name)
-                .exists();
+            nic.virtual_device = Path::new("/sys/devices/virtual/net").join(&nic.name).exists();
             nics.insert(nic.index, nic);
         }
         let mut addrs = self.handle.address().get().execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(nl_err("listing addresses"))?
-        {
+        while let Some(msg) = addrs.try_next().await.map_err(nl_err("listing addresses"))? {
             let Some(nic) = nics.get_mut(&msg.header.index) else {
                 continue;
             };
@@ -125,6 +124,40 @@ impl Netlink {
                 nic.addrs.push(net);
             }
         }
+        for (v6, msg) in [
+            (false, RouteMessageBuilder::<Ipv4Addr>::new().build()),
+            (true, RouteMessageBuilder::<Ipv6Addr>::new().build()),
+        ] {
+            let mut routes = self.handle.route().get(msg).execute();
+            loop {
+                let r = match routes.try_next().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) if is_no_ipv6(&e) => break,
+                    Err(e) => return Err(nl_err("listing routes")(e)),
+                };
+                let main = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                });
+                let table = main.unwrap_or(u32::from(r.header.table));
+                if r.header.destination_prefix_length != 0 || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                    continue;
+                }
+                for a in &r.attributes {
+                    let mut mark = |index: u32| {
+                        if let Some(nic) = nics.get_mut(&index) {
+                            if v6 { nic.default_v6 = true } else { nic.default_v4 = true }
+                        }
+                    };
+                    match a {
+                        RouteAttribute::Oif(i) => mark(*i),
+                        RouteAttribute::MultiPath(hops) => hops.iter().for_each(|h| mark(h.interface_index)),
+                        _ => {}
+                    }
+                }
+            }
+        }
         Ok(nics.into_values().collect())
     }
 
@@ -137,9 +170,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(nl_err(format!(
-                "adding address {addr} to interface #{index}"
-            )))
+            .map_err(nl_err(format!("adding address {addr} to interface #{index}")))
     }
 
     /// Add a route to `prefix` out of interface `index`, optionally through
@@ -154,10 +185,7 @@ impl Netlink {
         let what = format!("adding route {prefix} dev #{index}");
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(prefix.addr(), prefix.prefix_len())
-            .map_err(|e| NetlinkError {
-                what: what.clone(),
-                source: rtnetlink::Error::InvalidNla(e.to_string()),
-            })?
+            .map_err(|e| NetlinkError { what: what.clone(), source: rtnetlink::Error::InvalidNla(e.to_string()) })?
             .output_interface(index);
         if let Some(g) = gateway {
             b = b.gateway(g).map_err(|e| NetlinkError {
@@ -169,24 +197,13 @@ impl Netlink {
             b = b.table_id(t);
         }
         let msg = b.build();
-        self.handle
-            .route()
-            .add(msg.clone())
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(what))?;
+        self.handle.route().add(msg.clone()).replace().execute().await.map_err(nl_err(what))?;
         Ok(Installed::Route(msg))
     }
 
     /// Add the rule "packets leaving interface `ifname` use `table`", for
     /// both IP families.
-    pub async fn add_oif_rule(
-        &self,
-        ifname: &str,
-        table: u32,
-        priority: u32,
-    ) -> Result<Vec<Installed>, NetlinkError> {
+    pub async fn add_oif_rule(&self, ifname: &str, table: u32, priority: u32) -> Result<Vec<Installed>, NetlinkError> {
         let what = format!("adding rule oif {ifname} lookup {table}");
         let mut done = Vec::new();
         let mut r4 = self
@@ -228,10 +245,7 @@ impl Netlink {
             loop {
                 match rules.try_next().await {
                     Ok(Some(r)) => {
-                        if r.attributes
-                            .iter()
-                            .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
-                        {
+                        if r.attributes.iter().any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority)) {
                             stale.push(r);
                         }
                     }
@@ -257,10 +271,7 @@ impl Netlink {
         match r {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if is_gone(e.raw_code()) => Ok(()),
-            Err(e) => Err(NetlinkError {
-                what: format!("removing {what:?}"),
-                source: e,
-            }),
+            Err(e) => Err(NetlinkError { what: format!("removing {what:?}"), source: e }),
         }
     }
 }
@@ -274,7 +285,7 @@ fn is_no_ipv6(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == libc::EAFNOSUPPORT)
 }
 
-/// A stream that yields once per batch of link or address changes (the
+/// A stream that yields once per batch of link, address or route changes (the
 /// caller re-reads the whole picture, which also recovers from a lost event:
 /// an overflowing socket, ENOBUFS, ends in a full re-read too).
 pub fn watch() -> std::io::Result<impl Stream<Item = ()> + Unpin> {
@@ -282,6 +293,8 @@ pub fn watch() -> std::io::Result<impl Stream<Item = ()> + Unpin> {
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
     ])?;
     tokio::spawn(conn);
     Ok(messages.map(|_| ()))

@@ -9,11 +9,7 @@ pub use tun_rs::AsyncDevice;
 
 /// Create the TUN `name` with `mtu`, up. Returns it and its interface index.
 pub fn create(name: &str, mtu: u16) -> io::Result<(Arc<AsyncDevice>, u32)> {
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        .mtu(mtu)
-        .enable(true)
-        .build_async()?;
+    let dev = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).enable(true).build_async()?;
     let index = dev.if_index()?;
     Ok((Arc::new(dev), index))
 }

@@ -45,9 +45,7 @@ impl LinkSocket {
     pub fn bind(ifname: &str, port: u16) -> io::Result<LinkSocket> {
         let (s, dual_stack) = match open(Domain::IPV6, ifname, port) {
             Ok(s) => (s, true),
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                (open(Domain::IPV4, ifname, port)?, false)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => (open(Domain::IPV4, ifname, port)?, false),
             Err(e) => return Err(e),
         };
         let sock = tokio::net::UdpSocket::from_std(s.into())?;

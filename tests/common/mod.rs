@@ -36,10 +36,7 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// Run a command; panic with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -81,18 +78,13 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 /// A veth pair from `a` (named `an`, address `aaddr`) to `b`.
 pub fn veth(a: &Netns, an: &str, aaddr: &str, b: &Netns, bn: &str, baddr: &str) {
-    sh(&[
-        "ip", "link", "add", an, "netns", &a.name, "type", "veth", "peer", "name", bn, "netns",
-        &b.name,
-    ]);
+    sh(&["ip", "link", "add", an, "netns", &a.name, "type", "veth", "peer", "name", bn, "netns", &b.name]);
     for (ns, dev, addr) in [(a, an, aaddr), (b, bn, baddr)] {
         ns.sh(&["ip", "addr", "add", addr, "dev", dev]);
         ns.sh(&["ip", "link", "set", dev, "up"]);
@@ -133,16 +125,9 @@ pub fn keypair(dir: &TempDir, name: &str) -> (PathBuf, String) {
     let path = dir.write(name, &private);
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    let out = Command::new(mpvr())
-        .arg("pubkey")
-        .stdin(fs::File::open(&path).unwrap())
-        .output()
-        .unwrap();
+    let out = Command::new(mpvr()).arg("pubkey").stdin(fs::File::open(&path).unwrap()).output().unwrap();
     assert!(out.status.success());
-    (
-        path,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
+    (path, String::from_utf8(out.stdout).unwrap().trim().to_string())
 }
 
 /// `mpvr run` inside a namespace, stopped with SIGTERM (by pid) on drop.
@@ -161,10 +146,7 @@ impl Daemon {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Daemon {
-            child: Some(child),
-            log,
-        }
+        Daemon { child: Some(child), log }
     }
 
     pub fn log(&self) -> String {
@@ -175,11 +157,7 @@ impl Daemon {
     pub fn wait_log(&self, needle: &str, n: usize, within: Duration) {
         let t = Instant::now();
         while self.log().matches(needle).count() < n {
-            assert!(
-                t.elapsed() < within,
-                "no {n} x {needle:?} in the log within {within:?}:\n{}",
-                self.log()
-            );
+            assert!(t.elapsed() < within, "no {n} x {needle:?} in the log within {within:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -211,10 +189,7 @@ impl Drop for Daemon {
 
 /// Run `f` on a thread that has entered namespace `ns` (sockets it opens
 /// belong to that namespace).
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -249,8 +224,7 @@ pub fn udp_stream(
 ) -> StreamResult {
     let rx = in_netns(to_ns, move || {
         let s = UdpSocket::bind(to).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
         let mut seen = vec![0u32; count as usize];
         let mut buf = [0u8; 2048];
         while let Ok(n) = s.recv(&mut buf) {
@@ -284,11 +258,6 @@ pub fn udp_stream(
         sent: count,
         received: seen.iter().filter(|c| **c > 0).count() as u64,
         duplicates: seen.iter().map(|c| u64::from(c.saturating_sub(1))).sum(),
-        missing: seen
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c == 0)
-            .map(|(i, _)| i as u64)
-            .collect(),
+        missing: seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i as u64).collect(),
     }
 }
