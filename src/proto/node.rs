@@ -167,6 +167,20 @@ pub struct PathState {
     pub first: Count,
 }
 
+impl PathState {
+    fn new(addr: PathAddr, learned: bool) -> PathState {
+        PathState {
+            addr,
+            usable: true,
+            learned,
+            last_tx: None,
+            last_rx: None,
+            tx: Count::default(),
+            first: Count::default(),
+        }
+    }
+}
+
 /// Per-neighbour counters.
 #[derive(Clone, Debug, Default)]
 pub struct NeighbourStats {
@@ -241,15 +255,7 @@ impl Neighbour {
                 })
                 .flatten()
         });
-        let fresh = PathState {
-            addr,
-            usable: true,
-            learned: true,
-            last_tx: None,
-            last_rx: None,
-            tx: Count::default(),
-            first: Count::default(),
-        };
+        let fresh = PathState::new(addr, true);
         match slot {
             Some(i) => {
                 self.paths[i] = fresh;
@@ -271,15 +277,7 @@ impl Neighbour {
                 if e.link.is_none_or(|l| l == link) {
                     let addr = PathAddr { link, remote: e.remote };
                     if !self.paths.iter().any(|p| p.addr == addr) {
-                        self.paths.push(PathState {
-                            addr,
-                            usable: true,
-                            learned: false,
-                            last_tx: None,
-                            last_rx: None,
-                            tx: Count::default(),
-                            first: Count::default(),
-                        });
+                        self.paths.push(PathState::new(addr, false));
                     }
                 }
             }
