@@ -16,6 +16,8 @@ pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,7 +37,7 @@ use crate::proto::{
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;
 use crate::sys::tun::{self, AsyncDevice};
-use crate::sys::udp::LinkSocket;
+use crate::sys::udp::{LinkSocket, RECV_BATCH, RecvBatch};
 
 /// Priority of the policy rules mpvr adds (one per link with a `gateway`);
 /// rules with this priority are mpvr's and are flushed at start.
@@ -133,29 +135,99 @@ impl Shared {
     }
 
     /// Put every copy in `out` on its link's socket, without waiting.
+    /// Consecutive datagrams of one size for the same paths go to each path
+    /// in one system call (UDP GSO): a batch read from the TUN costs a few
+    /// sends per path, not one per packet.
     fn send(&self, out: &Transmits) {
         if out.is_empty() {
             return;
         }
         let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
-        for t in out.iter() {
-            for p in t.paths {
-                let Some(s) = sockets.get(&p.link) else {
-                    self.io.send_no_socket.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                match s.try_send_to(t.datagram, p.remote) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.io.send_would_block.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        let n = self.io.send_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                        self.note_send_error(p.link, &e, n);
-                    }
+        for_each_run(out, |r| self.send_run(&sockets, out.bytes(), r));
+    }
+
+    fn send_run(&self, sockets: &HashMap<LinkId, Arc<LinkSocket>>, bytes: &[u8], r: &Run<'_>) {
+        for p in r.paths {
+            let Some(s) = sockets.get(&p.link) else {
+                self.io.send_no_socket.fetch_add(r.count as u64, Ordering::Relaxed);
+                continue;
+            };
+            let contents = &bytes[r.start..r.end];
+            let result = if r.count == 1 {
+                s.try_send(contents, None, p.remote)
+            } else if s.max_segments() >= r.count {
+                s.try_send(contents, Some(r.size), p.remote)
+            } else {
+                contents.chunks(r.size).try_for_each(|d| s.try_send(d, None, p.remote))
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.send_would_block.fetch_add(r.count as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let n = self.io.send_errors.fetch_add(r.count as u64, Ordering::Relaxed) + r.count as u64;
+                    self.note_send_error(p.link, &e, n);
                 }
             }
         }
+    }
+}
+
+/// Split `out` into [`Run`]s, in order.
+fn for_each_run<'a>(out: &'a Transmits, mut f: impl FnMut(&Run<'a>)) {
+    let mut run: Option<Run<'a>> = None;
+    for t in out.iter() {
+        if let Some(r) = &mut run
+            && r.extend(&t)
+        {
+            continue;
+        }
+        if let Some(r) = run.take() {
+            f(&r);
+        }
+        run = Some(Run::new(&t));
+    }
+    if let Some(r) = run {
+        f(&r);
+    }
+}
+
+/// Most datagrams sent in one GSO call.
+const MAX_RUN: usize = 64;
+
+/// Datagrams contiguous in a [`Transmits`], all of `size` bytes (the last
+/// may be shorter), all for the same paths.
+struct Run<'a> {
+    paths: &'a [proto::PathAddr],
+    size: usize,
+    start: usize,
+    end: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(t: &proto::Transmit<'a>) -> Run<'a> {
+        let len = t.datagram.len();
+        Run { paths: t.paths, size: len, start: t.offset, end: t.offset + len, count: 1, closed: false }
+    }
+
+    /// Take `t` into the run if it fits; a shorter datagram ends the run.
+    fn extend(&mut self, t: &proto::Transmit<'a>) -> bool {
+        let len = t.datagram.len();
+        let fits = !self.closed
+            && self.count < MAX_RUN
+            && t.offset == self.end
+            && len <= self.size
+            && len > 0
+            && t.paths == self.paths;
+        if fits {
+            self.end += len;
+            self.count += 1;
+            self.closed = len < self.size;
+        }
+        fits
     }
 }
 
@@ -353,28 +425,39 @@ fn rp_filter_strict(ifname: &str) -> bool {
     all.max(one) == 1
 }
 
-/// Read one link's socket until aborted.
+/// Read one link's socket until aborted: a batch per system call, the core
+/// called for the whole batch under one lock, then deliveries and sends.
 async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkSocket>, fatal: mpsc::UnboundedSender<String>) {
-    let mut buf = vec![0u8; BUF_LEN];
+    let mut batch = RecvBatch::default();
+    let mut delivered: Vec<Range<usize>> = Vec::with_capacity(RECV_BATCH);
+    let mut ranges: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     let mut out = Transmits::new();
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
-                debug!(%link, error = %e, "receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let r = {
-            let now = shared.now();
-            shared.node().handle_datagram(now, link, from, &mut buf[..n], &mut out)
-        };
-        if let Received::Deliver(range) = r
-            && shared.tun.send(&buf[range]).await.is_err()
+        if let Err(e) = socket.recv(&mut batch).await {
+            shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
+            debug!(%link, error = %e, "receive failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        delivered.clear();
         {
-            shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+            let now = shared.now();
+            let mut node = shared.node();
+            ranges.clear();
+            ranges.extend(batch.datagrams());
+            let storage = batch.storage();
+            for (from, range) in ranges.drain(..) {
+                if let Received::Deliver(r) =
+                    node.handle_datagram(now, link, from, &mut storage[range.clone()], &mut out)
+                {
+                    delivered.push(range.start + r.start..range.start + r.end);
+                }
+            }
+        }
+        for r in &delivered {
+            if shared.tun.send(&batch.storage()[r.clone()]).await.is_err() {
+                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         shared.send(&out);
         out.clear();
@@ -384,21 +467,41 @@ async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkSocket>, f
     }
 }
 
-/// Read the TUN until it fails.
+/// Packets read from the TUN in one go.
+const TUN_BATCH: usize = 32;
+
+/// Read the TUN until it fails: wait for one packet, take every other one
+/// already queued (up to [`TUN_BATCH`]), run the core once for all of them.
 async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
-    let mut buf = vec![0u8; BUF_LEN];
+    let mut storage = vec![0u8; TUN_BATCH * BUF_LEN];
+    let mut lens = [0usize; TUN_BATCH];
     let mut out = Transmits::new();
     loop {
-        let n = match shared.tun.recv(&mut buf).await {
+        let mut slots = storage.chunks_mut(BUF_LEN);
+        let first = slots.next().expect("TUN_BATCH slots");
+        lens[0] = match shared.tun.recv(first).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = fatal.send(format!("reading the TUN failed: {e}"));
                 return;
             }
         };
+        let mut n = 1;
+        for slot in slots {
+            match shared.tun.try_recv(slot) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
         {
             let now = shared.now();
-            let _ = shared.node().handle_tun_packet(now, &buf[..n], &mut out);
+            let mut node = shared.node();
+            for (slot, len) in storage.chunks(BUF_LEN).zip(&lens[..n]) {
+                let _ = node.handle_tun_packet(now, &slot[..*len], &mut out);
+            }
         }
         shared.send(&out);
         out.clear();
@@ -532,4 +635,32 @@ fn log_summary(shared: &Shared) {
         send_errors = shared.io.send_errors.load(Ordering::Relaxed),
         "totals"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Endpoint, SessionKeys};
+    use crate::sim::traffic::udp_packet;
+
+    #[test]
+    fn equal_size_datagrams_for_the_same_paths_form_one_run() {
+        let h = |n| HostId::new(n).unwrap();
+        let mut node = Node::new(NodeConfig::new(h(1))).unwrap();
+        node.add_link(LinkId(1));
+        node.add_link(LinkId(2));
+        let keys = SessionKeys::from_shared_secret(&[1; 32], h(1), h(2));
+        let endpoints = vec![Endpoint { remote: "192.0.2.2:51820".parse().unwrap(), link: None }];
+        node.add_neighbour(NeighbourConfig { host: h(2), keys, endpoints }).unwrap();
+        node.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(h(2))).unwrap();
+        let mut out = Transmits::new();
+        let (a, b) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
+        for (i, size) in [1400, 1400, 1400, 600, 1400, 1400].into_iter().enumerate() {
+            node.handle_tun_packet(Time::ZERO, &udp_packet(a, b, i as u64, size), &mut out).unwrap();
+        }
+        let mut runs = Vec::new();
+        for_each_run(&out, |r| runs.push((r.count, r.size, r.end - r.start, r.paths.len())));
+        // 3 x 1400 + the shorter 600 close one run; the last two make another.
+        assert_eq!(runs, vec![(4, 1436, 3 * 1436 + 636, 2), (2, 1436, 2 * 1436, 2)]);
+    }
 }

@@ -33,6 +33,10 @@ pub struct Transmits {
 pub struct Transmit<'a> {
     /// The bytes, identical for every copy.
     pub datagram: &'a [u8],
+    /// Where `datagram` starts in [`Transmits::bytes`]: consecutive datagrams
+    /// are contiguous there, so a shell can hand a run of equal-size ones to
+    /// the kernel in one call (UDP GSO).
+    pub offset: usize,
     /// One copy goes on each of these.
     pub paths: &'a [PathAddr],
 }
@@ -68,9 +72,16 @@ impl Transmits {
 
     /// The datagrams in the order they were produced.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Transmit<'_>> + '_ {
-        self.items
-            .iter()
-            .map(|i| Transmit { datagram: &self.buf[i.bytes.clone()], paths: &self.paths[i.paths.clone()] })
+        self.items.iter().map(|i| Transmit {
+            datagram: &self.buf[i.bytes.clone()],
+            offset: i.bytes.start,
+            paths: &self.paths[i.paths.clone()],
+        })
+    }
+
+    /// Every datagram, back to back, in the order they were produced.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Stage a path for the next datagram.

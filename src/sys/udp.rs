@@ -1,4 +1,7 @@
-//! One UDP socket per link, pinned to its NIC with SO_BINDTODEVICE.
+//! One UDP socket per link, pinned to its NIC with SO_BINDTODEVICE, with
+//! batched I/O through quinn-udp: recvmmsg and UDP GRO on receive, UDP GSO
+//! (one system call for a run of equal-size datagrams to one destination) on
+//! send, with quinn-udp's fallbacks where the kernel lacks them.
 //!
 //! Each socket is bound to the wildcard address (dual-stack `[::]` where the
 //! host has IPv6, else `0.0.0.0`) and the listen port, and pinned to its NIC:
@@ -7,18 +10,26 @@
 //! delivers to each socket only what arrived on its NIC. An address change on
 //! the NIC therefore needs no new socket.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::ops::Range;
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 
 /// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
 const BUFFER_BYTES: usize = 4 << 20;
+/// Receive buffers per batch (one recvmmsg call).
+pub const RECV_BATCH: usize = 16;
+/// Size of one receive buffer: room for a full GRO train of datagrams.
+const RECV_BUF: usize = 65_536;
 
 /// A link's socket.
 #[derive(Debug)]
 pub struct LinkSocket {
     sock: tokio::net::UdpSocket,
+    state: UdpSocketState,
     dual_stack: bool,
 }
 
@@ -39,6 +50,38 @@ fn open(domain: Domain, ifname: &str, port: u16) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Buffers for one batched receive, reused from call to call.
+pub struct RecvBatch {
+    storage: Vec<u8>,
+    meta: [RecvMeta; RECV_BATCH],
+    filled: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> RecvBatch {
+        RecvBatch { storage: vec![0u8; RECV_BATCH * RECV_BUF], meta: [RecvMeta::default(); RECV_BATCH], filled: 0 }
+    }
+}
+
+impl RecvBatch {
+    /// Every datagram of the last receive, in order, as its source and its
+    /// range in [`RecvBatch::storage`] (a GRO buffer is split at its stride).
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, Range<usize>)> + '_ {
+        self.meta[..self.filled].iter().enumerate().flat_map(|(i, meta)| {
+            let from = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
+            let len = meta.len.min(RECV_BUF);
+            let stride = if meta.stride == 0 { len } else { meta.stride }.max(1);
+            let base = i * RECV_BUF;
+            (0..len).step_by(stride).map(move |off| (from, base + off..base + (off + stride).min(len)))
+        })
+    }
+
+    /// The bytes the ranges of [`RecvBatch::datagrams`] point into.
+    pub fn storage(&mut self) -> &mut [u8] {
+        &mut self.storage
+    }
+}
+
 impl LinkSocket {
     /// Open the socket of NIC `ifname` on `port`. Needs CAP_NET_RAW for
     /// SO_BINDTODEVICE and a tokio runtime.
@@ -48,8 +91,9 @@ impl LinkSocket {
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => (open(Domain::IPV4, ifname, port)?, false),
             Err(e) => return Err(e),
         };
+        let state = UdpSocketState::new((&s).into())?;
         let sock = tokio::net::UdpSocket::from_std(s.into())?;
-        Ok(LinkSocket { sock, dual_stack })
+        Ok(LinkSocket { sock, state, dual_stack })
     }
 
     fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
@@ -61,16 +105,39 @@ impl LinkSocket {
         }
     }
 
-    /// Send without waiting: a full socket buffer on one link must never hold
-    /// back the others, so `WouldBlock` is returned to be counted as a drop.
-    pub fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.sock.try_send_to(datagram, self.wire_addr(to))
+    /// Most datagrams one [`LinkSocket::try_send`] may carry.
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
     }
 
-    /// Receive one datagram; the source is in its canonical form (IPv4 for
-    /// an IPv4-mapped address).
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (n, from) = self.sock.recv_from(buf).await?;
-        Ok((n, SocketAddr::new(from.ip().to_canonical(), from.port())))
+    /// Send `contents` to `to` without waiting: one datagram, or with
+    /// `segment_size` a run of datagrams of that size (the last may be
+    /// shorter; at most [`LinkSocket::max_segments`]). A full socket buffer on
+    /// one link must never hold back the others, so `WouldBlock` is returned
+    /// to be counted as a drop.
+    pub fn try_send(&self, contents: &[u8], segment_size: Option<usize>, to: SocketAddr) -> io::Result<()> {
+        let t = Transmit { destination: self.wire_addr(to), ecn: None, contents, segment_size, src_ip: None };
+        self.sock.try_io(Interest::WRITABLE, || self.state.try_send((&self.sock).into(), &t))
+    }
+
+    /// Wait for datagrams and receive as many as one batch holds.
+    pub async fn recv(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        loop {
+            self.sock.readable().await?;
+            let mut chunks = batch.storage.chunks_mut(RECV_BUF);
+            let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("RECV_BATCH chunks")));
+            let r = self
+                .sock
+                .try_io(Interest::READABLE, || self.state.recv((&self.sock).into(), &mut iovs, &mut batch.meta));
+            match r {
+                Ok(n) => {
+                    batch.filled = n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
