@@ -50,6 +50,8 @@ struct HostSection {
     private_key: Option<String>,
     private_key_file: Option<PathBuf>,
     listen_port: Option<u16>,
+    transport: Option<String>,
+    ip_protocol: Option<i64>,
     tun: Option<String>,
     #[serde(default)]
     addresses: Vec<String>,
@@ -117,6 +119,25 @@ struct SessionSection {
     window: Option<i64>,
     keepalive: Option<String>,
     hop_limit: Option<i64>,
+}
+
+/// How datagrams travel between hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// In UDP (the default; works through NAT).
+    Udp,
+    /// Directly in IP packets of this protocol number (no UDP header; no NAT).
+    Ip(u8),
+}
+
+impl Transport {
+    /// Bytes the transport adds inside the IP packet.
+    pub const fn header_len(self) -> usize {
+        match self {
+            Transport::Udp => crate::proto::wire::UDP_HEADER_LEN,
+            Transport::Ip(_) => 0,
+        }
+    }
 }
 
 /// The TUN MTU: computed from the links, or fixed.
@@ -194,6 +215,8 @@ pub struct Config {
     pub private_key: Key,
     /// UDP port on every link.
     pub listen_port: u16,
+    /// How datagrams travel between hosts.
+    pub transport: Transport,
     /// TUN interface name.
     pub tun: String,
     /// Addresses (with prefix length) on the TUN.
@@ -358,6 +381,32 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if listen_port == 0 {
         c.bad("host.listen_port", "port 0 cannot be reached by peers: use a fixed port such as 51820");
     }
+    let transport = match (file.host.transport.as_deref(), file.host.ip_protocol) {
+        (None | Some("udp"), None) => Transport::Udp,
+        (None | Some("udp"), Some(_)) => {
+            c.bad("host.ip_protocol", "only used with transport = \"ip\": remove it, or set the transport");
+            Transport::Udp
+        }
+        (Some("ip"), p) => {
+            let p = p.unwrap_or(i64::from(crate::sys::raw::DEFAULT_PROTOCOL));
+            if (143..=254).contains(&p) {
+                Transport::Ip(p as u8)
+            } else {
+                c.bad(
+                    "host.ip_protocol",
+                    format!("{p} is an assigned or invalid protocol number: use 253 or 254 (for experiments, RFC 3692) or an unassigned one from 143 to 252"),
+                );
+                Transport::Udp
+            }
+        }
+        (Some(other), _) => {
+            c.bad(
+                "host.transport",
+                format!("{other:?} is not a transport: use \"udp\" (the default) or \"ip\" (raw IP, no NAT)"),
+            );
+            Transport::Udp
+        }
+    };
     let tun = file.host.tun.clone().unwrap_or_else(|| DEFAULT_TUN.to_string());
     if !valid_ifname(&tun) {
         c.bad("host.tun", format!("{tun:?} is not a valid interface name: 1 to 15 letters, digits, '-', '_' or '.'"));
@@ -457,8 +506,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 EndpointValue::Plain(a) => (a, None),
                 EndpointValue::Pinned(pe) => (&pe.address, Some(pe.link.clone())),
             };
-            match addr.parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => {
+            let parsed = addr.parse::<SocketAddr>().ok().or_else(|| {
+                // The raw-IP transport has no ports: a bare address will do.
+                matches!(transport, Transport::Ip(_))
+                    .then(|| addr.parse::<IpAddr>().ok())
+                    .flatten()
+                    .map(|ip| SocketAddr::new(ip, 0))
+            });
+            match parsed {
+                Some(a) if (a.port() != 0 || matches!(transport, Transport::Ip(_))) && !a.ip().is_unspecified() => {
+                    let a = if matches!(transport, Transport::Ip(_)) { SocketAddr::new(a.ip(), 0) } else { a };
                     endpoints.push(EndpointConfig { address: a, link: link.clone() })
                 }
                 _ => c.bad(format!("peer[{i}].endpoints[{j}]"), format!("{addr:?} is not an endpoint: write IP:port, such as \"192.0.2.1:51820\" or \"[2001:db8::1]:51820\"")),
@@ -539,6 +596,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             host,
             private_key,
             listen_port,
+            transport,
             tun,
             addresses,
             mtu,
@@ -663,6 +721,21 @@ mod tests {
         let e = check("[host\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
         assert_eq!(fields("[host]\nid = 1\naddresses = [\"10.0.0.1/8\"]\n"), vec!["host"]);
+    }
+
+    #[test]
+    fn transports() {
+        let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\n");
+        let peer = format!("[[peer]]\nid = 2\npublic_key = \"{PUB}\"\nendpoints = [\"192.0.2.2\"]\n");
+        assert_eq!(check(&base).unwrap().transport, Transport::Udp);
+        let ip = check(&format!("{base}transport = \"ip\"\n{peer}")).unwrap();
+        assert_eq!(ip.transport, Transport::Ip(253));
+        assert_eq!(ip.peers[0].endpoints[0].address, "192.0.2.2:0".parse().unwrap());
+        // A bare address needs the raw-IP transport.
+        assert_eq!(fields(&format!("{base}{peer}")), vec!["peer[0].endpoints[0]"]);
+        assert_eq!(fields(&format!("{base}transport = \"ip\"\nip_protocol = 17\n")), vec!["host.ip_protocol"]);
+        assert_eq!(fields(&format!("{base}ip_protocol = 253\n")), vec!["host.ip_protocol"]);
+        assert_eq!(fields(&format!("{base}transport = \"tcp\"\n")), vec!["host.transport"]);
     }
 
     #[test]

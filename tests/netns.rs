@@ -355,3 +355,84 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     assert_eq!(r.duplicates, 0);
 }
+
+/// Two hosts joined directly by two veth pairs, each with an IPv4 and an
+/// IPv6 subnet; `host_extra` goes into both [host] sections and `peer_of(n)`
+/// gives the endpoints list of host n.
+fn direct_pair(host_extra: &str, peer_of: impl Fn(u32) -> String) -> (Netns, Netns, TempDir, Daemon, Daemon) {
+    let a = Netns::new("a");
+    let b = Netns::new("b");
+    veth(&a, "a0", "10.1.0.1/24", &b, "b0", "10.1.0.2/24");
+    veth(&a, "a1", "10.2.0.1/24", &b, "b1", "10.2.0.2/24");
+    for (ns, n) in [(&a, 1), (&b, 2)] {
+        let dev = if n == 1 { "a" } else { "b" };
+        ns.sh(&["ip", "addr", "add", &format!("fd01::{n}/64"), "dev", &format!("{dev}0"), "nodad"]);
+        ns.sh(&["ip", "addr", "add", &format!("fd02::{n}/64"), "dev", &format!("{dev}1"), "nodad"]);
+    }
+    let dir = TempDir::new();
+    let (ka, pa) = keypair(&dir, "a.key");
+    let (kb, pb) = keypair(&dir, "b.key");
+    let cfg = |me: u32, key: &Path, peer: u32, public: &str| {
+        format!(
+            "[host]\nid = {me}\nprivate_key_file = \"{}\"\naddresses = [\"10.9.0.{me}/24\"]\n{host_extra}\n\
+             [links]\nallow_virtual = true\n[[peer]]\nid = {peer}\npublic_key = \"{public}\"\nendpoints = {}\n\
+             prefixes = [\"10.9.0.{peer}/32\"]\n",
+            key.display(),
+            peer_of(peer)
+        )
+    };
+    let ca = dir.write("a.toml", &cfg(1, &ka, 2, &pb));
+    let cb = dir.write("b.toml", &cfg(2, &kb, 1, &pa));
+    let da = Daemon::start(&a, &ca, dir.0.join("a.log"));
+    let db = Daemon::start(&b, &cb, dir.0.join("b.log"));
+    for d in [&da, &db] {
+        d.wait_log("link up", 2, Duration::from_secs(10));
+    }
+    (a, b, dir, da, db)
+}
+
+fn cut_a0_midstream(a: &Netns, b: &Netns) -> StreamResult {
+    let an = a.name.clone();
+    udp_stream(&a.name, &b.name, TO_B.parse().unwrap(), 6000, Duration::from_micros(500), 300, move |i| {
+        if i == 1500 {
+            nsh(&an, &["ip", "link", "set", "a0", "down"]);
+        }
+        if i == 4500 {
+            nsh(&an, &["ip", "link", "set", "a0", "up"]);
+        }
+    })
+}
+
+#[test]
+fn raw_ip_transport_carries_traffic_and_a_cut_loses_nothing() {
+    if !root_or_skip("raw_ip_transport_carries_traffic_and_a_cut_loses_nothing") {
+        return;
+    }
+    let _g = serial();
+    let (a, b, _dir, da, db) = direct_pair("transport = \"ip\"", |n| format!("[\"10.1.0.{n}\", \"10.2.0.{n}\"]"));
+    a.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    // No UDP header: 8 bytes more for the applications than over UDP.
+    assert!(a.sh(&["ip", "link", "show", "mpvr0"]).contains("mtu 1444"));
+    let r = cut_a0_midstream(&a, &b);
+    if !r.missing.is_empty() {
+        eprintln!("--- A ---\n{}\n--- B ---\n{}", da.log(), db.log());
+    }
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+}
+
+#[test]
+fn ipv6_underlay_carries_traffic_and_a_cut_loses_nothing() {
+    if !root_or_skip("ipv6_underlay_carries_traffic_and_a_cut_loses_nothing") {
+        return;
+    }
+    let _g = serial();
+    let (a, b, _dir, da, db) = direct_pair("", |n| format!("[\"[fd01::{n}]:51820\", \"[fd02::{n}]:51820\"]"));
+    a.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    // IPv6 underlay: 20 bytes more header than IPv4.
+    assert!(a.sh(&["ip", "link", "show", "mpvr0"]).contains("mtu 1416"));
+    let r = cut_a0_midstream(&a, &b);
+    if !r.missing.is_empty() {
+        eprintln!("--- A ---\n{}\n--- B ---\n{}", da.log(), db.log());
+    }
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+}

@@ -34,10 +34,11 @@ use crate::keys::{self, KeyError};
 use crate::proto::{
     self, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time, Transmits,
 };
+use crate::sys::LinkIo;
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;
 use crate::sys::tun::{self, AsyncDevice};
-use crate::sys::udp::{LinkSocket, RECV_BATCH, RecvBatch};
+use crate::sys::udp::{RECV_BATCH, RecvBatch};
 
 /// Priority of the policy rules mpvr adds (one per link with a `gateway`);
 /// rules with this priority are mpvr's and are flushed at start.
@@ -116,7 +117,7 @@ pub struct IoCounters {
 /// What the tasks share.
 struct Shared {
     node: Mutex<Node>,
-    sockets: RwLock<HashMap<LinkId, Arc<LinkSocket>>>,
+    sockets: RwLock<HashMap<LinkId, Arc<LinkIo>>>,
     tun: Arc<AsyncDevice>,
     epoch: std::time::Instant,
     io: IoCounters,
@@ -146,7 +147,7 @@ impl Shared {
         for_each_run(out, |r| self.send_run(&sockets, out.bytes(), r));
     }
 
-    fn send_run(&self, sockets: &HashMap<LinkId, Arc<LinkSocket>>, bytes: &[u8], r: &Run<'_>) {
+    fn send_run(&self, sockets: &HashMap<LinkId, Arc<LinkIo>>, bytes: &[u8], r: &Run<'_>) {
         for p in r.paths {
             let Some(s) = sockets.get(&p.link) else {
                 self.io.send_no_socket.fetch_add(r.count as u64, Ordering::Relaxed);
@@ -337,7 +338,7 @@ impl Links {
     }
 
     async fn add_link(&mut self, nic: Nic) {
-        let socket = match LinkSocket::bind(&nic.name, self.cfg.listen_port) {
+        let socket = match LinkIo::bind(&nic.name, self.cfg.listen_port, self.cfg.transport) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 warn!(link = %nic.name, error = %e, port = self.cfg.listen_port, "cannot open the link's socket; will retry on the next change");
@@ -427,7 +428,7 @@ fn rp_filter_strict(ifname: &str) -> bool {
 
 /// Read one link's socket until aborted: a batch per system call, the core
 /// called for the whole batch under one lock, then deliveries and sends.
-async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkSocket>, fatal: mpsc::UnboundedSender<String>) {
+async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkIo>, fatal: mpsc::UnboundedSender<String>) {
     let mut batch = RecvBatch::default();
     let mut delivered: Vec<Range<usize>> = Vec::with_capacity(RECV_BATCH);
     let mut ranges: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(RECV_BATCH);

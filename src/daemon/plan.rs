@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use crate::config::{Config, Mtu, PeerConfig};
 use crate::proto::LinkId;
 use crate::proto::node::Endpoint;
-use crate::proto::wire::{Family, tun_mtu};
+use crate::proto::wire::{Family, UDP_HEADER_LEN, tun_mtu};
 use crate::sys::netlink::Nic;
 
 /// Why a NIC is not a link (for logs and status).
@@ -113,7 +113,9 @@ pub fn mtu(cfg: &Config, links: &[&Nic]) -> u16 {
         Mtu::Fixed(m) => m,
         Mtu::Auto => {
             let link_mtu = links.iter().map(|n| n.mtu as usize).min().unwrap_or(1500);
-            let m = tun_mtu(link_mtu, underlay_family(cfg)).max(576);
+            // tun_mtu assumes UDP; the raw-IP transport saves its 8 bytes.
+            let m = tun_mtu(link_mtu, underlay_family(cfg)) + UDP_HEADER_LEN - cfg.transport.header_len();
+            let m = m.max(576);
             u16::try_from(m).unwrap_or(u16::MAX)
         }
     }

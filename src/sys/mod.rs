@@ -3,5 +3,58 @@
 
 pub mod netlink;
 pub mod privilege;
+pub mod raw;
 pub mod tun;
 pub mod udp;
+
+use std::io;
+use std::net::SocketAddr;
+
+/// A link's socket, whichever the transport.
+#[derive(Debug)]
+pub enum LinkIo {
+    /// UDP, batched (the default).
+    Udp(udp::LinkSocket),
+    /// Raw IP, one datagram per call.
+    Ip(raw::RawLinkSocket),
+}
+
+impl LinkIo {
+    /// Open the socket of NIC `ifname` for `transport`.
+    pub fn bind(ifname: &str, port: u16, transport: crate::config::Transport) -> io::Result<LinkIo> {
+        match transport {
+            crate::config::Transport::Udp => udp::LinkSocket::bind(ifname, port).map(LinkIo::Udp),
+            crate::config::Transport::Ip(p) => raw::RawLinkSocket::bind(ifname, p).map(LinkIo::Ip),
+        }
+    }
+
+    /// Most datagrams one [`LinkIo::try_send`] may carry.
+    pub fn max_segments(&self) -> usize {
+        match self {
+            LinkIo::Udp(s) => s.max_segments(),
+            LinkIo::Ip(_) => 1,
+        }
+    }
+
+    /// Send one datagram, or with `segment_size` a run of them (UDP only:
+    /// see [`udp::LinkSocket::try_send`]), without waiting.
+    pub fn try_send(&self, contents: &[u8], segment_size: Option<usize>, to: SocketAddr) -> io::Result<()> {
+        match (self, segment_size) {
+            (LinkIo::Udp(s), _) => s.try_send(contents, segment_size, to),
+            (LinkIo::Ip(s), None) => s.try_send(contents, to),
+            (LinkIo::Ip(s), Some(size)) => contents.chunks(size).try_for_each(|d| s.try_send(d, to)),
+        }
+    }
+
+    /// Wait for datagrams and put them in `batch`.
+    pub async fn recv(&self, batch: &mut udp::RecvBatch) -> io::Result<()> {
+        match self {
+            LinkIo::Udp(s) => s.recv(batch).await,
+            LinkIo::Ip(s) => {
+                let (n, from) = s.recv(batch.first_slot()).await?;
+                batch.set_single(from, n);
+                Ok(())
+            }
+        }
+    }
+}

@@ -76,6 +76,20 @@ impl RecvBatch {
         })
     }
 
+    /// Where a single-datagram receive writes (the first buffer).
+    pub fn first_slot(&mut self) -> &mut [u8] {
+        &mut self.storage[..RECV_BUF]
+    }
+
+    /// Record that the first buffer holds one datagram of `len` bytes from `from`.
+    pub fn set_single(&mut self, from: SocketAddr, len: usize) {
+        let m = &mut self.meta[0];
+        m.addr = from;
+        m.len = len;
+        m.stride = len;
+        self.filled = 1;
+    }
+
     /// The bytes the ranges of [`RecvBatch::datagrams`] point into.
     pub fn storage(&mut self) -> &mut [u8] {
         &mut self.storage
