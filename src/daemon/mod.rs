@@ -45,6 +45,8 @@ use crate::sys::udp::{RECV_BATCH, RecvBatch};
 pub const RULE_PRIORITY: u32 = 5182;
 /// Routing table of link with interface index `i` is `TABLE_BASE + i`.
 pub const TABLE_BASE: u32 = 0x6d70_0000;
+/// How often the NIC list is re-read even without netlink events.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest datagram read from a socket or packet read from the TUN.
 const BUF_LEN: usize = 65_536;
 
@@ -584,6 +586,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
 
     let mut out = Transmits::new();
+    // A full re-read now and then, in case an event was lost (a netlink
+    // socket that overflows drops events: ENOBUFS).
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
     let result = loop {
         let wake = {
             let next = shared.node().poll_timeout();
@@ -602,6 +609,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 // Let a burst of events settle, then read the whole picture once.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while let Some(Some(())) = watch.next().now_or_never() {}
+                match nl.nics().await {
+                    Ok(nics) => links.reconcile(nics).await,
+                    Err(e) => warn!(error = %e, "cannot list network interfaces"),
+                }
+            }
+            _ = resync.tick() => {
                 match nl.nics().await {
                     Ok(nics) => links.reconcile(nics).await,
                     Err(e) => warn!(error = %e, "cannot list network interfaces"),
