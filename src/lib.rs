@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod keys;
+pub mod linkemu;
 pub mod proto;
 pub mod sim;
 pub mod sys;

@@ -2,6 +2,7 @@
 //! privileges. Thin wrappers with typed APIs; no protocol decisions.
 
 pub mod netlink;
+pub mod packet;
 pub mod privilege;
 pub mod raw;
 pub mod tun;

@@ -1,0 +1,137 @@
+//! `mpvr-stream`: a constant-rate UDP test stream, like a media flow, with
+//! loss, duplicates, reordering and one-way latency measured at the receiver.
+//! Sender and receiver must share a clock (the same machine, e.g. two network
+//! namespaces): each packet carries its sequence number and send time.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mpvr-stream", version, about = "Constant-rate UDP test stream with loss and one-way latency")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send `count` packets at `rate` packets/s.
+    Send {
+        /// Receiver address.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Packets.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Packets per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// UDP payload size in bytes (at least 16).
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+    },
+    /// Receive a stream of `count` packets and print one line of results
+    /// (`label sent received lost loss% dup reordered p50 p95 p99 max`, ms).
+    Recv {
+        /// Address to listen on.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Packets the sender sends.
+        #[arg(long)]
+        count: u64,
+        /// Stop this long after the last packet (or after start if none comes).
+        #[arg(long, default_value = "2s")]
+        idle: String,
+        /// Label of the result line.
+        #[arg(long, default_value = "stream")]
+        label: String,
+    },
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC, shared by all namespaces of a machine.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn send(to: SocketAddr, count: u64, rate: u64, size: usize) -> Result<()> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let s = UdpSocket::bind(bind).context("binding the sender")?;
+    let mut buf = vec![0u8; size.max(16)];
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    for i in 0..count {
+        let due = start + interval.mul_f64(i as f64);
+        if let Some(w) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(w);
+        }
+        buf[..8].copy_from_slice(&i.to_be_bytes());
+        buf[8..16].copy_from_slice(&mono_ns().to_be_bytes());
+        // A send error (no route for a moment) is a lost packet, as for a real app.
+        let _ = s.send_to(&buf, to);
+    }
+    Ok(())
+}
+
+fn recv(bind: SocketAddr, count: u64, idle: Duration, label: &str) -> Result<()> {
+    let s = UdpSocket::bind(bind).with_context(|| format!("listening on {bind}"))?;
+    s.set_read_timeout(Some(idle))?;
+    let mut seen = vec![false; count as usize];
+    let (mut dup, mut reordered, mut highest) = (0u64, 0u64, None::<u64>);
+    let mut lat_ms = Vec::with_capacity(count as usize);
+    let mut buf = [0u8; 65_536];
+    while let Ok(n) = s.recv(&mut buf) {
+        if n < 16 {
+            continue;
+        }
+        let i = u64::from_be_bytes(buf[..8].try_into()?);
+        let sent = u64::from_be_bytes(buf[8..16].try_into()?);
+        let Some(slot) = seen.get_mut(i as usize) else { continue };
+        if *slot {
+            dup += 1;
+            continue;
+        }
+        *slot = true;
+        if highest.is_some_and(|h| i < h) {
+            reordered += 1;
+        }
+        highest = Some(highest.map_or(i, |h| h.max(i)));
+        lat_ms.push(mono_ns().saturating_sub(sent) as f64 / 1e6);
+    }
+    lat_ms.sort_by(f64::total_cmp);
+    let q = |p: f64| lat_ms.get(((lat_ms.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let received = lat_ms.len() as u64;
+    let lost = count - received;
+    println!(
+        "{label} {count} {received} {lost} {:.3} {dup} {reordered} {:.3} {:.3} {:.3} {:.3}",
+        lost as f64 * 100.0 / count.max(1) as f64,
+        q(0.5),
+        q(0.95),
+        q(0.99),
+        lat_ms.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let r = match Cli::parse().command {
+        Command::Send { to, count, rate, size } => send(to, count, rate, size),
+        Command::Recv { bind, count, idle, label } => match mpvr::units::parse_duration(&idle) {
+            Some(idle) => recv(bind, count, idle, &label),
+            None => Err(anyhow::anyhow!("--idle {idle:?} is not a duration such as 2s")),
+        },
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpvr-stream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
