@@ -28,10 +28,10 @@ enum Command {
         b: String,
         /// Model of the direction A -> B (`mpvr sim --link` syntax, e.g. delay=20ms,jitter=2ms,loss=5%).
         #[arg(long, default_value = "delay=0ms")]
-        ab: LinkModel,
+        ab: String,
         /// Model of the direction B -> A.
         #[arg(long, default_value = "delay=0ms")]
-        ba: LinkModel,
+        ba: String,
         /// Control socket.
         #[arg(long)]
         control: PathBuf,
@@ -54,6 +54,8 @@ enum Command {
 fn main() -> ExitCode {
     let r: Result<()> = match Cli::parse().command {
         Command::Run { a, b, ab, ba, control, seed } => (|| {
+            let ab: LinkModel = ab.parse().context("--ab")?;
+            let ba: LinkModel = ba.parse().context("--ba")?;
             let emu = mpvr::linkemu::start(&a, &b, ab, ba, seed).with_context(|| format!("relaying {a} <-> {b}"))?;
             mpvr::linkemu::serve(&emu, &control).with_context(|| format!("control socket {}", control.display()))
         })(),
