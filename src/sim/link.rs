@@ -48,8 +48,8 @@ impl GilbertElliott {
     }
 }
 
-/// How one direction of a link treats packets. `Default` is a perfect link
-/// with 1 ms of delay.
+/// How one direction of a link treats packets. `Default` is a perfect link:
+/// no delay, no loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinkModel {
     /// Base one-way delay.
@@ -85,7 +85,7 @@ pub struct LinkModel {
 impl Default for LinkModel {
     fn default() -> LinkModel {
         LinkModel {
-            delay: Duration::from_millis(1),
+            delay: Duration::ZERO,
             jitter: Jitter::None,
             keep_order: false,
             loss: 0.0,
@@ -285,7 +285,7 @@ mod tests {
         let m = LinkModel { rate_bps: Some(8_000_000), queue_bytes: 10_000, ..LinkModel::default() };
         let (ch, out) = run(m, 100, Duration::ZERO);
         assert_eq!(ch.stats.queue_drops, 90);
-        assert_eq!(out.last().unwrap().at, Time::ZERO + ms(11));
+        assert_eq!(out.last().unwrap().at, Time::ZERO + ms(10));
         // Order-keeping jitter never reorders.
         let m = LinkModel { keep_order: true, ..LinkModel::delay(ms(5)).with_jitter(Jitter::Normal(ms(3))) };
         let (_, out) = run(m, 1000, Duration::from_micros(100));
