@@ -33,7 +33,7 @@ A=mpvrbenchA$$; B=mpvrbenchB$$
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi; done
   sleep 0.3
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true

@@ -31,7 +31,7 @@ tb=$root/testbed/netns.sh
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi; done
   "$tb" down >/dev/null 2>&1 || true
   rm -rf "$work"
 }
