@@ -7,11 +7,14 @@
 #   mpvr-1link     mpvr over link 0 only
 #   mpvr-2links    mpvr over both links (every packet duplicated)
 #
-# For each: TCP throughput (iperf3, 1 stream), ping RTT percentiles, and the
-# resident memory of the tunnel process. Prints a table and writes JSON
+# For each: TCP throughput (iperf3, 1 stream), UDP throughput (iperf3, 1200-byte
+# datagrams), ping RTT percentiles, the resident memory of the tunnel process,
+# and the residual loss of a 2000 packets/s stream while each link drops 5 %
+# of the packets (nftables numgen). Prints a table and writes JSON
 # (default target/bench/bench.json). Needs root. Usage: scripts/bench.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 secs=${1:-5}
 out_dir=target/bench
 mkdir -p "$out_dir"
@@ -23,6 +26,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v wg >/dev/null || need+=(wireguard-tools)
 command -v python3 >/dev/null || need+=(python3)
+command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -59,14 +63,44 @@ measure() { # name target-ip pid
   local name=$1 ip=$2 pid=$3
   ip netns exec "$B" iperf3 -s -1 -D -p 5299 >/dev/null 2>&1
   sleep 0.3
-  local tcp
+  local tcp udp
   tcp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5299 -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  ip netns exec "$B" iperf3 -s -1 -D -p 5298 >/dev/null 2>&1
+  sleep 0.3
+  # UDP: offered 3 Gbit/s of 1200-byte datagrams; what arrives.
+  udp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5298 -u -b 3G -l 1200 -t "$secs" -J | python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]; print(e["sum"]["bits_per_second"] * (1 - e["sum"]["lost_percent"] / 100))')
   local rtts
   rtts=$(ip netns exec "$A" ping -n -c 300 -i 0.005 -W 1 "$ip" | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | tr '\n' ' ')
   local rss=0
   if [ "$pid" != 0 ]; then rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status"); fi
-  echo "$name $tcp $rss $rtts" >> "$results"
-  echo "  $name: $(python3 -c "print(round($tcp/1e6))") Mbit/s" >&2
+  # Residual loss: 5 % of the packets arriving at B on each link are dropped
+  # (nftables numgen, independently per packet and link) while a 2000
+  # packets/s stream of 20 000 packets runs.
+  impair on
+  ip netns exec "$B" "$root/target/release/mpvr-stream" recv --bind "$ip:7100" --count 20000 --idle 2s \
+    --label x > "$work/loss.out" &
+  local rx=$!
+  sleep 0.3
+  ip netns exec "$A" "$root/target/release/mpvr-stream" send --to "$ip:7100" --count 20000 --rate 2000 --size 200
+  wait "$rx"
+  impair off
+  local loss
+  loss=$(awk '{print $5}' "$work/loss.out")
+  echo "$name $tcp $udp $rss $loss $rtts" >> "$results"
+  echo "  $name: TCP $(python3 -c "print(round($tcp/1e6))") Mbit/s, UDP $(python3 -c "print(round($udp/1e6))") Mbit/s, loss at 5 % per link $loss %" >&2
+}
+
+impair() { # on|off
+  if [ "$1" = on ]; then
+    ip netns exec "$B" nft -f - <<EON
+table netdev mpvrbench {
+  chain b0 { type filter hook ingress device b0 priority 0; numgen random mod 100 < 5 drop; }
+  chain b1 { type filter hook ingress device b1 priority 0; numgen random mod 100 < 5 drop; }
+}
+EON
+  else
+    ip netns exec "$B" nft delete table netdev mpvrbench
+  fi
 }
 
 start_mpvr() { # ns id key addr peer peerpub endpoints include
@@ -124,9 +158,10 @@ import json, sys, statistics, datetime, platform, os
 rows = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    rtts = sorted(float(x) for x in f[3:])
+    rtts = sorted(float(x) for x in f[5:])
     q = lambda p: rtts[min(len(rtts) - 1, int(round(p / 100 * (len(rtts) - 1))))] if rtts else None
-    rows[f[0]] = {"tcp_mbit_s": float(f[1]) / 1e6, "rss_kib": int(f[2]),
+    rows[f[0]] = {"tcp_mbit_s": float(f[1]) / 1e6, "udp_mbit_s": float(f[2]) / 1e6, "rss_kib": int(f[3]),
+                  "loss_pct_at_5pct_per_link": float(f[4]),
                   "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts)}}
 base, wg = rows["plain"], rows.get("wireguard-go")
 for name, r in rows.items():
@@ -137,9 +172,10 @@ for name, r in rows.items():
 doc = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
        "kernel": platform.release(), "results": rows}
 json.dump(doc, open(sys.argv[2], "w"), indent=2)
-print(f"{'':14} {'TCP Mbit/s':>11} {'vs plain':>9} {'vs wg-go':>9} {'RTT p50 ms':>11} {'p99 ms':>8} {'+p50 ms':>8} {'RSS MiB':>8}")
+print(f"{'':14} {'TCP Mbit/s':>10} {'vs wg-go':>8} {'UDP Mbit/s':>10} {'RTT p50':>8} {'p99':>7} {'+p50 ms':>8} {'loss %':>7} {'RSS MiB':>8}")
 for name, r in rows.items():
-    print(f"{name:14} {r['tcp_mbit_s']:11.0f} {r['tcp_vs_plain']:9.3f} {r.get('tcp_vs_wireguard_go', 0):9.2f} "
-          f"{r['rtt_ms']['p50']:11.3f} {r['rtt_ms']['p99']:8.3f} {r['rtt_p50_added_ms']:8.3f} {r['rss_kib'] / 1024:8.1f}")
+    print(f"{name:14} {r['tcp_mbit_s']:10.0f} {r.get('tcp_vs_wireguard_go', 0):8.2f} {r['udp_mbit_s']:10.0f} "
+          f"{r['rtt_ms']['p50']:8.3f} {r['rtt_ms']['p99']:7.3f} {r['rtt_p50_added_ms']:8.3f} "
+          f"{r['loss_pct_at_5pct_per_link']:7.3f} {r['rss_kib'] / 1024:8.1f}")
 print(f"(JSON: {sys.argv[2]})")
 EOP
