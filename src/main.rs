@@ -51,7 +51,7 @@ enum Command {
 struct SimArgs {
     /// A link, once per link. Keys: delay=20ms, jitter=5ms (uniform),
     /// jitter-sd=2ms (normal), loss=5%, burst=5% (bursty loss),
-    /// blackout=2s-4s, reorder=1%, duplicate=1%, corrupt=1%, rate=10mbit, queue=64kb.
+    /// blackout=2s-4s, order=keep, reorder=1%, duplicate=1%, corrupt=1%, rate=10mbit, queue=64kb.
     #[arg(long = "link", value_name = "SPEC", default_values = ["delay=20ms,jitter=2ms,loss=5%", "delay=40ms,jitter=4ms,loss=5%,blackout=3s-5s"])]
     links: Vec<LinkModel>,
     /// Packets in the stream.

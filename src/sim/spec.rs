@@ -19,7 +19,8 @@ pub struct SpecError {
 /// The keys a link spec understands, for help texts.
 pub const SPEC_HELP: &str = "comma-separated key=value: delay=20ms, jitter=5ms (uniform), \
 jitter-sd=2ms (normal), loss=5%, burst=5% (Gilbert-Elliott, mean bad run of 5 packets), \
-blackout=2s-4s, reorder=1%, duplicate=1%, corrupt=1%, rate=10mbit, queue=64kb";
+blackout=2s-4s, order=keep (jitter never reorders; default any), reorder=1%, duplicate=1%, corrupt=1%, \
+rate=10mbit, queue=64kb";
 
 fn probability(v: &str) -> Option<f64> {
     let p = match v.strip_suffix('%') {
@@ -78,6 +79,13 @@ impl FromStr for LinkModel {
                 "reorder" => m.reorder = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
                 "duplicate" => m.duplicate = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
                 "corrupt" => m.corrupt = probability(v).ok_or_else(|| bad("a probability such as 1%"))?,
+                "order" => {
+                    m.keep_order = match v {
+                        "keep" => true,
+                        "any" => false,
+                        _ => return Err(bad("keep (jitter never reorders) or any")),
+                    }
+                }
                 "rate" => {
                     let units = [("gbit", 1_000_000_000), ("mbit", 1_000_000), ("kbit", 1_000), ("bit", 1)];
                     m.rate_bps = Some(scaled(v, &units).ok_or_else(|| bad("a rate such as 10mbit"))?);
@@ -110,6 +118,9 @@ impl fmt::Display for LinkModel {
         }
         if let Some(ge) = self.burst {
             parts.push(format!("burst={}", pct(ge.mean_loss())));
+        }
+        if self.keep_order {
+            parts.push("order=keep".to_string());
         }
         for (s, e) in &self.blackouts {
             let since = |t: Time| format_duration(t.saturating_since(Time::ZERO));
@@ -154,6 +165,9 @@ mod tests {
             m.to_string(),
             "delay=20ms,jitter=5ms,loss=5%,blackout=1s-3s,reorder=1%,rate=10000000bit,queue=65536b"
         );
+        let k: LinkModel = "delay=5ms,jitter-sd=1ms,order=keep".parse().unwrap();
+        assert!(k.keep_order);
+        assert_eq!(k.to_string().parse::<LinkModel>().unwrap(), k);
         let b: LinkModel = "burst=5%".parse().unwrap();
         assert!((b.burst.unwrap().mean_loss() - 0.05).abs() < 1e-9);
     }
