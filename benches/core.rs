@@ -9,7 +9,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mpvr::proto::window::{DEFAULT_WINDOW_PACKETS, ReplayWindow};
 use mpvr::proto::wire::{HEADER_LEN, Header, MessageType, OVERHEAD, Packet};
 use mpvr::proto::{
-    Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Seq, SessionKeys, Time, Transmits,
+    Endpoint, HostId, Identity, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Seq, SessionKeys, Time,
+    Transmits,
 };
 use mpvr::sim::traffic;
 
@@ -18,7 +19,14 @@ fn host(n: u32) -> HostId {
 }
 
 fn header(c: &mut Criterion) {
-    let h = Header { msg_type: MessageType::Data, hop_limit: 8, sender: host(1), receiver: host(2), seq: Seq(77) };
+    let h = Header {
+        msg_type: MessageType::Data,
+        hop_limit: 8,
+        key_phase: false,
+        sender: host(1),
+        receiver: host(2),
+        seq: Seq(77),
+    };
     let mut buf = [0u8; OVERHEAD];
     let mut g = c.benchmark_group("header");
     g.bench_function("emit", |b| b.iter(|| black_box(&h).emit(black_box(&mut buf[..]))));
@@ -51,14 +59,14 @@ fn window(c: &mut Criterion) {
 }
 
 fn node(me: u32, other: u32, links: &[(u32, &str)]) -> Node {
-    let mut n = Node::new(NodeConfig::new(host(me))).expect("valid config");
+    let mut n = Node::new(NodeConfig::new(host(me), [me as u8; 32])).expect("valid config");
     let mut endpoints = Vec::new();
     for &(l, ep) in links {
         n.add_link(LinkId(l));
         endpoints.push(Endpoint { remote: ep.parse().expect("endpoint"), link: Some(LinkId(l)) });
     }
-    let keys = SessionKeys::from_shared_secret(&[3; 32], host(me), host(other));
-    n.add_neighbour(NeighbourConfig { host: host(other), keys, endpoints }).expect("neighbour");
+    let public_key = Identity::new([other as u8; 32]).public();
+    n.add_neighbour(NeighbourConfig { host: host(other), public_key, psk: None, endpoints }).expect("neighbour");
     n.add_route(format!("10.9.0.{other}/32").parse().expect("prefix"), NextHop::Host(host(other))).expect("route");
     n
 }
@@ -94,6 +102,8 @@ fn send_receive(c: &mut Criterion) {
         let mut a = node(1, 2, &[(1, "192.0.2.2:51820"), (2, "198.51.100.2:51820")]);
         let mut b = node(2, 1, &[(1, "192.0.2.1:51820"), (2, "198.51.100.1:51820")]);
         let from: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let to: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        mpvr::sim::shake_hands(&mut a, LinkId(1), from, &mut b, LinkId(1), to, Time::ZERO);
         let packet = traffic::udp_packet("10.9.0.1".parse().expect("ip"), "10.9.0.2".parse().expect("ip"), 1, size);
         let mut out = Transmits::new();
         let mut rx_out = Transmits::new();

@@ -92,6 +92,7 @@ fn yes() -> bool {
 struct PeerSection {
     id: u32,
     public_key: Option<String>,
+    preshared_key: Option<String>,
     #[serde(default)]
     endpoints: Vec<EndpointValue>,
     #[serde(default)]
@@ -196,6 +197,8 @@ pub struct PeerConfig {
     pub id: HostId,
     /// Its public key (neighbours only).
     pub public_key: Option<Key>,
+    /// Optional pre-shared key mixed into the handshakes with it.
+    pub psk: Option<Key>,
     /// Its endpoints (may be empty: then it must contact us first).
     pub endpoints: Vec<EndpointConfig>,
     /// Prefixes routed to it.
@@ -497,7 +500,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 None
             }
         };
-        if via.is_some() && (p.public_key.is_some() || !p.endpoints.is_empty()) {
+        let psk = match &p.preshared_key {
+            None => None,
+            Some(k) => match keys::decode(k) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    c.bad(f("preshared_key"), format!("{e} (both hosts set the same one, e.g. from `mpvr genkey`)"));
+                    None
+                }
+            },
+        };
+        if via.is_some() && (p.public_key.is_some() || !p.endpoints.is_empty() || psk.is_some()) {
             c.bad(f("via"), "a peer reached through a relay has no key or endpoints of its own here: remove them, or remove via to make it a neighbour");
         }
         let mut endpoints = Vec::new();
@@ -537,7 +550,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 prefixes.push(pfx);
             }
         }
-        peers.push(PeerConfig { id, public_key, endpoints, prefixes, via });
+        peers.push(PeerConfig { id, public_key, psk, endpoints, prefixes, via });
     }
     for (i, p) in peers.iter().enumerate() {
         if let Some(v) = p.via {

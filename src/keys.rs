@@ -4,12 +4,8 @@
 //! Key files hold one base64 line. A private key file that group or others
 //! can read is refused: anyone who reads it can impersonate the host.
 //!
-//! Interim session keys: until the Noise IK handshake lands (security issue),
-//! two neighbours derive their session keys from the X25519 shared secret of
-//! their static keys. The daemon pairs that with a wall-clock sequence base so
-//! nonces never repeat across restarts. What this does NOT give yet: forward
-//! secrecy, and protection against replays of packets captured before the
-//! *receiver* restarted (its window starts empty).
+//! Session keys never come from here: every session's keys come from a Noise
+//! IK handshake (`proto::handshake`).
 
 use std::fs;
 use std::io;
@@ -20,8 +16,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
-
-use crate::proto::{HostId, SessionKeys};
 
 /// A key that could not be read or used.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +39,6 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The shared secret is all zeros (a low-order public key).
-    #[error("public key of {0} is a low-order point: it cannot be a real key")]
-    LowOrder(HostId),
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -92,39 +83,18 @@ pub fn read_private_key_file(path: &Path) -> Result<Key, KeyError> {
     decode(&text)
 }
 
-/// The interim session keys between this host and a neighbour (see the module docs).
-pub fn static_session_keys(
-    private: &Key,
-    local: HostId,
-    peer_public: &Key,
-    remote: HostId,
-) -> Result<SessionKeys, KeyError> {
-    let shared = StaticSecret::from(*private).diffie_hellman(&PublicKey::from(*peer_public));
-    if !shared.was_contributory() {
-        return Err(KeyError::LowOrder(remote));
-    }
-    Ok(SessionKeys::from_shared_secret(shared.as_bytes(), local, remote))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keys_agree_and_roundtrip() {
+    fn keys_roundtrip() {
         let a = generate().unwrap();
         let b = generate().unwrap();
         assert_ne!(a, b);
         assert_eq!(decode(&encode(&a)).unwrap(), a);
         assert!(matches!(decode("short"), Err(KeyError::Malformed)));
-        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
-        let ka = static_session_keys(&a, ha, &public(&b), hb).unwrap();
-        let kb = static_session_keys(&b, hb, &public(&a), ha).unwrap();
-        let mut msg = b"hi".to_vec();
-        let tag = ka.seal(crate::proto::Seq(1), &[0; 20], &mut msg);
-        msg.extend_from_slice(&tag);
-        assert_eq!(kb.open(crate::proto::Seq(1), &[0; 20], &mut msg), Ok(2));
-        assert!(matches!(static_session_keys(&a, ha, &[0; 32], hb), Err(KeyError::LowOrder(_))));
+        assert_eq!(public(&a), crate::proto::Identity::new(a).public());
     }
 
     #[test]

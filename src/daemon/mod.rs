@@ -30,15 +30,15 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::keys::{self, KeyError};
 use crate::proto::{
-    self, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time, Transmits,
+    self, Event, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
 };
 use crate::sys::LinkIo;
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;
 use crate::sys::tun::{self, AsyncDevice};
 use crate::sys::udp::{RECV_BATCH, RecvBatch};
+use ring::rand::{SecureRandom, SystemRandom};
 
 /// Priority of the policy rules mpvr adds (one per link with a `gateway`);
 /// rules with this priority are mpvr's and are flushed at start.
@@ -66,14 +66,6 @@ pub enum RunError {
         .0.join(", ")
     )]
     MissingNics(Vec<String>),
-    /// A key cannot be used.
-    #[error("peer {peer}: {source}")]
-    Key {
-        /// The peer.
-        peer: HostId,
-        /// Why.
-        source: KeyError,
-    },
     /// The node refused its settings.
     #[error("invalid settings: {0}")]
     Node(#[from] proto::ConfigError),
@@ -124,11 +116,39 @@ struct Shared {
     epoch: std::time::Instant,
     io: IoCounters,
     error_logged: Mutex<HashMap<LinkId, std::time::Instant>>,
+    rejection_logged: Mutex<HashMap<HostId, std::time::Instant>>,
 }
 
 impl Shared {
     fn now(&self) -> Time {
         Time::from_duration(self.epoch.elapsed())
+    }
+
+    /// Log what the core reports: new sessions (one line each), refused
+    /// handshakes (at most once per interval and peer), given-up handshakes.
+    fn log_events(&self, node: &mut Node) {
+        while let Some(e) = node.poll_event() {
+            match e {
+                Event::SessionEstablished { peer, initiator } => {
+                    info!(
+                        peer = peer.get(),
+                        role = if initiator { "initiator" } else { "responder" },
+                        "session established"
+                    )
+                }
+                Event::HandshakeRejected { peer, reason } => {
+                    let mut last = self.rejection_logged.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = std::time::Instant::now();
+                    if last.get(&peer).is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL) {
+                        last.insert(peer, now);
+                        warn!(peer = peer.get(), %reason, "handshake refused (check the peer's public key in the config and its private key); counted as handshake_* drops");
+                    }
+                }
+                Event::HandshakeTimedOut { peer } => {
+                    warn!(peer = peer.get(), "no answer to handshakes for 90 s; waiting packets dropped, still trying")
+                }
+            }
+        }
     }
 
     fn node(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -250,27 +270,23 @@ impl Shared {
 /// How often a failing link's send errors are logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Sequence base: wall-clock nanoseconds, so that a restarted sender never
-/// reuses a nonce under the static session keys (see [`crate::keys`]).
-fn wall_clock_seq_base() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
-}
-
-/// The node with neighbours, keys and routes from the config.
-fn build_node(cfg: &Config, max_packet: usize) -> Result<Node, RunError> {
-    let mut nc = NodeConfig::new(cfg.host);
+/// The node with neighbours and routes from the config. `wall_epoch_ns`
+/// is the wall clock at the node's time zero (handshake timestamps).
+fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Node, RunError> {
+    let mut nc = NodeConfig::new(cfg.host, cfg.private_key);
     nc.window_packets = cfg.window;
     nc.hop_limit = cfg.hop_limit;
     nc.keepalive = cfg.keepalive;
     nc.max_packet = max_packet;
     nc.policy = cfg.policy;
-    nc.seq_base = wall_clock_seq_base();
+    nc.wall_epoch_ns = wall_epoch_ns;
+    SystemRandom::new()
+        .fill(&mut nc.rng_seed)
+        .map_err(|_| RunError::Fatal("the system random generator failed".into()))?;
     let mut node = Node::new(nc)?;
     for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
-        let public = p.public_key.expect("config check: a neighbour has a public key");
-        let keys: SessionKeys = keys::static_session_keys(&cfg.private_key, cfg.host, &public, p.id)
-            .map_err(|source| RunError::Key { peer: p.id, source })?;
-        node.add_neighbour(NeighbourConfig { host: p.id, keys, endpoints: Vec::new() })?;
+        let public_key = p.public_key.expect("config check: a neighbour has a public key");
+        node.add_neighbour(NeighbourConfig { host: p.id, public_key, psk: p.psk, endpoints: Vec::new() })?;
     }
     for a in &cfg.addresses {
         node.add_route(IpNet::from(a.addr()), NextHop::Local)?;
@@ -456,6 +472,7 @@ async fn read_link(shared: Arc<Shared>, link: LinkId, socket: Arc<LinkIo>, fatal
                     delivered.push(range.start + r.start..range.start + r.end);
                 }
             }
+            shared.log_events(&mut node);
         }
         for r in &delivered {
             if shared.tun.send(&batch.storage()[r.clone()]).await.is_err() {
@@ -505,6 +522,7 @@ async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
             for (slot, len) in storage.chunks(BUF_LEN).zip(&lens[..n]) {
                 let _ = node.handle_tun_packet(now, &slot[..*len], &mut out);
             }
+            shared.log_events(&mut node);
         }
         shared.send(&out);
         out.clear();
@@ -536,7 +554,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let (nl, nics) = preflight(&cfg).await?;
     let initial: Vec<&Nic> = nics.iter().filter(|n| plan::classify(n, &cfg, None).is_ok()).collect();
     let mtu = plan::mtu(&cfg, &initial);
-    let node = build_node(&cfg, usize::from(mtu))?;
+    let epoch = std::time::Instant::now();
+    let wall_epoch_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let node = build_node(&cfg, usize::from(mtu), wall_epoch_ns)?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|source| RunError::Io { what: "SIGINT handler".into(), source })?;
     let mut sigterm =
@@ -569,9 +589,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         node: Mutex::new(node),
         sockets: RwLock::new(HashMap::new()),
         tun,
-        epoch: std::time::Instant::now(),
+        epoch,
         io: IoCounters::default(),
         error_logged: Mutex::new(HashMap::new()),
+        rejection_logged: Mutex::new(HashMap::new()),
     });
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let mut links = Links {
@@ -622,7 +643,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = shared.now();
-                shared.node().handle_timeout(now, &mut out);
+                {
+                    let mut node = shared.node();
+                    node.handle_timeout(now, &mut out);
+                    shared.log_events(&mut node);
+                }
                 shared.send(&out);
                 out.clear();
             }
@@ -654,19 +679,27 @@ fn log_summary(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Endpoint, SessionKeys};
+    use crate::proto::Endpoint;
     use crate::sim::traffic::udp_packet;
 
     #[test]
     fn equal_size_datagrams_for_the_same_paths_form_one_run() {
         let h = |n| HostId::new(n).unwrap();
-        let mut node = Node::new(NodeConfig::new(h(1))).unwrap();
+        let (ea, eb): (SocketAddr, SocketAddr) =
+            ("192.0.2.1:51820".parse().unwrap(), "192.0.2.2:51820".parse().unwrap());
+        let mut node = Node::new(NodeConfig::new(h(1), [1; 32])).unwrap();
+        let mut peer = Node::new(NodeConfig::new(h(2), [2; 32])).unwrap();
         node.add_link(LinkId(1));
         node.add_link(LinkId(2));
-        let keys = SessionKeys::from_shared_secret(&[1; 32], h(1), h(2));
-        let endpoints = vec![Endpoint { remote: "192.0.2.2:51820".parse().unwrap(), link: None }];
-        node.add_neighbour(NeighbourConfig { host: h(2), keys, endpoints }).unwrap();
+        peer.add_link(LinkId(1));
+        let endpoints = vec![Endpoint { remote: eb, link: None }];
+        let public_key = peer.public_key();
+        node.add_neighbour(NeighbourConfig { host: h(2), public_key, psk: None, endpoints }).unwrap();
+        let endpoints = vec![Endpoint { remote: ea, link: None }];
+        let public_key = node.public_key();
+        peer.add_neighbour(NeighbourConfig { host: h(1), public_key, psk: None, endpoints }).unwrap();
         node.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(h(2))).unwrap();
+        crate::sim::shake_hands(&mut node, LinkId(1), ea, &mut peer, LinkId(1), eb, Time::ZERO);
         let mut out = Transmits::new();
         let (a, b) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
         for (i, size) in [1400, 1400, 1400, 600, 1400, 1400].into_iter().enumerate() {

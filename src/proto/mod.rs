@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod handshake;
 pub mod ids;
 pub mod ip;
 pub mod node;
 pub mod policy;
 pub mod route;
+pub mod session;
 pub mod stats;
 pub mod time;
 pub mod transmit;
@@ -19,8 +21,9 @@ pub mod window;
 pub mod wire;
 
 pub use crypto::SessionKeys;
+pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};
-pub use node::{ConfigError, Endpoint, NeighbourConfig, Node, NodeConfig, Received, Sent};
+pub use node::{ConfigError, Endpoint, Event, NeighbourConfig, Node, NodeConfig, Received, Sent};
 pub use policy::Policy;
 pub use route::NextHop;
 pub use stats::DropReason;

@@ -13,12 +13,20 @@
 //! The packet path, in order:
 //! - TUN -> [`Node::handle_tun_packet`]: read the destination, longest-prefix
 //!   match to a next hop, let the [`Policy`] pick paths, take the next
-//!   sequence number, seal once, queue one datagram with N paths.
+//!   sequence number of the current session, seal once, queue one datagram
+//!   with N paths. With no session yet the packet waits (bounded) while a
+//!   Noise IK handshake runs over every path.
 //! - link -> [`Node::handle_datagram`]: parse the header, check it is for us
 //!   and from a neighbour, check the window (cheap, before any crypto), open,
 //!   mark the window (only now), then deliver to the TUN or, on a relay,
 //!   re-seal for the next hop and fan out on its paths (hop by hop: every hop
 //!   deduplicates).
+//!
+//! Sessions come from Noise IK handshakes ([`super::handshake`]) and follow
+//! WireGuard's timers ([`super::session`]): rekey after 2 minutes, sessions
+//! dropped after 3, initiations resent every 5 s, replayed initiations
+//! refused by their timestamp, initiations rate-limited per source address
+//! before any public-key work.
 //!
 //! Guarantees: a packet is delivered at most once per session (first copy
 //! wins); nothing that fails authentication is delivered or changes the
@@ -26,22 +34,25 @@
 //! ends in a delivery, a transmission or exactly one counted [`DropReason`],
 //! never a panic. No allocation per packet once the batch has grown.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-use super::crypto::SessionKeys;
+use super::handshake::{self, HandshakeError, INIT_LEN, Identity, RESPONSE_LEN};
 use super::ids::{HostId, LinkId, PathAddr, Seq};
 use super::ip;
 use super::policy::Policy;
 use super::route::{NextHop, RouteTable};
+use super::session::{MAX_STAGED, Pending, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Session, Sessions, Staged};
 use super::stats::{Count, DropReason, LinkStats, NodeStats};
 use super::time::Time;
 use super::transmit::Transmits;
-use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS, ReplayWindow, Verdict};
+use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS, Verdict};
 use super::wire::{DEFAULT_HOP_LIMIT, HEADER_LEN, Header, MessageType, OVERHEAD, Packet, WireError};
 
 /// Default interval after which a path that sent nothing gets a keepalive
@@ -50,6 +61,12 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
 /// Largest inner packet that can be carried: a 65 535-byte IPv4 datagram
 /// minus IP (20) and UDP (8) headers minus our overhead.
 pub const MAX_PACKET_LIMIT: usize = 65_535 - 20 - 8 - OVERHEAD;
+/// Default rate limit of initiations per source address and second.
+pub const DEFAULT_HANDSHAKES_PER_SECOND: u32 = 10;
+/// Most events kept for [`Node::poll_event`]; older ones are dropped.
+const MAX_EVENTS: usize = 256;
+/// Source addresses the initiation rate limiter remembers (then it starts over).
+const MAX_LIMITED_SOURCES: usize = 4096;
 /// Most paths a neighbour can have that were learned rather than configured.
 pub const MAX_LEARNED_PATHS: usize = 8;
 /// Smallest maximum packet size accepted (IPv4's minimum MTU).
@@ -70,24 +87,32 @@ pub struct NodeConfig {
     pub max_packet: usize,
     /// Duplication policy.
     pub policy: Policy,
-    /// Every session's first sequence number is this + 1. Sequence numbers
-    /// are nonces: with keys that survive a restart (the static keys used
-    /// until the handshake lands) the daemon sets this from the wall clock
-    /// in nanoseconds so a restarted sender never reuses a nonce.
-    pub seq_base: u64,
+    /// This host's X25519 private key.
+    pub private_key: [u8; 32],
+    /// Seed of the node's random generator (handshake ephemeral keys). The
+    /// daemon takes it from the operating system; the simulator from its seed.
+    pub rng_seed: [u8; 32],
+    /// Wall-clock nanoseconds at `Time::ZERO`: handshake timestamps are
+    /// `wall_epoch_ns + now`, and must grow across restarts.
+    pub wall_epoch_ns: u64,
+    /// Initiations accepted per second from one source address (after a burst of twice that).
+    pub handshakes_per_second: u32,
 }
 
 impl NodeConfig {
-    /// Defaults for `host`.
-    pub fn new(host: HostId) -> NodeConfig {
+    /// Defaults for `host` with `private_key`.
+    pub fn new(host: HostId, private_key: [u8; 32]) -> NodeConfig {
         NodeConfig {
             host,
+            private_key,
+            rng_seed: [0; 32],
+            wall_epoch_ns: 0,
+            handshakes_per_second: DEFAULT_HANDSHAKES_PER_SECOND,
             window_packets: super::window::DEFAULT_WINDOW_PACKETS,
             hop_limit: DEFAULT_HOP_LIMIT,
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
             policy: Policy::All,
-            seq_base: 0,
         }
     }
 }
@@ -141,8 +166,10 @@ pub struct Endpoint {
 pub struct NeighbourConfig {
     /// Its host id.
     pub host: HostId,
-    /// Session keys (see [`SessionKeys`] for where they come from).
-    pub keys: SessionKeys,
+    /// Its X25519 public key.
+    pub public_key: [u8; 32],
+    /// Optional pre-shared key mixed into every handshake with it.
+    pub psk: Option<[u8; 32]>,
     /// Its endpoints; paths are these crossed with the local links.
     pub endpoints: Vec<Endpoint>,
 }
@@ -191,18 +218,19 @@ pub struct NeighbourStats {
     /// Paths learned (or moved, when a NAT changed the source port) from
     /// authenticated packets.
     pub paths_learned: u64,
+    /// Handshakes completed (as initiator or responder).
+    pub handshakes: u64,
 }
 
 /// A neighbour's session and paths.
 #[derive(Debug)]
 pub struct Neighbour {
     host: HostId,
-    keys: SessionKeys,
+    public_key: [u8; 32],
+    psk: [u8; 32],
     endpoints: Vec<Endpoint>,
     paths: Vec<PathState>,
-    /// Last sequence number used; the next is this + 1.
-    tx_seq: u64,
-    window: ReplayWindow,
+    sessions: Sessions,
     stats: NeighbourStats,
 }
 
@@ -222,14 +250,25 @@ impl Neighbour {
         &self.stats
     }
 
-    /// Highest sequence number accepted from it.
-    pub fn rx_top(&self) -> Seq {
-        self.window.top()
+    /// Whether a session with it exists.
+    pub fn has_session(&self) -> bool {
+        self.sessions.established()
     }
 
-    /// Last sequence number used toward it.
-    pub fn tx_seq(&self) -> Seq {
-        Seq(self.tx_seq)
+    /// Packets waiting for a session with it.
+    pub fn staged(&self) -> usize {
+        self.sessions.staged.len()
+    }
+
+    /// Count an authenticated datagram on the path it came from, learning
+    /// the path if it is new.
+    fn touch_path(&mut self, now: Time, link: LinkId, from: SocketAddr, wire_len: usize) {
+        let p = match self.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
+            Some(i) => &mut self.paths[i],
+            None => self.learn_path(PathAddr { link, remote: from }),
+        };
+        p.first.add(wire_len);
+        p.last_rx = Some(now);
     }
 
     /// Remember a path an authenticated packet came from (a peer behind NAT,
@@ -291,12 +330,61 @@ impl Neighbour {
 /// What [`Node::handle_tun_packet`] did with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sent {
-    /// The neighbour it was sealed for.
+    /// The neighbour it goes to.
     pub next_hop: HostId,
-    /// Its sequence number in that session.
-    pub seq: Seq,
-    /// How many copies were queued.
+    /// Its sequence number in the current session; `None` when it waits for
+    /// a session (then it is sealed when the handshake completes).
+    pub seq: Option<Seq>,
+    /// How many copies were queued (0 while it waits).
     pub copies: usize,
+}
+
+/// Something the shell should log (rate-limited) or show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A handshake completed: a new session with `peer`.
+    SessionEstablished {
+        /// The neighbour.
+        peer: HostId,
+        /// This host started it.
+        initiator: bool,
+    },
+    /// An initiation claiming to be from `peer` was refused.
+    HandshakeRejected {
+        /// The host id it claimed.
+        peer: HostId,
+        /// Why.
+        reason: HandshakeError,
+    },
+    /// No answer to initiations for [`REKEY_ATTEMPT_TIME`]: waiting packets dropped.
+    HandshakeTimedOut {
+        /// The neighbour.
+        peer: HostId,
+    },
+}
+
+/// A token bucket per source address for initiations.
+#[derive(Debug, Default)]
+struct InitLimiter {
+    buckets: HashMap<IpAddr, (f64, Time)>,
+}
+
+impl InitLimiter {
+    fn allow(&mut self, from: IpAddr, now: Time, per_second: u32) -> bool {
+        if self.buckets.len() >= MAX_LIMITED_SOURCES && !self.buckets.contains_key(&from) {
+            self.buckets.clear();
+        }
+        let cap = f64::from(per_second) * 2.0;
+        let (tokens, last) = self.buckets.entry(from).or_insert((cap, now));
+        *tokens = (*tokens + (now - *last).as_secs_f64() * f64::from(per_second)).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What [`Node::handle_datagram`] did with a datagram.
@@ -313,6 +401,8 @@ pub enum Received {
     },
     /// A keepalive: it refreshed its path, nothing to deliver.
     Keepalive,
+    /// A handshake message, handled (a session may have been established).
+    Handshake,
     /// Dropped and counted.
     Dropped(DropReason),
 }
@@ -334,6 +424,10 @@ pub struct Node {
     stats: NodeStats,
     /// Scratch list of chosen path indices; reused so sending never allocates.
     chosen: Vec<usize>,
+    identity: Identity,
+    rng: ChaCha8Rng,
+    limiter: InitLimiter,
+    events: VecDeque<Event>,
 }
 
 fn wire_drop(e: WireError) -> DropReason {
@@ -364,19 +458,40 @@ impl Node {
             return Err(ConfigError::KeepaliveTooShort(k));
         }
         Ok(Node {
-            cfg,
             links: Vec::new(),
             neighbours: Vec::new(),
             index: HashMap::new(),
             routes: RouteTable::new(),
             stats: NodeStats::default(),
             chosen: Vec::new(),
+            identity: Identity::new(cfg.private_key),
+            rng: ChaCha8Rng::from_seed(cfg.rng_seed),
+            limiter: InitLimiter::default(),
+            events: VecDeque::new(),
+            cfg,
         })
     }
 
     /// This host.
     pub fn host(&self) -> HostId {
         self.cfg.host
+    }
+
+    /// This host's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.identity.public()
+    }
+
+    /// The oldest event not yet taken.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
     }
 
     /// The settings it runs with.
@@ -419,11 +534,11 @@ impl Node {
         }
         let mut neighbour = Neighbour {
             host: n.host,
-            keys: n.keys,
+            public_key: n.public_key,
+            psk: n.psk.unwrap_or([0; 32]),
             endpoints: n.endpoints,
             paths: Vec::new(),
-            tx_seq: self.cfg.seq_base,
-            window: ReplayWindow::new(self.cfg.window_packets),
+            sessions: Sessions::default(),
             stats: NeighbourStats::default(),
         };
         for l in &self.links {
@@ -506,9 +621,95 @@ impl Node {
             Some(NextHop::Host(h)) => h,
         };
         let idx = self.index[&next];
+        let sent = self.send_data(now, idx, self.cfg.hop_limit, packet, out)?;
+        Ok(Sent { next_hop: next, seq: sent.map(|(seq, _)| seq), copies: sent.map_or(0, |(_, c)| c) })
+    }
+
+    /// Seal `packet` for neighbour `idx` on the paths the policy picks, or,
+    /// with no session yet, hold it and start a handshake. `Ok(None)`: held.
+    fn send_data(
+        &mut self,
+        now: Time,
+        idx: usize,
+        hop_limit: u8,
+        packet: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Option<(Seq, usize)>, DropReason> {
         self.choose_by_policy(idx);
-        let (seq, copies) = self.seal_to_chosen(now, idx, MessageType::Data, self.cfg.hop_limit, packet, out)?;
-        Ok(Sent { next_hop: next, seq, copies })
+        if self.chosen.is_empty() {
+            return Err(DropReason::NoPath);
+        }
+        if self.neighbours[idx].sessions.sending(now).is_some() {
+            let r = self.seal_to_chosen(now, idx, MessageType::Data, hop_limit, packet, out).map(Some);
+            self.maybe_rekey(now, idx, out);
+            return r;
+        }
+        let n = &mut self.neighbours[idx];
+        if n.sessions.staged.len() >= MAX_STAGED {
+            return Err(DropReason::NoSession);
+        }
+        n.sessions.staged.push_back(Staged { hop_limit, packet: packet.to_vec() });
+        self.maybe_rekey(now, idx, out);
+        Ok(None)
+    }
+
+    /// Start a handshake with neighbour `idx` if it needs one.
+    fn maybe_rekey(&mut self, now: Time, idx: usize, out: &mut Transmits) {
+        if self.neighbours[idx].sessions.wants_handshake(now) {
+            self.initiate(now, idx, None, out);
+        }
+    }
+
+    /// Send an initiation to neighbour `idx` on all its usable paths.
+    /// `started` carries over the start of an attempt being retried.
+    fn initiate(&mut self, now: Time, idx: usize, started: Option<Time>, out: &mut Transmits) {
+        self.chosen.clear();
+        let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        self.chosen.extend(usable);
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let timestamp = self.cfg.wall_epoch_ns.saturating_add(now.as_nanos());
+        let n = &mut self.neighbours[idx];
+        let key_phase = n.sessions.pending.as_ref().map_or_else(|| n.sessions.free_slot(), |p| p.key_phase);
+        let mut msg = [0u8; INIT_LEN];
+        let state = handshake::initiate(
+            seed,
+            &self.identity,
+            &n.public_key,
+            &n.psk,
+            self.cfg.host,
+            n.host,
+            key_phase,
+            timestamp,
+            &mut msg,
+        );
+        n.sessions.pending = Some(Pending { state, key_phase, started: started.unwrap_or(now), last_sent: now });
+        self.stats.handshakes_out += 1;
+        self.send_plain(now, idx, MessageType::HandshakeInit, &msg, out);
+    }
+
+    /// Queue an unsealed (handshake) message for neighbour `idx` on the paths
+    /// in `self.chosen`.
+    fn send_plain(&mut self, now: Time, idx: usize, msg_type: MessageType, payload: &[u8], out: &mut Transmits) {
+        if self.chosen.is_empty() {
+            return;
+        }
+        let n = &mut self.neighbours[idx];
+        let wire_len = HEADER_LEN + payload.len();
+        for &i in &self.chosen {
+            let p = &mut n.paths[i];
+            p.last_tx = Some(now);
+            p.tx.add(wire_len);
+            out.add_path(p.addr);
+            if let Some(l) = self.links.iter_mut().find(|l| l.id == p.addr.link) {
+                l.stats.tx.add(wire_len);
+            }
+        }
+        let header =
+            Header { msg_type, hop_limit: 1, key_phase: false, sender: self.cfg.host, receiver: n.host, seq: Seq(0) };
+        let copies = out.push_plain(&header, payload);
+        self.stats.copies_out.packets += copies as u64;
+        self.stats.copies_out.bytes += (copies * wire_len) as u64;
     }
 
     /// A datagram received on `link` from `from`. `datagram` is opened in
@@ -547,32 +748,41 @@ impl Node {
     ) -> Result<Received, DropReason> {
         let mut packet = Packet::new_checked(&mut *datagram).map_err(wire_drop)?;
         let header = Header::parse(&packet).map_err(wire_drop)?;
-        if !matches!(header.msg_type, MessageType::Data | MessageType::Keepalive) {
+        if !matches!(
+            header.msg_type,
+            MessageType::Data | MessageType::Keepalive | MessageType::HandshakeInit | MessageType::HandshakeResponse
+        ) {
             return Err(DropReason::Unsupported);
         }
         if header.receiver != self.cfg.host {
             return Err(DropReason::WrongReceiver);
         }
         let idx = *self.index.get(&header.sender).ok_or(DropReason::UnknownSender)?;
+        match header.msg_type {
+            MessageType::HandshakeInit => return self.on_initiation(now, idx, link, from, packet.payload(), out),
+            MessageType::HandshakeResponse => return self.on_response(now, idx, link, from, packet.payload(), out),
+            _ => {}
+        }
         let n = &mut self.neighbours[idx];
+        let session = n.sessions.receiving(header.key_phase, now).ok_or(DropReason::NoSession)?;
         // Cheap replay/duplicate check before any cryptography.
-        match n.window.check(header.seq) {
+        match session.window.check(header.seq) {
             Verdict::Fresh => {}
             Verdict::Duplicate => return Err(DropReason::Duplicate),
             Verdict::TooOld => return Err(DropReason::TooOld),
         }
         let (head, sealed) = packet.split_mut();
-        let plain_len = n.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
+        let plain_len = session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
         // Authenticated: only now may state change.
-        n.window.mark(header.seq);
+        session.window.mark(header.seq);
         let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
         n.stats.accepted.add(wire_len);
-        let p = match n.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
-            Some(i) => &mut n.paths[i],
-            None => n.learn_path(PathAddr { link, remote: from }),
-        };
-        p.first.add(wire_len);
-        p.last_rx = Some(now);
+        n.touch_path(now, link, from, wire_len);
+        if n.sessions.confirm(header.key_phase) {
+            // The initiator used the session: it is ours to send on now.
+            self.event(Event::SessionEstablished { peer: header.sender, initiator: false });
+            self.flush_staged(now, idx, out);
+        }
         if header.msg_type == MessageType::Keepalive {
             self.stats.keepalives_in += 1;
             return Ok(Received::Keepalive);
@@ -592,47 +802,185 @@ impl Node {
                     return Err(DropReason::HopLimit);
                 }
                 let next_idx = self.index[&next];
-                self.choose_by_policy(next_idx);
-                let (_, copies) =
-                    self.seal_to_chosen(now, next_idx, MessageType::Data, header.hop_limit - 1, &datagram[plain], out)?;
+                let sent = self.send_data(now, next_idx, header.hop_limit - 1, &datagram[plain], out)?;
                 self.stats.forwarded.add(plain_len);
-                Ok(Received::Forwarded { next_hop: next, copies })
+                Ok(Received::Forwarded { next_hop: next, copies: sent.map_or(0, |(_, c)| c) })
             }
         }
     }
 
-    /// When [`Node::handle_timeout`] wants to be called next.
-    pub fn poll_timeout(&self) -> Option<Time> {
-        let ka = self.cfg.keepalive?;
-        self.neighbours
-            .iter()
-            .flat_map(|n| n.paths.iter())
-            .filter(|p| p.usable)
-            .map(|p| p.last_tx.map_or(Time::ZERO, |t| t + ka))
-            .min()
+    fn on_initiation(
+        &mut self,
+        now: Time,
+        idx: usize,
+        link: LinkId,
+        from: SocketAddr,
+        msg: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        // Rate limit before any public-key work.
+        if !self.limiter.allow(from.ip(), now, self.cfg.handshakes_per_second) {
+            return Err(DropReason::RateLimited);
+        }
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let n = &self.neighbours[idx];
+        let mut reply = [0u8; RESPONSE_LEN];
+        let peer = n.host;
+        let slot = n.sessions.free_slot();
+        let accepted =
+            handshake::respond(seed, &self.identity, &n.public_key, &n.psk, peer, self.cfg.host, slot, msg, &mut reply)
+                .map_err(|reason| {
+                    self.event(Event::HandshakeRejected { peer, reason });
+                    match reason {
+                        HandshakeError::Invalid => DropReason::HandshakeInvalid,
+                        HandshakeError::WrongKey => DropReason::HandshakeWrongKey,
+                    }
+                })?;
+        let n = &mut self.neighbours[idx];
+        if n.sessions.last_init_timestamp.is_some_and(|last| accepted.timestamp <= last) {
+            // A replay, or a later copy of one initiation sent on several paths.
+            return Err(DropReason::HandshakeReplay);
+        }
+        if n.sessions.pending.is_some() && self.cfg.host < peer {
+            // Both started at once: the lower host id's handshake goes on.
+            return Err(DropReason::HandshakeCrossed);
+        }
+        n.sessions.last_init_timestamp = Some(accepted.timestamp);
+        n.sessions.pending = None;
+        let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
+        n.sessions.install(slot, session);
+        n.stats.handshakes += 1;
+        n.touch_path(now, link, from, HEADER_LEN + msg.len());
+        self.stats.handshakes_in += 1;
+        self.chosen.clear();
+        let paths = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        self.chosen.extend(paths);
+        self.send_plain(now, idx, MessageType::HandshakeResponse, &reply, out);
+        Ok(Received::Handshake)
     }
 
-    /// Run timers due at `now`: one keepalive per neighbour, sealed once and
-    /// sent on each of its paths that has been quiet for the keepalive interval.
-    pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
-        let Some(ka) = self.cfg.keepalive else { return };
-        for idx in 0..self.neighbours.len() {
-            self.chosen.clear();
-            let due = self.neighbours[idx]
-                .paths
+    fn on_response(
+        &mut self,
+        now: Time,
+        idx: usize,
+        link: LinkId,
+        from: SocketAddr,
+        msg: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let n = &mut self.neighbours[idx];
+        let Some(pending) = n.sessions.pending.take() else {
+            // Later copies of a response already used, or a stray one.
+            return Err(DropReason::HandshakeUnexpected);
+        };
+        let key_phase = pending.key_phase;
+        let (keys, remote_phase) = match handshake::finish(pending.state, msg) {
+            Ok(k) => k,
+            Err(_) => {
+                // Not ours: the handshake goes on. snow's state is consumed,
+                // so the initiation is sent again with a new key at once.
+                let started = pending.started;
+                self.initiate(now, idx, Some(started), out);
+                return Err(DropReason::HandshakeInvalid);
+            }
+        };
+        n.sessions.install(key_phase, Session::new(keys, self.cfg.window_packets, now, true, remote_phase));
+        n.stats.handshakes += 1;
+        n.touch_path(now, link, from, HEADER_LEN + msg.len());
+        let peer = n.host;
+        self.event(Event::SessionEstablished { peer, initiator: true });
+        if !self.flush_staged(now, idx, out) {
+            // Confirm the session to the responder even with nothing to say.
+            self.keepalive(now, idx, None, out);
+        }
+        Ok(Received::Handshake)
+    }
+
+    /// Seal and send the packets waiting for a session with neighbour `idx`.
+    /// False if there were none.
+    fn flush_staged(&mut self, now: Time, idx: usize, out: &mut Transmits) -> bool {
+        let staged = std::mem::take(&mut self.neighbours[idx].sessions.staged);
+        let any = !staged.is_empty();
+        for s in staged {
+            self.choose_by_policy(idx);
+            if let Err(reason) = self.seal_to_chosen(now, idx, MessageType::Data, s.hop_limit, &s.packet, out) {
+                self.stats.drops.add(reason);
+            }
+        }
+        any
+    }
+
+    /// When [`Node::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let keepalive = self.cfg.keepalive.and_then(|ka| {
+            self.neighbours
                 .iter()
-                .enumerate()
-                .filter(|(_, p)| p.usable && p.last_tx.is_none_or(|t| t + ka <= now))
-                .map(|(i, _)| i);
-            self.chosen.extend(due);
-            if self.chosen.is_empty() {
-                continue;
+                .flat_map(|n| n.paths.iter())
+                .filter(|p| p.usable)
+                .map(|p| p.last_tx.map_or(Time::ZERO, |t| t + ka))
+                .min()
+        });
+        let sessions = self.neighbours.iter().filter_map(|n| n.sessions.next_timer()).min();
+        match (keepalive, sessions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run timers due at `now`: handshake retries and give-ups, rekeying,
+    /// session expiry, and keepalives (one per neighbour, sealed once and
+    /// sent on each of its paths quiet for the keepalive interval; with no
+    /// session, a handshake instead).
+    pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
+        for idx in 0..self.neighbours.len() {
+            let n = &mut self.neighbours[idx];
+            n.sessions.expire(now);
+            if let Some(p) = &n.sessions.pending {
+                let started = p.started;
+                if now - started >= REKEY_ATTEMPT_TIME {
+                    n.sessions.pending = None;
+                    let dropped = n.sessions.staged.len();
+                    n.sessions.staged.clear();
+                    let peer = n.host;
+                    for _ in 0..dropped {
+                        self.stats.drops.add(DropReason::NoSession);
+                    }
+                    self.event(Event::HandshakeTimedOut { peer });
+                } else if now - p.last_sent >= REKEY_TIMEOUT {
+                    self.initiate(now, idx, Some(started), out);
+                }
             }
-            if self.seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out).is_ok() {
-                self.stats.keepalives_out += 1;
-            } else {
-                self.stats.drops.add(DropReason::SeqExhausted);
+            self.maybe_rekey(now, idx, out);
+            if let Some(ka) = self.cfg.keepalive {
+                self.keepalive(now, idx, Some(ka), out);
             }
+        }
+    }
+
+    /// Send a keepalive to neighbour `idx` on its paths quiet for `ka` (all
+    /// usable paths if `None`). With no session: start a handshake instead.
+    fn keepalive(&mut self, now: Time, idx: usize, ka: Option<Duration>, out: &mut Transmits) {
+        self.chosen.clear();
+        let due = self.neighbours[idx]
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.usable && ka.is_none_or(|ka| p.last_tx.is_none_or(|t| t + ka <= now)))
+            .map(|(i, _)| i);
+        self.chosen.extend(due);
+        if self.chosen.is_empty() {
+            return;
+        }
+        let n = &mut self.neighbours[idx];
+        if n.sessions.sending(now).is_none() {
+            if n.sessions.pending.is_none() {
+                self.initiate(now, idx, None, out);
+            }
+            return;
+        }
+        if self.seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out).is_ok() {
+            self.stats.keepalives_out += 1;
         }
     }
 
@@ -645,8 +993,9 @@ impl Node {
         self.cfg.policy.select(usable, |i| chosen.push(i));
     }
 
-    /// Seal `payload` once for neighbour `idx` and queue it on the paths in
-    /// `self.chosen`; the one place that takes a sequence number.
+    /// Seal `payload` once for neighbour `idx` with its current session and
+    /// queue it on the paths in `self.chosen`; the one place that takes a
+    /// sequence number.
     fn seal_to_chosen(
         &mut self,
         now: Time,
@@ -660,11 +1009,8 @@ impl Node {
             return Err(DropReason::NoPath);
         }
         let n = &mut self.neighbours[idx];
-        if n.tx_seq == u64::MAX {
-            return Err(DropReason::SeqExhausted);
-        }
-        n.tx_seq += 1;
-        let seq = Seq(n.tx_seq);
+        let (key_phase, session) = n.sessions.sending(now).ok_or(DropReason::NoSession)?;
+        let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
         let wire_len = OVERHEAD + payload.len();
         for &i in &self.chosen {
             let p = &mut n.paths[i];
@@ -675,8 +1021,8 @@ impl Node {
                 l.stats.tx.add(wire_len);
             }
         }
-        let header = Header { msg_type, hop_limit, sender: self.cfg.host, receiver: n.host, seq };
-        let copies = out.push_sealed(&header, payload, &n.keys);
+        let header = Header { msg_type, hop_limit, key_phase, sender: self.cfg.host, receiver: n.host, seq };
+        let copies = out.push_sealed(&header, payload, &session.keys);
         n.stats.sealed.add(wire_len);
         self.stats.sealed.add(wire_len);
         self.stats.copies_out.packets += copies as u64;

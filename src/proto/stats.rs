@@ -66,8 +66,24 @@ drop_reasons! {
     HopLimit => "hop_limit",
     /// Relay: the route points back to the host the packet came from.
     Bounce => "bounce",
-    /// The session's sequence numbers are used up (2^64 - 1 packets).
+    /// The session's sequence numbers are used up.
     SeqExhausted => "seq_exhausted",
+    /// No session to open (or seal) it with: unknown key phase, expired
+    /// session, or the queue of packets waiting for a handshake is full.
+    NoSession => "no_session",
+    /// Too many handshake initiations from this source address.
+    RateLimited => "rate_limited",
+    /// A handshake message that does not authenticate.
+    HandshakeInvalid => "handshake_invalid",
+    /// An initiation with another static key than the one configured for its sender.
+    HandshakeWrongKey => "handshake_wrong_key",
+    /// An initiation no newer than the last one accepted: a replay, or a
+    /// later copy of an initiation sent on several paths.
+    HandshakeReplay => "handshake_replay",
+    /// An initiation while this host's own is in progress and wins.
+    HandshakeCrossed => "handshake_crossed",
+    /// A response to no handshake in progress (later copies of a used one).
+    HandshakeUnexpected => "handshake_unexpected",
 }
 
 impl fmt::Display for DropReason {
@@ -138,6 +154,10 @@ pub struct NodeStats {
     pub keepalives_out: u64,
     /// Keepalives received.
     pub keepalives_in: u64,
+    /// Handshake initiations sent (each once, not per copy).
+    pub handshakes_out: u64,
+    /// Handshake initiations accepted.
+    pub handshakes_in: u64,
     /// Every drop, by reason.
     pub drops: DropCounts,
 }

@@ -90,6 +90,20 @@ impl Transmits {
         self.pending += 1;
     }
 
+    /// Queue an unsealed message (a handshake) for every staged path.
+    /// Returns the number of copies.
+    pub(crate) fn push_plain(&mut self, header: &Header, payload: &[u8]) -> usize {
+        let start = self.buf.len();
+        let len = HEADER_LEN + payload.len();
+        self.buf.resize(start + len, 0);
+        header.emit(&mut self.buf[start..]);
+        self.buf[start + HEADER_LEN..start + len].copy_from_slice(payload);
+        let copies = self.pending;
+        self.items.push(Item { bytes: start..start + len, paths: self.paths.len() - copies..self.paths.len() });
+        self.pending = 0;
+        copies
+    }
+
     /// Seal `payload` once under `header` and queue it for every staged path.
     /// Returns the number of copies.
     pub(crate) fn push_sealed(&mut self, header: &Header, payload: &[u8], keys: &SessionKeys) -> usize {

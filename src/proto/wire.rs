@@ -6,7 +6,7 @@
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |  version = 1  |     type      |   hop limit   |  flags (= 0)  |
+//! |  version = 1  |     type      |   hop limit   |     flags     |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                        sender host id                         |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -21,6 +21,10 @@
 //! |                 Poly1305 tag (16 bytes)                       |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
+//!
+//! Flags: bit 0 is the key phase of a sealed message (which of the two
+//! sessions a neighbour keeps, the current or the one being replaced, sealed
+//! it); every other bit must be 0. Handshake messages have sequence number 0.
 //!
 //! All integers are big-endian. The 20-byte header is the AEAD's associated
 //! data and the sequence number is its nonce, so the header is authenticated
@@ -52,6 +56,8 @@ pub const TAG_LEN: usize = 16;
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// UDP header length.
 pub const UDP_HEADER_LEN: usize = 8;
+/// Flags bit 0: the key phase of a sealed message.
+pub const FLAG_KEY_PHASE: u8 = 1;
 /// Default hop limit for data: enough for any sane overlay, small enough to
 /// kill a loop quickly.
 pub const DEFAULT_HOP_LIMIT: u8 = 8;
@@ -151,7 +157,8 @@ pub enum WireError {
     /// Type byte is not a known message type.
     #[error("unknown message type {0}")]
     UnknownType(u8),
-    /// Flags carry bits this version does not define.
+    /// Flags carry bits this version does not define (or a key phase on a
+    /// message that is not sealed).
     #[error("unknown flags {0:#04x}")]
     BadFlags(u8),
     /// Sender or receiver is the reserved host id 0.
@@ -262,6 +269,8 @@ pub struct Header {
     pub msg_type: MessageType,
     /// Remaining hops; a relay drops the packet instead of sending it with 0.
     pub hop_limit: u8,
+    /// Key phase of a sealed message (flags bit 0).
+    pub key_phase: bool,
     /// Previous hop.
     pub sender: HostId,
     /// Next hop.
@@ -283,7 +292,8 @@ impl Header {
             return Err(WireError::BadVersion(p.version()));
         }
         let msg_type = MessageType::from_u8(p.msg_type()).ok_or(WireError::UnknownType(p.msg_type()))?;
-        if p.flags() != 0 {
+        let allowed = if msg_type.is_sealed() { FLAG_KEY_PHASE } else { 0 };
+        if p.flags() & !allowed != 0 {
             return Err(WireError::BadFlags(p.flags()));
         }
         if msg_type.is_sealed() && p.len() < OVERHEAD {
@@ -292,7 +302,14 @@ impl Header {
         let (Some(sender), Some(receiver)) = (HostId::new(p.sender()), HostId::new(p.receiver())) else {
             return Err(WireError::ZeroHostId);
         };
-        Ok(Header { msg_type, hop_limit: p.hop_limit(), sender, receiver, seq: p.seq() })
+        Ok(Header {
+            msg_type,
+            hop_limit: p.hop_limit(),
+            key_phase: p.flags() & FLAG_KEY_PHASE != 0,
+            sender,
+            receiver,
+            seq: p.seq(),
+        })
     }
 
     /// Write the header into the first [`HEADER_LEN`] bytes of `buf`.
@@ -304,7 +321,7 @@ impl Header {
         b[field::VERSION] = VERSION;
         b[field::TYPE] = self.msg_type as u8;
         b[field::HOP_LIMIT] = self.hop_limit;
-        b[field::FLAGS] = 0;
+        b[field::FLAGS] = if self.key_phase { FLAG_KEY_PHASE } else { 0 };
         b[field::SENDER].copy_from_slice(&self.sender.get().to_be_bytes());
         b[field::RECEIVER].copy_from_slice(&self.receiver.get().to_be_bytes());
         b[field::SEQ].copy_from_slice(&self.seq.0.to_be_bytes());
@@ -329,7 +346,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        let h = Header { msg_type: MessageType::Data, hop_limit: 3, sender: hid(1), receiver: hid(2), seq: Seq(9) };
+        let h = Header {
+            msg_type: MessageType::Data,
+            hop_limit: 3,
+            key_phase: false,
+            sender: hid(1),
+            receiver: hid(2),
+            seq: Seq(9),
+        };
         let mut b = vec![0u8; OVERHEAD];
         h.emit(&mut b);
         let parse = |v: &[u8]| Packet::new_checked(v).and_then(|p| Header::parse(&p));
@@ -343,7 +367,12 @@ mod tests {
         v[1] = 0;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::UnknownType(0));
         let mut v = b.clone();
+        v[3] = 2;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(2));
+        let mut v = b.clone();
         v[3] = 1;
+        assert!(parse(&v[..]).unwrap().key_phase);
+        v[1] = MessageType::HandshakeInit as u8;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(1));
         let mut v = b.clone();
         v[4..8].fill(0);
@@ -357,7 +386,9 @@ mod tests {
     proptest! {
         #[test]
         fn header_roundtrip(ty in 1u8..=8, hop: u8, s in 1u32.., r in 1u32.., seq: u64, extra in 0usize..64) {
-            let h = Header { msg_type: MessageType::from_u8(ty).unwrap(), hop_limit: hop, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
+            let ty = MessageType::from_u8(ty).unwrap();
+            let key_phase = ty.is_sealed() && seq % 2 == 1;
+            let h = Header { msg_type: ty, hop_limit: hop, key_phase, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
             let mut b = vec![0u8; OVERHEAD + extra];
             h.emit(&mut b);
             let p = Packet::new_checked(&b[..]).unwrap();

@@ -31,8 +31,7 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    ConfigError, DropReason, Endpoint, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, SessionKeys, Time,
-    Transmits,
+    ConfigError, DropReason, Endpoint, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
 };
 
 /// Index of a host in the simulator.
@@ -211,6 +210,14 @@ impl Sim {
         }
     }
 
+    /// 32 bytes from the simulator's generator: a seed for a node's own
+    /// generator, or a key, reproducible from the simulator's seed.
+    pub fn random_bytes(&mut self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut b);
+        b
+    }
+
     /// Current virtual time.
     pub fn now(&self) -> Time {
         self.now
@@ -264,8 +271,8 @@ impl Sim {
     }
 
     /// Make `a` and `b` neighbours over every wire that joins them, each path
-    /// pinned to its wire, with keys derived from `secret`.
-    pub fn pair(&mut self, a: HostIx, b: HostIx, secret: [u8; 32]) -> Result<(), ConfigError> {
+    /// pinned to its wire, each knowing the other's public key.
+    pub fn pair(&mut self, a: HostIx, b: HostIx) -> Result<(), ConfigError> {
         for (me, other) in [(a, b), (b, a)] {
             let endpoints = self
                 .wires
@@ -277,9 +284,8 @@ impl Sim {
                     Endpoint { remote: theirs.2, link: Some(mine.1) }
                 })
                 .collect();
-            let (hm, ho) = (self.node(me).host(), self.node(other).host());
-            let keys = SessionKeys::from_shared_secret(&secret, hm, ho);
-            self.node_mut(me).add_neighbour(NeighbourConfig { host: ho, keys, endpoints })?;
+            let (ho, public_key) = (self.node(other).host(), self.node(other).public_key());
+            self.node_mut(me).add_neighbour(NeighbourConfig { host: ho, public_key, psk: None, endpoints })?;
             self.rearm(me);
         }
         Ok(())
@@ -554,4 +560,40 @@ impl StreamReport {
         let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
         Some(v[i.min(v.len() - 1)])
     }
+}
+
+/// Complete a handshake between two nodes that are already each other's
+/// neighbours, passing their datagrams to each other directly (no simulated
+/// network): `a` initiates from `a_link`/`a_addr`, `b` answers on
+/// `b_link`/`b_addr`. For unit tests and benchmarks that need a session.
+///
+/// # Panics
+/// If no session results (a test bug: wrong keys or addresses).
+pub fn shake_hands(
+    a: &mut Node,
+    a_link: LinkId,
+    a_addr: SocketAddr,
+    b: &mut Node,
+    b_link: LinkId,
+    b_addr: SocketAddr,
+    now: Time,
+) {
+    let mut to_b = Transmits::new();
+    a.handle_timeout(now, &mut to_b);
+    for _ in 0..4 {
+        let mut to_a = Transmits::new();
+        for t in to_b.iter().filter(|t| t.paths.iter().any(|p| p.remote == b_addr)) {
+            b.handle_datagram(now, b_link, a_addr, &mut t.datagram.to_vec(), &mut to_a);
+        }
+        to_b.clear();
+        for t in to_a.iter().filter(|t| t.paths.iter().any(|p| p.remote == a_addr)) {
+            a.handle_datagram(now, a_link, b_addr, &mut t.datagram.to_vec(), &mut to_b);
+        }
+        if to_b.is_empty() {
+            break;
+        }
+    }
+    let (ha, hb) = (a.host(), b.host());
+    assert!(a.neighbour(hb).is_some_and(|n| n.has_session()), "no session at {ha}");
+    assert!(b.neighbour(ha).is_some_and(|n| n.has_session()), "no session at {hb}");
 }

@@ -12,9 +12,6 @@ use ipnet::IpNet;
 use super::{HostIx, LinkModel, Sim, Stream, StreamIx, WireIx};
 use crate::proto::{HostId, NextHop, NodeConfig, Time};
 
-/// The secret the scenarios derive session keys from.
-pub const SECRET: [u8; 32] = *b"mpvr simulator shared secret 32b";
-
 /// Host `n`'s IPv4 tunnel address.
 pub fn addr4(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 9, 0, u8::try_from(n).expect("host number below 256")))
@@ -31,7 +28,8 @@ fn host_routes(n: u32) -> [IpNet; 2] {
 
 /// Add host number `n` with its own addresses routed locally.
 pub fn add_host(sim: &mut Sim, n: u32, tweak: &dyn Fn(&mut NodeConfig)) -> HostIx {
-    let mut cfg = NodeConfig::new(HostId::new(n).expect("host number is not 0"));
+    let mut cfg = NodeConfig::new(HostId::new(n).expect("host number is not 0"), sim.random_bytes());
+    cfg.rng_seed = sim.random_bytes();
     tweak(&mut cfg);
     let h = sim.add_host(cfg).expect("scenario config is valid");
     for p in host_routes(n) {
@@ -66,7 +64,7 @@ pub fn pair(seed: u64, links: &[LinkModel], tweak: &dyn Fn(&mut NodeConfig)) -> 
     let a = add_host(&mut sim, 1, tweak);
     let b = add_host(&mut sim, 2, tweak);
     let wires = links.iter().map(|m| sim.connect(a, b, m.clone(), m.clone())).collect();
-    sim.pair(a, b, SECRET).expect("fresh neighbours");
+    sim.pair(a, b).expect("fresh neighbours");
     route_to(&mut sim, a, 2, 2);
     route_to(&mut sim, b, 1, 1);
     Pair { sim, a, b, wires }
@@ -104,8 +102,8 @@ pub fn chain(seed: u64, hop1: &[LinkModel], hop2: &[LinkModel]) -> Chain {
     let r = add_host(&mut sim, 3, &|_| {});
     let hop1 = hop1.iter().map(|m| sim.connect(a, r, m.clone(), m.clone())).collect();
     let hop2 = hop2.iter().map(|m| sim.connect(r, b, m.clone(), m.clone())).collect();
-    sim.pair(a, r, SECRET).expect("fresh neighbours");
-    sim.pair(r, b, SECRET).expect("fresh neighbours");
+    sim.pair(a, r).expect("fresh neighbours");
+    sim.pair(r, b).expect("fresh neighbours");
     route_to(&mut sim, a, 2, 3);
     route_to(&mut sim, b, 1, 3);
     route_to(&mut sim, r, 1, 1);

@@ -1,0 +1,274 @@
+//! Noise IK handshakes between neighbours (snow), as WireGuard does them:
+//! `Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s`, the initiator knowing the
+//! responder's static key beforehand, an optional pre-shared key (all zeros
+//! when none is set), and the two host ids bound into the prologue so that
+//! the cleartext header of a handshake cannot be altered.
+//!
+//! Each side keeps two session slots and picks, for a new session, the slot
+//! it is not sending on; the initiation carries the initiator's slot (the
+//! key phase the responder will put on what it sends) and the response the
+//! responder's. So a late initiation never replaces the session in use.
+//!
+//! The initiation also carries a timestamp
+//! (wall-clock nanoseconds): a responder accepts an initiation only if its
+//! timestamp is later than the last one it accepted from that peer, so a
+//! captured initiation cannot be replayed. The response is smaller than the
+//! initiation (49 bytes against 105), so an unauthenticated sender can never
+//! make mpvr send more than it sent.
+//!
+//! Randomness (the ephemeral keys) comes from a seed the node draws from its
+//! own generator, so the core stays deterministic; the daemon seeds that
+//! generator from the operating system.
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{Builder, HandshakeState};
+
+use super::crypto::SessionKeys;
+use super::ids::HostId;
+
+/// The Noise protocol.
+pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
+/// Payload of an initiation: key phase (1 byte) and timestamp (8 bytes).
+pub const INIT_PAYLOAD_LEN: usize = 9;
+/// Length of a Noise initiation: ephemeral (32), encrypted static (48),
+/// encrypted payload (9 + 16).
+pub const INIT_LEN: usize = 32 + 48 + INIT_PAYLOAD_LEN + 16;
+/// Length of a Noise response: ephemeral (32) and the encrypted key phase (1 + 16).
+pub const RESPONSE_LEN: usize = 32 + 1 + 16;
+
+/// Why a handshake message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// It does not decrypt or is malformed (forged, corrupted, or another key).
+    #[error("handshake message does not authenticate")]
+    Invalid,
+    /// It authenticates, but with a static key that is not the configured one.
+    #[error("the peer's static key is not the one configured for it")]
+    WrongKey,
+}
+
+/// A host's static key pair.
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; 32],
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity(public {:02x?}..)", &self.public[..4])
+    }
+}
+
+impl Identity {
+    /// The pair of an X25519 private key.
+    pub fn new(private: [u8; 32]) -> Identity {
+        let secret = x25519_dalek::StaticSecret::from(private);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        Identity { private: secret.to_bytes(), public }
+    }
+
+    /// The public key.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
+}
+
+struct SeededRandom(ChaCha20Rng);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+/// snow's default primitives, with randomness from a given seed.
+struct Seeded([u8; 32]);
+
+impl CryptoResolver for Seeded {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(self.0))))
+    }
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+fn prologue(initiator: HostId, responder: HostId) -> [u8; 16] {
+    let mut p = *b"mpvr v1\0\0\0\0\0\0\0\0\0";
+    p[8..12].copy_from_slice(&initiator.get().to_be_bytes());
+    p[12..16].copy_from_slice(&responder.get().to_be_bytes());
+    p
+}
+
+fn builder<'a>(seed: [u8; 32], me: &'a Identity, psk: &'a [u8; 32], prologue: &'a [u8; 16]) -> Builder<'a> {
+    let params = NOISE_PARAMS.parse().expect("valid Noise parameters");
+    // These calls only fail for wrong key lengths, which the types rule out.
+    Builder::with_resolver(params, Box::new(Seeded(seed)))
+        .local_private_key(&me.private)
+        .and_then(|b| b.psk(2, psk))
+        .and_then(|b| b.prologue(prologue))
+        .expect("32-byte keys")
+}
+
+/// Start a handshake toward `responder`: writes the initiation into `msg`.
+#[allow(clippy::too_many_arguments)]
+pub fn initiate(
+    seed: [u8; 32],
+    me: &Identity,
+    peer_public: &[u8; 32],
+    psk: &[u8; 32],
+    initiator: HostId,
+    responder: HostId,
+    key_phase: bool,
+    timestamp: u64,
+    msg: &mut [u8; INIT_LEN],
+) -> HandshakeState {
+    let pro = prologue(initiator, responder);
+    let mut hs = builder(seed, me, psk, &pro)
+        .remote_public_key(peer_public)
+        .and_then(|b| b.build_initiator())
+        .expect("initiator from valid keys");
+    let mut payload = [0u8; INIT_PAYLOAD_LEN];
+    payload[0] = u8::from(key_phase);
+    payload[1..].copy_from_slice(&timestamp.to_be_bytes());
+    let n = hs.write_message(&payload, msg).expect("initiation fits its buffer");
+    debug_assert_eq!(n, INIT_LEN);
+    hs
+}
+
+/// What a responder learned from a valid initiation.
+#[derive(Debug)]
+pub struct Initiation {
+    /// The initiator's slot for the session: the key phase to send with.
+    pub key_phase: bool,
+    /// The initiator's timestamp.
+    pub timestamp: u64,
+    /// The session's keys, from the responder's side.
+    pub keys: SessionKeys,
+}
+
+/// Answer an initiation from `initiator`, whose static key must be
+/// `expected_public`, for a session in this host's slot `my_phase`: writes
+/// the response into `reply`.
+#[allow(clippy::too_many_arguments)]
+pub fn respond(
+    seed: [u8; 32],
+    me: &Identity,
+    expected_public: &[u8; 32],
+    psk: &[u8; 32],
+    initiator: HostId,
+    responder: HostId,
+    my_phase: bool,
+    msg: &[u8],
+    reply: &mut [u8; RESPONSE_LEN],
+) -> Result<Initiation, HandshakeError> {
+    if msg.len() != INIT_LEN {
+        return Err(HandshakeError::Invalid);
+    }
+    let pro = prologue(initiator, responder);
+    let mut hs = builder(seed, me, psk, &pro).build_responder().expect("responder from valid keys");
+    let mut payload = [0u8; INIT_LEN];
+    let n = hs.read_message(msg, &mut payload).map_err(|_| HandshakeError::Invalid)?;
+    if n != INIT_PAYLOAD_LEN || payload[0] > 1 {
+        return Err(HandshakeError::Invalid);
+    }
+    if hs.get_remote_static() != Some(&expected_public[..]) {
+        return Err(HandshakeError::WrongKey);
+    }
+    let timestamp = u64::from_be_bytes(payload[1..9].try_into().expect("8 bytes"));
+    hs.write_message(&[u8::from(my_phase)], reply).map_err(|_| HandshakeError::Invalid)?;
+    let (i_to_r, r_to_i) = hs.dangerously_get_raw_split();
+    Ok(Initiation { key_phase: payload[0] == 1, timestamp, keys: SessionKeys::new(&r_to_i, &i_to_r) })
+}
+
+/// Finish a handshake this host started, with the response: the session's
+/// keys and the responder's slot (the key phase to send with).
+pub fn finish(mut hs: HandshakeState, msg: &[u8]) -> Result<(SessionKeys, bool), HandshakeError> {
+    if msg.len() != RESPONSE_LEN {
+        return Err(HandshakeError::Invalid);
+    }
+    let mut payload = [0u8; RESPONSE_LEN];
+    let n = hs.read_message(msg, &mut payload).map_err(|_| HandshakeError::Invalid)?;
+    if n != 1 || payload[0] > 1 || !hs.is_handshake_finished() {
+        return Err(HandshakeError::Invalid);
+    }
+    let (i_to_r, r_to_i) = hs.dangerously_get_raw_split();
+    Ok((SessionKeys::new(&i_to_r, &r_to_i), payload[0] == 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Seq;
+
+    fn id(n: u8) -> Identity {
+        Identity::new([n; 32])
+    }
+
+    #[test]
+    fn a_handshake_gives_both_sides_matching_keys() {
+        let (a, b) = (id(1), id(2));
+        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let psk = [0u8; 32];
+        let mut init = [0u8; INIT_LEN];
+        let hs = initiate([7; 32], &a, &b.public(), &psk, ha, hb, true, 12345, &mut init);
+        let mut resp = [0u8; RESPONSE_LEN];
+        let got = respond([8; 32], &b, &a.public(), &psk, ha, hb, false, &init, &mut resp).unwrap();
+        assert!(got.key_phase);
+        assert_eq!(got.timestamp, 12345);
+        let (ka, their_phase) = finish(hs, &resp).unwrap();
+        assert!(!their_phase);
+        let mut m = b"hello".to_vec();
+        let tag = ka.seal(Seq(1), &[0; 20], &mut m);
+        m.extend_from_slice(&tag);
+        assert_eq!(got.keys.open(Seq(1), &[0; 20], &mut m), Ok(5));
+    }
+
+    #[test]
+    fn wrong_keys_ids_or_bytes_are_refused() {
+        let (a, b, c) = (id(1), id(2), id(3));
+        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let psk = [0u8; 32];
+        let mut init = [0u8; INIT_LEN];
+        let _ = initiate([7; 32], &a, &b.public(), &psk, ha, hb, false, 1, &mut init);
+        let mut resp = [0u8; RESPONSE_LEN];
+        // B expects C's key for this peer.
+        assert_eq!(
+            respond([8; 32], &b, &c.public(), &psk, ha, hb, false, &init, &mut resp).unwrap_err(),
+            HandshakeError::WrongKey
+        );
+        // Another responder cannot read it.
+        assert!(respond([8; 32], &c, &a.public(), &psk, ha, hb, false, &init, &mut resp).is_err());
+        // The host ids are bound in.
+        let h3 = HostId::new(3).unwrap();
+        assert_eq!(
+            respond([8; 32], &b, &a.public(), &psk, h3, hb, false, &init, &mut resp).unwrap_err(),
+            HandshakeError::Invalid
+        );
+        // Another pre-shared key: IKpsk2 mixes it into the response, so the
+        // initiator refuses that.
+        let mut init2 = [0u8; INIT_LEN];
+        let hs = initiate([9; 32], &a, &b.public(), &psk, ha, hb, false, 2, &mut init2);
+        respond([8; 32], &b, &a.public(), &[1; 32], ha, hb, false, &init2, &mut resp).unwrap();
+        assert_eq!(finish(hs, &resp).unwrap_err(), HandshakeError::Invalid);
+        // Any flipped bit.
+        for i in 0..INIT_LEN {
+            let mut bad = init;
+            bad[i] ^= 4;
+            assert!(respond([8; 32], &b, &a.public(), &psk, ha, hb, false, &bad, &mut resp).is_err(), "byte {i}");
+        }
+        assert!(respond([8; 32], &b, &a.public(), &psk, ha, hb, false, &init[..50], &mut resp).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! The sessions with one neighbour: two key slots chosen by the header's key
+//! phase (the current session and the one it replaced, kept for packets in
+//! flight), the handshake in progress, packets waiting for a session, and
+//! WireGuard's timers (its whitepaper, section 6).
+//!
+//! A session is sealed under fresh keys from a Noise handshake, so its
+//! sequence numbers start at 1 and never repeat under its keys; a new
+//! session gets a new window. A responder does not send on a new session
+//! until the initiator has used it (key confirmation): until then it keeps
+//! sending on the previous one, or holds packets.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use snow::HandshakeState;
+
+use super::crypto::SessionKeys;
+use super::ids::Seq;
+use super::time::Time;
+use super::window::ReplayWindow;
+
+/// The initiator of a session starts a new handshake once it is this old.
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
+/// A session this old is no longer used, for sending or receiving.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// An unanswered initiation is sent again (with a new ephemeral key) after this.
+pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A handshake unanswered for this long is given up (and its waiting packets dropped).
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// A new handshake is started after this many packets on one session.
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
+/// No packet is sealed on a session past this many.
+pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+/// Packets held while no session can carry them.
+pub const MAX_STAGED: usize = 128;
+
+/// One session's keys and counters.
+#[derive(Debug)]
+pub struct Session {
+    /// Keys from the handshake.
+    pub keys: SessionKeys,
+    /// Last sequence number sealed.
+    pub tx_seq: u64,
+    /// Dedup / anti-replay window of what it received.
+    pub window: ReplayWindow,
+    /// When the handshake completed.
+    pub created: Time,
+    /// This host started the handshake.
+    pub initiator: bool,
+    /// The key phase to put on what is sealed with it: the neighbour's slot.
+    pub remote_phase: bool,
+    /// It may be used for sending (the initiator: at once; the responder:
+    /// once a packet sealed with it arrived).
+    pub confirmed: bool,
+}
+
+impl Session {
+    /// A new session.
+    pub fn new(keys: SessionKeys, window_packets: u32, now: Time, initiator: bool, remote_phase: bool) -> Session {
+        Session {
+            keys,
+            tx_seq: 0,
+            window: ReplayWindow::new(window_packets),
+            created: now,
+            initiator,
+            remote_phase,
+            confirmed: initiator,
+        }
+    }
+
+    fn alive(&self, now: Time) -> bool {
+        now - self.created < REJECT_AFTER_TIME
+    }
+
+    /// The next sequence number, or `None` when the session is used up.
+    pub fn next_seq(&mut self) -> Option<Seq> {
+        if self.tx_seq >= REJECT_AFTER_MESSAGES {
+            return None;
+        }
+        self.tx_seq += 1;
+        Some(Seq(self.tx_seq))
+    }
+}
+
+/// A handshake this host started and waits an answer for.
+#[derive(Debug)]
+pub struct Pending {
+    /// Noise state until the response arrives.
+    pub state: HandshakeState,
+    /// Key phase the new session will have.
+    pub key_phase: bool,
+    /// When the first initiation of this attempt was sent.
+    pub started: Time,
+    /// When the last initiation was sent.
+    pub last_sent: Time,
+}
+
+/// A packet waiting for a session, with the hop limit it will carry.
+#[derive(Debug)]
+pub struct Staged {
+    /// Hop limit to seal it with.
+    pub hop_limit: u8,
+    /// The IP packet.
+    pub packet: Vec<u8>,
+}
+
+/// Everything about the sessions with one neighbour.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    slots: [Option<Session>; 2],
+    current: Option<bool>,
+    /// The handshake in progress, if this host started one.
+    pub pending: Option<Pending>,
+    /// Timestamp of the last initiation accepted from this neighbour.
+    pub last_init_timestamp: Option<u64>,
+    /// Packets waiting for a session (oldest first).
+    pub staged: VecDeque<Staged>,
+}
+
+impl Sessions {
+    /// The session to seal with now, and the key phase to seal with.
+    pub fn sending(&mut self, now: Time) -> Option<(bool, &mut Session)> {
+        let phase = self.current?;
+        match &mut self.slots[usize::from(phase)] {
+            Some(s) if s.confirmed && s.alive(now) && s.tx_seq < REJECT_AFTER_MESSAGES => Some((s.remote_phase, s)),
+            _ => None,
+        }
+    }
+
+    /// The session a packet with key phase `phase` was sealed with.
+    pub fn receiving(&mut self, phase: bool, now: Time) -> Option<&mut Session> {
+        self.slots[usize::from(phase)].as_mut().filter(|s| s.alive(now))
+    }
+
+    /// A packet arrived on the session of `phase`: a responder's session is
+    /// now confirmed and becomes the one to send on. True if that happened.
+    pub fn confirm(&mut self, phase: bool) -> bool {
+        match &mut self.slots[usize::from(phase)] {
+            Some(s) if !s.confirmed => {
+                s.confirmed = true;
+                self.current = Some(phase);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The slot for a new session (handshake started or answered here): the
+    /// one not being sent on, so the session in use is never replaced.
+    pub fn free_slot(&self) -> bool {
+        !self.current.unwrap_or(true)
+    }
+
+    /// Put a new session in slot `phase`; the initiator sends on it at once.
+    pub fn install(&mut self, phase: bool, session: Session) {
+        let confirmed = session.confirmed;
+        self.slots[usize::from(phase)] = Some(session);
+        if confirmed {
+            self.current = Some(phase);
+        }
+    }
+
+    /// Whether a new handshake should start now (none is in progress).
+    pub fn wants_handshake(&mut self, now: Time) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        match self.sending(now) {
+            None => !self.staged.is_empty(),
+            Some((_, s)) => (s.initiator && now - s.created >= REKEY_AFTER_TIME) || s.tx_seq >= REKEY_AFTER_MESSAGES,
+        }
+    }
+
+    /// Forget sessions past [`REJECT_AFTER_TIME`].
+    pub fn expire(&mut self, now: Time) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|s| !s.alive(now)) {
+                *slot = None;
+            }
+        }
+        if self.current.is_some_and(|p| self.slots[usize::from(p)].is_none()) {
+            self.current = None;
+        }
+    }
+
+    /// The next time a session timer fires.
+    pub fn next_timer(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut at = |x: Time| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(p) = &self.pending {
+            at(p.last_sent + REKEY_TIMEOUT);
+            at(p.started + REKEY_ATTEMPT_TIME);
+        }
+        for s in self.slots.iter().flatten() {
+            at(s.created + REJECT_AFTER_TIME);
+            if s.initiator && s.confirmed {
+                at(s.created + REKEY_AFTER_TIME);
+            }
+        }
+        t
+    }
+
+    /// Whether any session exists (for status).
+    pub fn established(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
+    }
+}
