@@ -683,7 +683,8 @@ impl Node {
             timestamp,
             &mut msg,
         );
-        n.sessions.pending = Some(Pending { state, key_phase, started: started.unwrap_or(now), last_sent: now });
+        n.sessions.pending =
+            Some(Pending { state: Some(state), init: msg, key_phase, started: started.unwrap_or(now), last_sent: now });
         self.stats.handshakes_out += 1;
         self.send_plain(now, idx, MessageType::HandshakeInit, &msg, out);
     }
@@ -842,11 +843,21 @@ impl Node {
             // A replay, or a later copy of one initiation sent on several paths.
             return Err(DropReason::HandshakeReplay);
         }
-        if n.sessions.pending.is_some() && self.cfg.host < peer {
+        n.sessions.last_init_timestamp = Some(accepted.timestamp);
+        if let Some(p) = &n.sessions.pending
+            && self.cfg.host < peer
+        {
             // Both started at once: the lower host id's handshake goes on.
+            // Its initiation may have been lost (the peer was not up yet), so
+            // the same initiation goes again now rather than after the retry
+            // timeout; a peer that had it refuses the copy as a replay.
+            let init = p.init;
+            self.chosen.clear();
+            let paths = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+            self.chosen.extend(paths);
+            self.send_plain(now, idx, MessageType::HandshakeInit, &init, out);
             return Err(DropReason::HandshakeCrossed);
         }
-        n.sessions.last_init_timestamp = Some(accepted.timestamp);
         n.sessions.pending = None;
         let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
         n.sessions.install(slot, session);
@@ -870,21 +881,24 @@ impl Node {
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
         let n = &mut self.neighbours[idx];
-        let Some(pending) = n.sessions.pending.take() else {
+        let Some(pending) = n.sessions.pending.as_mut() else {
             // Later copies of a response already used, or a stray one.
             return Err(DropReason::HandshakeUnexpected);
         };
+        let Some(state) = pending.state.take() else {
+            return Err(DropReason::HandshakeUnexpected);
+        };
         let key_phase = pending.key_phase;
-        let (keys, remote_phase) = match handshake::finish(pending.state, msg) {
+        let (keys, remote_phase) = match handshake::finish(state, msg) {
             Ok(k) => k,
             Err(_) => {
-                // Not ours: the handshake goes on. snow's state is consumed,
-                // so the initiation is sent again with a new key at once.
-                let started = pending.started;
-                self.initiate(now, idx, Some(started), out);
+                // Not the answer to our initiation. snow's state is spent:
+                // the retry timer starts a new handshake. (Never at once, or
+                // forged responses would make this host send initiations.)
                 return Err(DropReason::HandshakeInvalid);
             }
         };
+        n.sessions.pending = None;
         n.sessions.install(key_phase, Session::new(keys, self.cfg.window_packets, now, true, remote_phase));
         n.stats.handshakes += 1;
         n.touch_path(now, link, from, HEADER_LEN + msg.len());

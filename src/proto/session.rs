@@ -85,8 +85,11 @@ impl Session {
 /// A handshake this host started and waits an answer for.
 #[derive(Debug)]
 pub struct Pending {
-    /// Noise state until the response arrives.
-    pub state: HandshakeState,
+    /// Noise state until the response arrives; `None` after a response that
+    /// did not authenticate spoiled it (the retry timer starts a new one).
+    pub state: Option<HandshakeState>,
+    /// The initiation as sent, to send again as it is.
+    pub init: [u8; super::handshake::INIT_LEN],
     /// Key phase the new session will have.
     pub key_phase: bool,
     /// When the first initiation of this attempt was sent.
