@@ -162,7 +162,7 @@ pub struct Endpoint {
 }
 
 /// A neighbour: a host this one shares a session with.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct NeighbourConfig {
     /// Its host id.
     pub host: HostId,
@@ -260,14 +260,16 @@ impl Neighbour {
         self.sessions.staged.len()
     }
 
-    /// Count an authenticated datagram on the path it came from, learning
-    /// the path if it is new.
-    fn touch_path(&mut self, now: Time, link: LinkId, from: SocketAddr, wire_len: usize) {
+    /// Note an authenticated datagram on the path it came from, learning the
+    /// path if it is new; `first` is its length when it was the first copy.
+    fn touch_path(&mut self, now: Time, link: LinkId, from: SocketAddr, first: Option<usize>) {
         let p = match self.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
             Some(i) => &mut self.paths[i],
             None => self.learn_path(PathAddr { link, remote: from }),
         };
-        p.first.add(wire_len);
+        if let Some(len) = first {
+            p.first.add(len);
+        }
         p.last_rx = Some(now);
     }
 
@@ -671,8 +673,8 @@ impl Node {
         let timestamp = self.cfg.wall_epoch_ns.saturating_add(now.as_nanos());
         let n = &mut self.neighbours[idx];
         let key_phase = n.sessions.pending.as_ref().map_or_else(|| n.sessions.free_slot(), |p| p.key_phase);
-        let mut msg = [0u8; INIT_LEN];
-        let state = handshake::initiate(
+        let mut init = [0u8; INIT_LEN];
+        let _ = handshake::initiate(
             seed,
             &self.identity,
             &n.public_key,
@@ -681,12 +683,12 @@ impl Node {
             n.host,
             key_phase,
             timestamp,
-            &mut msg,
+            &mut init,
         );
         n.sessions.pending =
-            Some(Pending { state: Some(state), init: msg, key_phase, started: started.unwrap_or(now), last_sent: now });
+            Some(Pending { seed, timestamp, init, key_phase, started: started.unwrap_or(now), last_sent: now });
         self.stats.handshakes_out += 1;
-        self.send_plain(now, idx, MessageType::HandshakeInit, &msg, out);
+        self.send_plain(now, idx, MessageType::HandshakeInit, &init, out);
     }
 
     /// Queue an unsealed (handshake) message for neighbour `idx` on the paths
@@ -767,10 +769,22 @@ impl Node {
         let n = &mut self.neighbours[idx];
         let session = n.sessions.receiving(header.key_phase, now).ok_or(DropReason::NoSession)?;
         // Cheap replay/duplicate check before any cryptography.
-        match session.window.check(header.seq) {
-            Verdict::Fresh => {}
-            Verdict::Duplicate => return Err(DropReason::Duplicate),
-            Verdict::TooOld => return Err(DropReason::TooOld),
+        let refused = match session.window.check(header.seq) {
+            Verdict::Fresh => None,
+            Verdict::Duplicate => Some(DropReason::Duplicate),
+            Verdict::TooOld => Some(DropReason::TooOld),
+        };
+        if let Some(reason) = refused {
+            // A later copy from a (link, endpoint) this neighbour is not known
+            // at: the peer moved, and its copies on this path lose the race.
+            // Authenticate it (rare: only for a new path) to learn the path.
+            if !n.paths.iter().any(|p| p.addr.link == link && p.addr.remote == from) {
+                let (head, sealed) = packet.split_mut();
+                if session.keys.open(header.seq, head, sealed).is_ok() {
+                    n.touch_path(now, link, from, None);
+                }
+            }
+            return Err(reason);
         }
         let (head, sealed) = packet.split_mut();
         let plain_len = session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
@@ -778,7 +792,7 @@ impl Node {
         session.window.mark(header.seq);
         let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
         n.stats.accepted.add(wire_len);
-        n.touch_path(now, link, from, wire_len);
+        n.touch_path(now, link, from, Some(wire_len));
         if n.sessions.confirm(header.key_phase) {
             // The initiator used the session: it is ours to send on now.
             self.event(Event::SessionEstablished { peer: header.sender, initiator: false });
@@ -862,7 +876,7 @@ impl Node {
         let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
         n.sessions.install(slot, session);
         n.stats.handshakes += 1;
-        n.touch_path(now, link, from, HEADER_LEN + msg.len());
+        n.touch_path(now, link, from, Some(HEADER_LEN + msg.len()));
         self.stats.handshakes_in += 1;
         self.chosen.clear();
         let paths = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
@@ -880,28 +894,36 @@ impl Node {
         msg: &[u8],
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
+        // Public-key work ahead: the same limit as for initiations.
+        if !self.limiter.allow(from.ip(), now, self.cfg.handshakes_per_second) {
+            return Err(DropReason::RateLimited);
+        }
         let n = &mut self.neighbours[idx];
-        let Some(pending) = n.sessions.pending.as_mut() else {
+        let Some(pending) = n.sessions.pending.as_ref() else {
             // Later copies of a response already used, or a stray one.
             return Err(DropReason::HandshakeUnexpected);
         };
-        let Some(state) = pending.state.take() else {
-            return Err(DropReason::HandshakeUnexpected);
-        };
         let key_phase = pending.key_phase;
-        let (keys, remote_phase) = match handshake::finish(state, msg) {
-            Ok(k) => k,
-            Err(_) => {
-                // Not the answer to our initiation. snow's state is spent:
-                // the retry timer starts a new handshake. (Never at once, or
-                // forged responses would make this host send initiations.)
-                return Err(DropReason::HandshakeInvalid);
-            }
-        };
+        // Rebuild the initiator's state (same seed, same message) and try
+        // this response with it; a bad one leaves the handshake as it was.
+        let mut again = [0u8; INIT_LEN];
+        let state = handshake::initiate(
+            pending.seed,
+            &self.identity,
+            &n.public_key,
+            &n.psk,
+            self.cfg.host,
+            n.host,
+            key_phase,
+            pending.timestamp,
+            &mut again,
+        );
+        debug_assert_eq!(again, pending.init);
+        let (keys, remote_phase) = handshake::finish(state, msg).map_err(|_| DropReason::HandshakeInvalid)?;
         n.sessions.pending = None;
         n.sessions.install(key_phase, Session::new(keys, self.cfg.window_packets, now, true, remote_phase));
         n.stats.handshakes += 1;
-        n.touch_path(now, link, from, HEADER_LEN + msg.len());
+        n.touch_path(now, link, from, Some(HEADER_LEN + msg.len()));
         let peer = n.host;
         self.event(Event::SessionEstablished { peer, initiator: true });
         if !self.flush_staged(now, idx, out) {
@@ -988,8 +1010,14 @@ impl Node {
         }
         let n = &mut self.neighbours[idx];
         if n.sessions.sending(now).is_none() {
-            if n.sessions.pending.is_none() {
-                self.initiate(now, idx, None, out);
+            match &n.sessions.pending {
+                None => self.initiate(now, idx, None, out),
+                // A handshake runs: its initiation goes on these paths too
+                // (a link that just came up), which also resets their timer.
+                Some(p) => {
+                    let init = p.init;
+                    self.send_plain(now, idx, MessageType::HandshakeInit, &init, out);
+                }
             }
             return;
         }

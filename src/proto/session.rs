@@ -12,8 +12,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use snow::HandshakeState;
-
 use super::crypto::SessionKeys;
 use super::ids::Seq;
 use super::time::Time;
@@ -85,9 +83,12 @@ impl Session {
 /// A handshake this host started and waits an answer for.
 #[derive(Debug)]
 pub struct Pending {
-    /// Noise state until the response arrives; `None` after a response that
-    /// did not authenticate spoiled it (the retry timer starts a new one).
-    pub state: Option<HandshakeState>,
+    /// The seed of the initiation's ephemeral key and its timestamp: the
+    /// Noise state is rebuilt from them for each response that arrives, so
+    /// a forged or corrupted response cannot spoil the handshake.
+    pub seed: [u8; 32],
+    /// Timestamp carried by the initiation.
+    pub timestamp: u64,
     /// The initiation as sent, to send again as it is.
     pub init: [u8; super::handshake::INIT_LEN],
     /// Key phase the new session will have.
@@ -196,9 +197,14 @@ impl Sessions {
         }
         for s in self.slots.iter().flatten() {
             at(s.created + REJECT_AFTER_TIME);
-            if s.initiator && s.confirmed {
-                at(s.created + REKEY_AFTER_TIME);
-            }
+        }
+        // Rekeying by time: the initiator of the session being sent on,
+        // unless a handshake already runs.
+        if self.pending.is_none()
+            && let Some(s) = self.current.and_then(|p| self.slots[usize::from(p)].as_ref())
+            && s.initiator
+        {
+            at(s.created + REKEY_AFTER_TIME);
         }
         t
     }

@@ -132,6 +132,10 @@ struct Wire {
 
 struct SimHost {
     node: Node,
+    /// What the node was built from, to build it again on a restart.
+    cfg: NodeConfig,
+    neighbours: Vec<NeighbourConfig>,
+    routes: Vec<(IpNet, NextHop)>,
     /// Link -> (wire, direction in which this host sends on it).
     links: HashMap<LinkId, (WireIx, Dir)>,
     timer_at: Option<Time>,
@@ -144,6 +148,8 @@ enum EventKind {
     Arrive { host: HostIx, link: LinkId, from: SocketAddr, bytes: Vec<u8> },
     Timer { host: HostIx },
     LinkState { host: HostIx, link: LinkId, up: bool },
+    Restart { host: HostIx },
+    Rebind { wire: WireIx, host: HostIx, addr: SocketAddr },
 }
 
 struct Event {
@@ -225,8 +231,16 @@ impl Sim {
 
     /// Add a host running a node with `cfg`.
     pub fn add_host(&mut self, cfg: NodeConfig) -> Result<HostIx, ConfigError> {
-        let node = Node::new(cfg)?;
-        self.hosts.push(SimHost { node, links: HashMap::new(), timer_at: None, next_link: 1 });
+        let node = Node::new(cfg.clone())?;
+        self.hosts.push(SimHost {
+            node,
+            cfg,
+            neighbours: Vec::new(),
+            routes: Vec::new(),
+            links: HashMap::new(),
+            timer_at: None,
+            next_link: 1,
+        });
         let h = HostIx(self.hosts.len() - 1);
         self.rearm(h);
         Ok(h)
@@ -285,7 +299,9 @@ impl Sim {
                 })
                 .collect();
             let (ho, public_key) = (self.node(other).host(), self.node(other).public_key());
-            self.node_mut(me).add_neighbour(NeighbourConfig { host: ho, public_key, psk: None, endpoints })?;
+            let n = NeighbourConfig { host: ho, public_key, psk: None, endpoints };
+            self.node_mut(me).add_neighbour(n.clone())?;
+            self.hosts[me.0].neighbours.push(n);
             self.rearm(me);
         }
         Ok(())
@@ -293,7 +309,22 @@ impl Sim {
 
     /// Route `prefix` on host `h` to `next`.
     pub fn route(&mut self, h: HostIx, prefix: IpNet, next: NextHop) -> Result<(), ConfigError> {
-        self.node_mut(h).add_route(prefix, next).map(|_| ())
+        self.node_mut(h).add_route(prefix, next)?;
+        self.hosts[h.0].routes.push((prefix, next));
+        Ok(())
+    }
+
+    /// Restart host `h` at `at`: a new node from the same settings, keys,
+    /// neighbours and routes, with no session and a new random generator
+    /// (as a rebooted daemon).
+    pub fn restart(&mut self, h: HostIx, at: Time) {
+        self.push(at, EventKind::Restart { host: h });
+    }
+
+    /// From `at` on, `h`'s end of wire `w` has the address `addr` (a NAT
+    /// that changed its mapping, or a host that moved).
+    pub fn rebind(&mut self, w: WireIx, h: HostIx, addr: SocketAddr, at: Time) {
+        self.push(at, EventKind::Rebind { wire: w, host: h, addr });
     }
 
     /// The channel of wire `w` in direction `d`.
@@ -418,6 +449,14 @@ impl Sim {
                     self.hosts[host.0].timer_at = None;
                     self.hosts[host.0].node.handle_timeout(now, &mut self.out);
                     self.flush(host);
+                    // A node whose timer stays due after handle_timeout would
+                    // spin a real daemon: make that a loud failure here.
+                    let due_again = self.hosts[host.0].node.poll_timeout().is_some_and(|t| t <= now);
+                    assert!(
+                        !due_again,
+                        "{} wants its timer again at {now} after handling it",
+                        self.hosts[host.0].node.host()
+                    );
                 }
             }
             EventKind::LinkState { host, link, up } => {
@@ -428,6 +467,34 @@ impl Sim {
                     node.remove_link(link);
                 }
                 self.rearm(host);
+            }
+            EventKind::Restart { host } => {
+                let seed = self.random_bytes();
+                let sh = &mut self.hosts[host.0];
+                let mut cfg = sh.cfg.clone();
+                cfg.rng_seed = seed;
+                let mut node = Node::new(cfg).expect("the settings worked before");
+                let mut links: Vec<LinkId> = sh.links.keys().copied().collect();
+                links.sort();
+                for l in links {
+                    node.add_link(l);
+                }
+                for n in &sh.neighbours {
+                    node.add_neighbour(n.clone()).expect("the neighbours worked before");
+                }
+                for (p, next) in &sh.routes {
+                    node.add_route(*p, *next).expect("the routes worked before");
+                }
+                sh.node = node;
+                sh.timer_at = None;
+                self.rearm(host);
+            }
+            EventKind::Rebind { wire, host, addr } => {
+                for e in &mut self.wires[wire.0].ends {
+                    if e.0 == host {
+                        e.2 = addr;
+                    }
+                }
             }
         }
     }
