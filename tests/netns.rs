@@ -56,6 +56,12 @@ prefixes = ["10.9.0.{peer}/32", "fd09::{peer}/128"]
 }
 
 fn two_hosts() -> TwoHosts {
+    two_hosts_with(|_| {}, |a, b| (a, b))
+}
+
+/// The two-host layout; `middle` prepares the router before the daemons
+/// start, `edit` may change the two config files.
+fn two_hosts_with(middle: impl FnOnce(&Netns), edit: impl FnOnce(String, String) -> (String, String)) -> TwoHosts {
     let a = Netns::new("a");
     let m = Netns::new("m");
     let b = Netns::new("b");
@@ -69,8 +75,13 @@ fn two_hosts() -> TwoHosts {
     let dir = TempDir::new();
     let (ka, pa) = keypair(&dir, "a.key");
     let (kb, pb) = keypair(&dir, "b.key");
-    let ca = dir.write("a.toml", &config(1, &ka, &pb, 2, ["10.20.0.2", "10.21.0.2"], ("a1", "10.11.0.1")));
-    let cb = dir.write("b.toml", &config(2, &kb, &pa, 1, ["10.10.0.2", "10.11.0.2"], ("b1", "10.21.0.1")));
+    middle(&m);
+    let (ca, cb) = edit(
+        config(1, &ka, &pb, 2, ["10.20.0.2", "10.21.0.2"], ("a1", "10.11.0.1")),
+        config(2, &kb, &pa, 1, ["10.10.0.2", "10.11.0.2"], ("b1", "10.21.0.1")),
+    );
+    let ca = dir.write("a.toml", &ca);
+    let cb = dir.write("b.toml", &cb);
     let da = Daemon::start(&a, &ca, dir.0.join("a.log"));
     let db = Daemon::start(&b, &cb, dir.0.join("b.log"));
     for d in [&da, &db] {
@@ -427,4 +438,78 @@ fn ipv6_underlay_carries_traffic_and_a_cut_loses_nothing() {
         eprintln!("--- A ---\n{}\n--- B ---\n{}", da.log(), db.log());
     }
     assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+}
+
+/// A is behind a NAT on both links (masquerade in the router); B knows no
+/// endpoint for A: A's handshake and packets teach B where A is, on both
+/// links, and traffic flows both ways on both.
+#[test]
+fn a_host_behind_nat_is_reached_on_both_links() {
+    if !root_or_skip("a_host_behind_nat_is_reached_on_both_links") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts_with(
+        |m| {
+            m.sh(&["nft", "add table ip nat"]);
+            m.sh(&["nft", "add chain ip nat post { type nat hook postrouting priority 100; }"]);
+            m.sh(&["nft", "add rule ip nat post oifname { mb0, mb1 } masquerade"]);
+        },
+        |a, b| (a, b.replace(r#"endpoints = ["10.10.0.2:51820", "10.11.0.2:51820"]"#, "endpoints = []")),
+    );
+    t.a.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    let bytes = |d: &str| counter(&t.b, d, "tx_bytes");
+    let before = (bytes("b0"), bytes("b1"));
+    // B -> A: B has only the paths it learned through the NAT.
+    let to_a: SocketAddr = "10.9.0.1:7000".parse().unwrap();
+    let r = udp_stream(&t.b.name, &t.a.name, to_a, 2000, Duration::from_micros(500), 200, |_| {});
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+    // Both of B's links carried a copy of every packet.
+    assert!(bytes("b0") - before.0 >= 2000 * 236, "b0 sent {} bytes", bytes("b0") - before.0);
+    assert!(bytes("b1") - before.1 >= 2000 * 236, "b1 sent {} bytes", bytes("b1") - before.1);
+    let r = stream(&t, 2000, |_| {});
+    assert_eq!(r.received, 2000);
+    let _ = (&t.da, &t.db, &t.dir);
+}
+
+/// B has a wrong public key for A: no session, the refusal is logged with
+/// the peer's id at most once per 10 s, and counted.
+#[test]
+fn a_wrong_key_gets_no_session_and_is_logged_once_per_interval() {
+    if !root_or_skip("a_wrong_key_gets_no_session_and_is_logged_once_per_interval") {
+        return;
+    }
+    let _g = serial();
+    let wrong = sh(&[mpvr(), "genkey"]);
+    let wrong_pub = {
+        let mut c = std::process::Command::new(mpvr())
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(c.stdin.as_mut().unwrap(), wrong.as_bytes()).unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+    };
+    let mut t = two_hosts_with(
+        |_| {},
+        |a, b| {
+            let at = b.find("public_key = \"").unwrap() + 14;
+            let b = format!("{}{}{}", &b[..at], wrong_pub, &b[at + 44..]);
+            (a, b)
+        },
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.a.name, "ping", "-c", "2", "-W", "1", "10.9.0.2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a session came up with a wrong key");
+    // A tries every 5 s; B logs the refusal at most once per 10 s.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(t.db.stop(), Some(0));
+    let log = t.db.log();
+    let refusals = log.lines().filter(|l| l.contains("handshake refused") && l.contains("peer=1")).count();
+    assert!((1..=2).contains(&refusals), "{refusals} refusal lines:\n{log}");
+    assert!(log.contains("handshake_wrong_key="), "{log}");
+    assert!(!log.contains("session established"), "{log}");
 }
