@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command: formatting, lints, then every test (unit,
-# property, simulator scenarios, benchmarks in test mode).
+# The README's test command: formatting, lints, every test (unit, property,
+# simulator scenarios, namespace end-to-end tests as root, benchmarks in test
+# mode), then a short run of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test --all-targets"
 cargo test --locked --all-targets
+echo "== fuzz targets, 20 s each"
+scripts/fuzz.sh 20

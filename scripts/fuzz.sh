@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build the cargo-fuzz targets (fuzz/) and run each for SECONDS (default 20):
+#   parse      any bytes through the checked wire view and header parser
+#   receive    any datagram into a node with a session (nothing unauthenticated accepted)
+#   handshake  any bytes as a Noise initiation
+# The machine has a stable toolchain only; cargo-fuzz's sanitizer flags are
+# unstable, so RUSTC_BOOTSTRAP=1 lets stable rustc accept them.
+# Usage: scripts/fuzz.sh [SECONDS]   (scripts/fuzz.sh 3600 for an hour each)
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs=${1:-20}
+export RUSTC_BOOTSTRAP=1
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz"
+  cargo install --locked --quiet cargo-fuzz --version 0.13.2
+fi
+cargo fuzz build -O
+for t in parse receive handshake; do
+  echo "== fuzz $t for ${secs}s"
+  cargo fuzz run -O "$t" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" || true
+  # cargo fuzz exits non-zero on a finding; check the artifacts too.
+  if compgen -G "artifacts/$t/crash-*" >/dev/null; then
+    echo "fuzz: $t found a crash: fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
+done
