@@ -1,5 +1,5 @@
 //! X25519 keys: generation, the base64 text form (as `wg` writes it), key
-//! files, and the interim static session keys.
+//! files.
 //!
 //! Key files hold one base64 line. A private key file that group or others
 //! can read is refused: anyone who reads it can impersonate the host.

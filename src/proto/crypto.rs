@@ -9,11 +9,8 @@
 //! What this module guarantees: `open` fails, and leaves no plaintext behind
 //! that the caller could use, for any modification of header, ciphertext or
 //! tag. What it does not do: choose keys. Session keys come from the Noise
-//! handshake (security issue); until that lands [`SessionKeys::from_shared_secret`]
-//! derives them from a secret shared by two hosts, which the simulator and
-//! tests use. A static secret gives the same keys after a restart while the
-//! sequence number starts again at 1, so it must never be used by a daemon
-//! across restarts: nonce reuse would break confidentiality and integrity.
+//! handshake ([`super::handshake`]); [`SessionKeys::from_shared_secret`]
+//! exists for tests and benchmarks of the sealing alone.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
@@ -56,10 +53,10 @@ impl SessionKeys {
         SessionKeys { send: key(send), recv: key(recv) }
     }
 
-    /// Directional keys derived with HKDF-SHA256 from a secret both hosts
-    /// know. `local` and `remote` swap on the other side, so A's send key is
-    /// B's receive key. See the module docs for why this is for the simulator
-    /// and tests only.
+    /// Directional keys derived with HKDF-SHA256 from a secret both sides
+    /// know, for tests and benchmarks of the sealing alone (never for
+    /// traffic: such keys would outlive a restart, and the sequence numbers
+    /// with them). `local` and `remote` swap on the other side.
     pub fn from_shared_secret(secret: &[u8; 32], local: HostId, remote: HostId) -> SessionKeys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mpvr v1 shared-secret session").extract(secret);
         let derive = |from: HostId, to: HostId| {
