@@ -197,3 +197,22 @@ fn an_initiation_flood_is_rate_limited_before_any_public_key_work() {
     assert!(worked <= 40, "{worked} initiations got public-key work");
     assert_eq!(limited + worked, 10_000);
 }
+
+#[test]
+fn crossing_handshakes_over_unequal_links_lose_nothing_and_fail_no_authentication() {
+    // Both ends start at once over a 20 ms and a 40 ms link (the demo's
+    // layout): the later copies of both initiations arrive after a session
+    // exists. Nothing sealed may then fail to open.
+    let links = [LinkModel::delay(ms(20)).with_jitter(Jitter::Uniform(ms(2))), LinkModel::delay(ms(40))];
+    let mut c = scenario::chain(27, &links, &links);
+    let s = c.stream(ms(100), ms(2), 5_000, 200);
+    c.sim.run_until(at_ms(12_000));
+    let r = c.sim.stream_report(s, c.b);
+    clean(&r);
+    for h in [c.a, c.r, c.b] {
+        let d = &c.sim.node(h).stats().drops;
+        assert_eq!(d.get(DropReason::AuthFailed), 0, "{:?}", d.nonzero().collect::<Vec<_>>());
+        assert_eq!(d.get(DropReason::NoSession), 0, "{:?}", d.nonzero().collect::<Vec<_>>());
+    }
+    assert_eq!(r.lost(), 0);
+}
