@@ -665,9 +665,7 @@ impl Node {
     /// Send an initiation to neighbour `idx` on all its usable paths.
     /// `started` carries over the start of an attempt being retried.
     fn initiate(&mut self, now: Time, idx: usize, started: Option<Time>, out: &mut Transmits) {
-        self.chosen.clear();
-        let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
-        self.chosen.extend(usable);
+        self.choose_all(idx);
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let timestamp = self.cfg.wall_epoch_ns.saturating_add(now.as_nanos());
@@ -866,9 +864,7 @@ impl Node {
             // the same initiation goes again now rather than after the retry
             // timeout; a peer that had it refuses the copy as a replay.
             let init = p.init;
-            self.chosen.clear();
-            let paths = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
-            self.chosen.extend(paths);
+            self.choose_all(idx);
             self.send_plain(now, idx, MessageType::HandshakeInit, &init, out);
             return Err(DropReason::HandshakeCrossed);
         }
@@ -878,9 +874,7 @@ impl Node {
         n.stats.handshakes += 1;
         n.touch_path(now, link, from, Some(HEADER_LEN + msg.len()));
         self.stats.handshakes_in += 1;
-        self.chosen.clear();
-        let paths = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
-        self.chosen.extend(paths);
+        self.choose_all(idx);
         self.send_plain(now, idx, MessageType::HandshakeResponse, &reply, out);
         Ok(Received::Handshake)
     }
@@ -1024,6 +1018,14 @@ impl Node {
         if self.seal_to_chosen(now, idx, MessageType::Keepalive, 1, &[], out).is_ok() {
             self.stats.keepalives_out += 1;
         }
+    }
+
+    /// Fill `self.chosen` with every usable path of neighbour `idx`
+    /// (handshakes go on all paths, whatever the policy).
+    fn choose_all(&mut self, idx: usize) {
+        self.chosen.clear();
+        let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        self.chosen.extend(usable);
     }
 
     /// Fill `self.chosen` with the indices of the paths the policy picks
