@@ -654,14 +654,20 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     };
     tun_reader.abort();
+    log_summary(&shared, &links);
     links.shutdown().await;
-    log_summary(&shared);
     info!("mpvr stopped; routes and rules removed");
     result
 }
 
-fn log_summary(shared: &Shared) {
+/// The counters, logged once at exit: node totals, then one line per link.
+fn log_summary(shared: &Shared, links: &Links) {
     let node = shared.node();
+    for (id, l) in node.links() {
+        let name = links.up.get(&id.0).map_or("?", |e| e.nic.name.as_str());
+        let drops: Vec<String> = l.drops.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
+        info!(link = name, rx = l.rx.packets, tx = l.tx.packets, drops = %drops.join(" "), "link totals");
+    }
     let s = node.stats();
     let drops: Vec<String> = s.drops.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
     info!(
