@@ -1,32 +1,16 @@
 //! Scenario tests: the real core driven by the deterministic simulator.
 //! These are the proof of the product's main promises (see the core issue).
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
+
+use common::{assert_clean, at_ms, binomial_95, ms};
 
 use mpvr::proto::{DropReason, Time};
 use mpvr::sim::scenario::{self, Chain, Pair};
 use mpvr::sim::{Dir, Jitter, LinkModel, StreamReport};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn at_ms(n: u64) -> Time {
-    Time::from_duration(ms(n))
-}
-
-/// Normal approximation of the binomial 95 % interval for `n` trials at `p`.
-fn binomial_95(n: u64, p: f64) -> (u64, u64) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    ((mean - 1.96 * sd).floor() as u64, (mean + 1.96 * sd).ceil() as u64)
-}
-
-fn assert_clean(r: &StreamReport) {
-    assert_eq!(r.delivered_twice, 0, "a packet was delivered twice");
-    assert_eq!(r.mangled, 0, "a modified packet was delivered");
-}
 
 /// Run a stream of `count` packets, one every 100 us, from host 1 to host 2.
 fn run_pair(p: &mut Pair, count: u64) -> StreamReport {

@@ -2,30 +2,15 @@
 //! loss, rekeying, restarts, roaming, replays, corruption, wrong keys and
 //! initiation floods.
 
+mod common;
+
 use std::time::Duration;
+
+use common::{assert_clean, at_ms, binomial_95, ms};
 
 use mpvr::proto::{DropReason, Event, HostId, Time};
 use mpvr::sim::scenario::{self, Pair};
-use mpvr::sim::{Dir, Jitter, LinkModel, Stream, StreamReport};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn at_ms(n: u64) -> Time {
-    Time::from_duration(ms(n))
-}
-
-fn binomial_95(n: u64, p: f64) -> (u64, u64) {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    ((mean - 1.96 * sd).floor() as u64, (mean + 1.96 * sd).ceil() as u64)
-}
-
-fn clean(r: &StreamReport) {
-    assert_eq!(r.delivered_twice, 0);
-    assert_eq!(r.mangled, 0);
-}
+use mpvr::sim::{Dir, Jitter, LinkModel, Stream};
 
 fn reverse_stream(p: &mut Pair, start: Duration, interval: Duration, count: u64) -> mpvr::sim::StreamIx {
     p.sim.add_stream(Stream {
@@ -50,7 +35,7 @@ fn sessions_rekey_every_two_minutes_under_loss_without_losing_more() {
     p.sim.run_until(at_ms(602_000));
     for (stream, to) in [(s, p.b), (back, p.a)] {
         let r = p.sim.stream_report(stream, to);
-        clean(&r);
+        assert_clean(&r);
         let (_, hi) = binomial_95(n, 0.0025);
         assert!(r.lost() <= hi, "lost {} of {n} (rekeying must cost nothing beyond 0.25 %)", r.lost());
     }
@@ -70,9 +55,9 @@ fn a_restarted_peer_gets_traffic_flowing_again_within_a_second_of_its_first_pack
     p.sim.restart(p.b, at_ms(20_000));
     let back = reverse_stream(&mut p, ms(30_000), ms(10), 1_000);
     p.sim.run_until(at_ms(45_000));
-    clean(&p.sim.stream_report(s, p.b));
+    assert_clean(&p.sim.stream_report(s, p.b));
     let r = p.sim.stream_report(back, p.a);
-    clean(&r);
+    assert_clean(&r);
     // Packets wait for the handshake (one round trip), none are lost to it.
     let first = r.latency[0];
     assert!(first < ms(1_000), "first packet after the restart took {first:?}");
@@ -93,12 +78,12 @@ fn a_peer_that_moves_mid_stream_is_followed() {
     }
     p.sim.run_until(at_ms(35_000));
     let r = p.sim.stream_report(fwd, p.b);
-    clean(&r);
+    assert_clean(&r);
     assert_eq!(r.lost(), 0);
     // B learns A's new addresses from A's authenticated packets and sends
     // there: at most the packets in flight at the move are lost.
     let r = p.sim.stream_report(back, p.a);
-    clean(&r);
+    assert_clean(&r);
     assert!(r.lost() <= 2, "lost {} after A moved: {:?}", r.lost(), r.lost_ids);
     let nb = p.sim.node(p.b).neighbour(HostId::new(1).unwrap()).unwrap();
     let learned: Vec<_> = nb.paths().iter().filter(|x| x.learned).map(|x| x.addr).collect();
@@ -115,7 +100,7 @@ fn replays_long_after_and_flipped_bits_are_refused_on_every_path() {
     let s = p.stream(ms(500), ms(20), 2_000, 160);
     p.sim.run_until(at_ms(260_000));
     let r = p.sim.stream_report(s, p.b);
-    clean(&r);
+    assert_clean(&r);
     assert_eq!(r.lost(), 0);
     let drops = &p.sim.node(p.b).stats().drops;
     // Every corrupted copy was refused (most by authentication; a flip in
@@ -170,7 +155,7 @@ fn a_wrong_key_gets_no_session_and_is_reported() {
     }
     assert!(rejected, "the refusal is reported as an event");
     // The genuine A still has its session and its traffic.
-    clean(&p.sim.stream_report(s, p.b));
+    assert_clean(&p.sim.stream_report(s, p.b));
 }
 
 #[test]
@@ -208,7 +193,7 @@ fn crossing_handshakes_over_unequal_links_lose_nothing_and_fail_no_authenticatio
     let s = c.stream(ms(100), ms(2), 5_000, 200);
     c.sim.run_until(at_ms(12_000));
     let r = c.sim.stream_report(s, c.b);
-    clean(&r);
+    assert_clean(&r);
     for h in [c.a, c.r, c.b] {
         let d = &c.sim.node(h).stats().drops;
         assert_eq!(d.get(DropReason::AuthFailed), 0, "{:?}", d.nonzero().collect::<Vec<_>>());

@@ -822,6 +822,16 @@ impl Node {
         }
     }
 
+    /// Handshake messages cost public-key work: at most
+    /// `handshakes_per_second` per source address, checked before any.
+    fn rate_limit(&mut self, now: Time, from: SocketAddr) -> Result<(), DropReason> {
+        if self.limiter.allow(from.ip(), now, self.cfg.handshakes_per_second) {
+            Ok(())
+        } else {
+            Err(DropReason::RateLimited)
+        }
+    }
+
     fn on_initiation(
         &mut self,
         now: Time,
@@ -831,10 +841,7 @@ impl Node {
         msg: &[u8],
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
-        // Rate limit before any public-key work.
-        if !self.limiter.allow(from.ip(), now, self.cfg.handshakes_per_second) {
-            return Err(DropReason::RateLimited);
-        }
+        self.rate_limit(now, from)?;
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let n = &self.neighbours[idx];
@@ -888,10 +895,7 @@ impl Node {
         msg: &[u8],
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
-        // Public-key work ahead: the same limit as for initiations.
-        if !self.limiter.allow(from.ip(), now, self.cfg.handshakes_per_second) {
-            return Err(DropReason::RateLimited);
-        }
+        self.rate_limit(now, from)?;
         let n = &mut self.neighbours[idx];
         let Some(pending) = n.sessions.pending.as_ref() else {
             // Later copies of a response already used, or a stray one.

@@ -15,6 +15,29 @@ use std::time::{Duration, Instant};
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The simulator time `n` milliseconds after its start.
+pub fn at_ms(n: u64) -> mpvr::proto::Time {
+    mpvr::proto::Time::from_duration(ms(n))
+}
+
+/// Normal approximation of the binomial 95 % interval for `n` trials at `p`.
+pub fn binomial_95(n: u64, p: f64) -> (u64, u64) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    ((mean - 1.96 * sd).floor() as u64, (mean + 1.96 * sd).ceil() as u64)
+}
+
+/// A simulated stream delivered nothing twice and nothing modified.
+pub fn assert_clean(r: &mpvr::sim::StreamReport) {
+    assert_eq!(r.delivered_twice, 0, "a packet was delivered twice");
+    assert_eq!(r.mangled, 0, "a modified packet was delivered");
+}
+
 /// Namespace tests run one at a time (they are CPU-bound on 2 cores).
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
