@@ -1,7 +1,13 @@
 //! mpvr: a multipath virtual router.
 //!
-//! - [`proto`]: the pure, deterministic core (see DESIGN.md, "Shape of the code").
+//! - [`proto`]: the pure, deterministic core (see DESIGN.md, "Shape of the code"):
+//!   wire format, window, Noise sessions, routes, policy, the [`proto::Node`].
 //! - [`sim`]: a deterministic network simulator that drives the real core.
+//! - [`daemon`]: `mpvr run`, the thin Linux shell that drives the core.
+//! - [`sys`]: netlink, TUN, per-link sockets, AF_PACKET, capabilities.
+//! - [`config`], [`keys`]: the config file and key files, checked at the edge.
+//! - [`linkemu`]: the link emulator of the namespace testbed (`mpvr-linkemu`).
+//! - [`units`]: durations as people write them.
 #![warn(missing_docs)]
 
 pub mod config;

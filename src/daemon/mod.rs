@@ -678,6 +678,9 @@ fn log_summary(shared: &Shared, links: &Links) {
         drops = %drops.join(" "),
         send_would_block = shared.io.send_would_block.load(Ordering::Relaxed),
         send_errors = shared.io.send_errors.load(Ordering::Relaxed),
+        send_no_socket = shared.io.send_no_socket.load(Ordering::Relaxed),
+        recv_errors = shared.io.recv_errors.load(Ordering::Relaxed),
+        tun_write_errors = shared.io.tun_write_errors.load(Ordering::Relaxed),
         "totals"
     );
 }

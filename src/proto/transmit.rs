@@ -2,7 +2,7 @@
 //!
 //! Encrypt once, send N times (DESIGN.md invariant 4) is built into the
 //! shape: a [`Transmit`] is one sealed datagram and the list of paths it goes
-//! out on. [`Transmits::push_sealed`] is the only place a datagram is sealed.
+//! out on. `Transmits::push_sealed` is the only place a datagram is sealed.
 //! The batch is reused: `clear` keeps its capacity, so steady-state traffic
 //! allocates nothing.
 
