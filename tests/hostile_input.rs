@@ -82,7 +82,9 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert_eq!(with(&|x| x.truncate(30)), Received::Dropped(DropReason::Truncated));
     assert_eq!(with(&|x| x[0] = 9), Received::Dropped(DropReason::BadVersion));
     assert_eq!(with(&|x| x[1] = 99), Received::Dropped(DropReason::UnknownType));
-    assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::Unsupported));
+    assert_eq!(with(&|x| x[1] = 8), Received::Dropped(DropReason::Unsupported));
+    // The type is authenticated: a data packet relabelled as a probe fails.
+    assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::AuthFailed));
     assert_eq!(with(&|x| x[3] = 2), Received::Dropped(DropReason::BadFlags));
     // The other key phase: no session there.
     assert_eq!(with(&|x| x[3] ^= 1), Received::Dropped(DropReason::NoSession));
@@ -99,7 +101,7 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert!(matches!(deliver(&mut b, &good), Received::Deliver(_)));
     assert_eq!(deliver(&mut b, &good), Received::Dropped(DropReason::Duplicate));
     let drops = &b.stats().drops;
-    assert_eq!(drops.total(), 14);
+    assert_eq!(drops.total(), 15);
     assert_eq!(b.stats().tun_out.packets, 1);
 }
 

@@ -117,6 +117,8 @@ struct Shared {
     io: IoCounters,
     error_logged: Mutex<HashMap<LinkId, std::time::Instant>>,
     rejection_logged: Mutex<HashMap<HostId, std::time::Instant>>,
+    /// Interface names of the links seen (kept after a link goes, for logs and status).
+    names: RwLock<HashMap<LinkId, String>>,
 }
 
 impl Shared {
@@ -147,8 +149,19 @@ impl Shared {
                 Event::HandshakeTimedOut { peer } => {
                     warn!(peer = peer.get(), "no answer to handshakes for 90 s; waiting packets dropped, still trying")
                 }
+                Event::PathChanged(pc) => {
+                    let link = self.link_name(pc.path.link);
+                    let (peer, remote, to, reason) = (pc.peer.get(), pc.path.remote, pc.change.to, pc.change.reason);
+                    info!("path {link} -> host {peer} ({remote}): {to}, {reason}");
+                }
             }
         }
+    }
+
+    /// The interface name of `link` (its index if never seen).
+    fn link_name(&self, link: LinkId) -> String {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        names.get(&link).cloned().unwrap_or_else(|| format!("#{}", link.0))
     }
 
     fn node(&self) -> std::sync::MutexGuard<'_, Node> {
@@ -365,6 +378,7 @@ impl Links {
         };
         let link = LinkId(nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
+        self.shared.names.write().unwrap_or_else(|e| e.into_inner()).insert(link, nic.name.clone());
         self.shared.node().add_link(link);
         let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
         let installed = self.policy_routes(&nic).await;
@@ -593,6 +607,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         io: IoCounters::default(),
         error_logged: Mutex::new(HashMap::new()),
         rejection_logged: Mutex::new(HashMap::new()),
+        names: RwLock::new(HashMap::new()),
     });
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let mut links = Links {

@@ -46,6 +46,9 @@ use rand_chacha::ChaCha8Rng;
 use super::handshake::{self, HandshakeError, INIT_LEN, Identity, RESPONSE_LEN};
 use super::ids::{HostId, LinkId, PathAddr, Seq};
 use super::ip;
+use super::monitor::{
+    Change, Credit, EXPECT_WITHIN, MonitorConfig, MonitorConfigError, PassiveCounts, PathMonitor, ProbeBody, ReplyBody,
+};
 use super::policy::Policy;
 use super::route::{NextHop, RouteTable};
 use super::session::{MAX_STAGED, Pending, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Session, Sessions, Staged};
@@ -65,6 +68,8 @@ pub const MAX_PACKET_LIMIT: usize = 65_535 - 20 - 8 - OVERHEAD;
 pub const DEFAULT_HANDSHAKES_PER_SECOND: u32 = 10;
 /// Most events kept for [`Node::poll_event`]; older ones are dropped.
 const MAX_EVENTS: usize = 256;
+/// Path state changes kept for [`Node::recent_changes`].
+pub const MAX_RECENT_CHANGES: usize = 64;
 /// Source addresses the initiation rate limiter remembers (then it starts over).
 const MAX_LIMITED_SOURCES: usize = 4096;
 /// Most paths a neighbour can have that were learned rather than configured.
@@ -97,6 +102,8 @@ pub struct NodeConfig {
     pub wall_epoch_ns: u64,
     /// Initiations accepted per second from one source address (after a burst of twice that).
     pub handshakes_per_second: u32,
+    /// Probes and path states.
+    pub monitor: MonitorConfig,
 }
 
 impl NodeConfig {
@@ -113,13 +120,14 @@ impl NodeConfig {
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
             policy: Policy::All,
+            monitor: MonitorConfig::default(),
         }
     }
 }
 
 /// A setting or topology change that would make the node wrong. Nothing is
 /// changed when one is returned.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// Window size out of range.
     #[error("window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)")]
@@ -139,6 +147,9 @@ pub enum ConfigError {
     /// The same neighbour twice.
     #[error("{0} is already a neighbour")]
     DuplicateNeighbour(HostId),
+    /// Probe or path-state settings that cannot work.
+    #[error(transparent)]
+    Monitor(#[from] MonitorConfigError),
     /// A neighbour that was never added.
     #[error("{0} is not a neighbour")]
     UnknownNeighbour(HostId),
@@ -189,9 +200,14 @@ pub struct PathState {
     pub last_rx: Option<Time>,
     /// Copies sent.
     pub tx: Count,
-    /// Authenticated datagrams received that were the first copy of their
-    /// packet (later copies are dropped before authentication, as duplicates).
+    /// Authenticated datagrams received that were the first copy of their packet.
     pub first: Count,
+    /// Authenticated later copies received (dropped as duplicates).
+    pub later: Count,
+    /// Last time a data packet (first or later copy) arrived on it.
+    pub last_data: Option<Time>,
+    /// Probes, estimates, passive counts and state.
+    pub monitor: PathMonitor,
 }
 
 impl PathState {
@@ -204,7 +220,33 @@ impl PathState {
             last_rx: None,
             tx: Count::default(),
             first: Count::default(),
+            later: Count::default(),
+            last_data: None,
+            monitor: PathMonitor::new(Time::ZERO),
         }
+    }
+
+    /// Whether it delivered data within `interval` of `now` (then it is probed less).
+    fn busy(&self, now: Time, interval: Duration) -> bool {
+        self.last_data.is_some_and(|t| now - t < interval)
+    }
+}
+
+/// The paths of one neighbour as a passive tracker credits them.
+struct PathCredit<'a>(&'a mut [PathState]);
+
+impl Credit for PathCredit<'_> {
+    fn paths(&self) -> usize {
+        self.0.len()
+    }
+
+    fn expected(&self, i: usize, now: Time) -> bool {
+        let p = &self.0[i];
+        p.usable && p.last_rx.is_some_and(|t| now - t < EXPECT_WITHIN)
+    }
+
+    fn counts(&mut self, i: usize) -> &mut PassiveCounts {
+        &mut self.0[i].monitor.local
     }
 }
 
@@ -262,22 +304,25 @@ impl Neighbour {
 
     /// Note an authenticated datagram on the path it came from, learning the
     /// path if it is new; `first` is its length when it was the first copy.
-    fn touch_path(&mut self, now: Time, link: LinkId, from: SocketAddr, first: Option<usize>) {
-        let p = match self.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
-            Some(i) => &mut self.paths[i],
+    /// Returns the path's index.
+    fn touch_path(&mut self, now: Time, link: LinkId, from: SocketAddr, first: Option<usize>) -> usize {
+        let i = match self.paths.iter().position(|p| p.addr.link == link && p.addr.remote == from) {
+            Some(i) => i,
             None => self.learn_path(PathAddr { link, remote: from }),
         };
+        let p = &mut self.paths[i];
         if let Some(len) = first {
             p.first.add(len);
         }
         p.last_rx = Some(now);
+        i
     }
 
     /// Remember a path an authenticated packet came from (a peer behind NAT,
     /// or one that roamed). One learned path per (local link, remote IP): a
     /// new port on the same pair moves it. At most [`MAX_LEARNED_PATHS`];
     /// past that the one heard from longest ago is replaced.
-    fn learn_path(&mut self, addr: PathAddr) -> &mut PathState {
+    fn learn_path(&mut self, addr: PathAddr) -> usize {
         self.stats.paths_learned += 1;
         let same_pair = self
             .paths
@@ -300,19 +345,19 @@ impl Neighbour {
         match slot {
             Some(i) => {
                 self.paths[i] = fresh;
-                &mut self.paths[i]
+                i
             }
             None => {
                 self.paths.push(fresh);
-                let last = self.paths.len() - 1;
-                &mut self.paths[last]
+                self.paths.len() - 1
             }
         }
     }
 
     /// Add the paths `link` brings for this neighbour's endpoints, and mark
-    /// every path on `link` usable or not.
-    fn link_changed(&mut self, link: LinkId, up: bool) {
+    /// every path on `link` usable or not. Returns the indices of paths that
+    /// went down, with their change.
+    fn link_changed(&mut self, now: Time, link: LinkId, up: bool, changes: &mut Vec<(usize, Change)>) {
         if up {
             for e in &self.endpoints {
                 if e.link.is_none_or(|l| l == link) {
@@ -323,8 +368,11 @@ impl Neighbour {
                 }
             }
         }
-        for p in self.paths.iter_mut().filter(|p| p.addr.link == link) {
+        for (i, p) in self.paths.iter_mut().enumerate().filter(|(_, p)| p.addr.link == link) {
             p.usable = up;
+            if !up && let Some(c) = p.monitor.link_down(now) {
+                changes.push((i, c));
+            }
         }
     }
 }
@@ -363,6 +411,21 @@ pub enum Event {
         /// The neighbour.
         peer: HostId,
     },
+    /// A path changed state.
+    PathChanged(PathChange),
+}
+
+/// A path's state change, kept by the node for status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathChange {
+    /// When.
+    pub at: Time,
+    /// The neighbour.
+    pub peer: HostId,
+    /// The path.
+    pub path: PathAddr,
+    /// From, to and why.
+    pub change: Change,
 }
 
 /// A token bucket per source address for initiations.
@@ -403,6 +466,8 @@ pub enum Received {
     },
     /// A keepalive: it refreshed its path, nothing to deliver.
     Keepalive,
+    /// A probe (answered) or a probe reply (measured).
+    Probe,
     /// A handshake message, handled (a session may have been established).
     Handshake,
     /// Dropped and counted.
@@ -430,6 +495,11 @@ pub struct Node {
     rng: ChaCha8Rng,
     limiter: InitLimiter,
     events: VecDeque<Event>,
+    recent: VecDeque<PathChange>,
+    /// The latest `now` any entry point was given (for link changes, which come without one).
+    clock: Time,
+    /// Scratch list of path changes.
+    changes: Vec<(usize, Change)>,
 }
 
 fn wire_drop(e: WireError) -> DropReason {
@@ -459,6 +529,7 @@ impl Node {
         {
             return Err(ConfigError::KeepaliveTooShort(k));
         }
+        cfg.monitor.validate()?;
         Ok(Node {
             links: Vec::new(),
             neighbours: Vec::new(),
@@ -470,6 +541,9 @@ impl Node {
             rng: ChaCha8Rng::from_seed(cfg.rng_seed),
             limiter: InitLimiter::default(),
             events: VecDeque::new(),
+            recent: VecDeque::new(),
+            clock: Time::ZERO,
+            changes: Vec::new(),
             cfg,
         })
     }
@@ -487,6 +561,36 @@ impl Node {
     /// The oldest event not yet taken.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The last [`MAX_RECENT_CHANGES`] path state changes, oldest first.
+    pub fn recent_changes(&self) -> impl Iterator<Item = &PathChange> {
+        self.recent.iter()
+    }
+
+    /// The latest time any entry point was given.
+    pub fn clock(&self) -> Time {
+        self.clock
+    }
+
+    fn tick(&mut self, now: Time) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Record and announce the changes in `self.changes` of neighbour `idx`'s paths.
+    fn flush_changes(&mut self, idx: usize) {
+        let peer = self.neighbours[idx].host;
+        let mut changes = std::mem::take(&mut self.changes);
+        for (i, change) in changes.drain(..) {
+            let path = self.neighbours[idx].paths[i].addr;
+            let pc = PathChange { at: self.clock, peer, path, change };
+            if self.recent.len() >= MAX_RECENT_CHANGES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(pc);
+            self.event(Event::PathChanged(pc));
+        }
+        self.changes = changes;
     }
 
     fn event(&mut self, e: Event) {
@@ -544,7 +648,7 @@ impl Node {
             stats: NeighbourStats::default(),
         };
         for l in &self.links {
-            neighbour.link_changed(l.id, true);
+            neighbour.link_changed(self.clock, l.id, true, &mut self.changes);
         }
         self.index.insert(n.host, self.neighbours.len());
         self.neighbours.push(neighbour);
@@ -562,7 +666,7 @@ impl Node {
             p.learned || endpoints.iter().any(|e| e.remote == p.addr.remote && e.link.is_none_or(|l| l == p.addr.link))
         });
         for l in &self.links {
-            n.link_changed(l.id, true);
+            n.link_changed(self.clock, l.id, true, &mut self.changes);
         }
         Ok(())
     }
@@ -588,7 +692,7 @@ impl Node {
             self.links.push(LinkEntry { id: link, stats: LinkStats::default() });
         }
         for n in &mut self.neighbours {
-            n.link_changed(link, true);
+            n.link_changed(self.clock, link, true, &mut self.changes);
         }
     }
 
@@ -596,14 +700,16 @@ impl Node {
     /// paths keep their counters and are used again if it comes back.
     pub fn remove_link(&mut self, link: LinkId) {
         self.links.retain(|l| l.id != link);
-        for n in &mut self.neighbours {
-            n.link_changed(link, false);
+        for idx in 0..self.neighbours.len() {
+            self.neighbours[idx].link_changed(self.clock, link, false, &mut self.changes);
+            self.flush_changes(idx);
         }
     }
 
     /// A packet read from the TUN: route it, seal it once, queue a copy on
     /// every path the policy picks.
     pub fn handle_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
+        self.tick(now);
         self.stats.tun_in.add(packet.len());
         let r = self.route_tun_packet(now, packet, out);
         if let Err(reason) = r {
@@ -723,6 +829,7 @@ impl Node {
         datagram: &mut [u8],
         out: &mut Transmits,
     ) -> Received {
+        self.tick(now);
         self.stats.datagrams_in.add(datagram.len());
         let Some(li) = self.links.iter().position(|l| l.id == link) else {
             self.stats.drops.add(DropReason::UnknownLink);
@@ -751,7 +858,12 @@ impl Node {
         let header = Header::parse(&packet).map_err(wire_drop)?;
         if !matches!(
             header.msg_type,
-            MessageType::Data | MessageType::Keepalive | MessageType::HandshakeInit | MessageType::HandshakeResponse
+            MessageType::Data
+                | MessageType::Keepalive
+                | MessageType::Probe
+                | MessageType::ProbeReply
+                | MessageType::HandshakeInit
+                | MessageType::HandshakeResponse
         ) {
             return Err(DropReason::Unsupported);
         }
@@ -767,22 +879,26 @@ impl Node {
         let n = &mut self.neighbours[idx];
         let session = n.sessions.receiving(header.key_phase, now).ok_or(DropReason::NoSession)?;
         // Cheap replay/duplicate check before any cryptography.
-        let refused = match session.window.check(header.seq) {
-            Verdict::Fresh => None,
-            Verdict::Duplicate => Some(DropReason::Duplicate),
-            Verdict::TooOld => Some(DropReason::TooOld),
-        };
-        if let Some(reason) = refused {
-            // A later copy from a (link, endpoint) this neighbour is not known
-            // at: the peer moved, and its copies on this path lose the race.
-            // Authenticate it (rare: only for a new path) to learn the path.
-            if !n.paths.iter().any(|p| p.addr.link == link && p.addr.remote == from) {
+        match session.window.check(header.seq) {
+            Verdict::Fresh => {}
+            Verdict::TooOld => return Err(DropReason::TooOld),
+            Verdict::Duplicate => {
+                // A later copy. Authenticated too (one more open per copy):
+                // only an authenticated copy may credit its path or teach a
+                // new one (the peer moved, and its copies there lose the race).
                 let (head, sealed) = packet.split_mut();
-                if session.keys.open(header.seq, head, sealed).is_ok() {
-                    n.touch_path(now, link, from, None);
+                session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
+                let wire_len = datagram.len();
+                let pi = n.touch_path(now, link, from, None);
+                let p = &mut n.paths[pi];
+                p.later.add(wire_len);
+                if header.msg_type == MessageType::Data {
+                    p.last_data = Some(now);
+                    let session = n.sessions.receiving(header.key_phase, now).ok_or(DropReason::NoSession)?;
+                    session.passive.record(now, header.seq.0, pi, false, &mut PathCredit(&mut n.paths));
                 }
+                return Err(DropReason::Duplicate);
             }
-            return Err(reason);
         }
         let (head, sealed) = packet.split_mut();
         let plain_len = session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
@@ -790,17 +906,28 @@ impl Node {
         session.window.mark(header.seq);
         let wire_len = HEADER_LEN + plain_len + super::wire::TAG_LEN;
         n.stats.accepted.add(wire_len);
-        n.touch_path(now, link, from, Some(wire_len));
+        let pi = n.touch_path(now, link, from, Some(wire_len));
+        if header.msg_type == MessageType::Data {
+            n.paths[pi].last_data = Some(now);
+            if let Some(session) = n.sessions.receiving(header.key_phase, now) {
+                session.passive.record(now, header.seq.0, pi, true, &mut PathCredit(&mut n.paths));
+            }
+        }
         if n.sessions.confirm(header.key_phase) {
             // The initiator used the session: it is ours to send on now.
             self.event(Event::SessionEstablished { peer: header.sender, initiator: false });
             self.flush_staged(now, idx, out);
         }
-        if header.msg_type == MessageType::Keepalive {
-            self.stats.keepalives_in += 1;
-            return Ok(Received::Keepalive);
-        }
         let plain = HEADER_LEN..HEADER_LEN + plain_len;
+        match header.msg_type {
+            MessageType::Keepalive => {
+                self.stats.keepalives_in += 1;
+                return Ok(Received::Keepalive);
+            }
+            MessageType::Probe => return self.on_probe(now, idx, pi, &datagram[plain], out),
+            MessageType::ProbeReply => return self.on_probe_reply(now, idx, link, &datagram[plain]),
+            _ => {}
+        }
         let dst = ip::destination(&datagram[plain.clone()]).map_err(|_| DropReason::MalformedIp)?;
         match self.routes.lookup(dst) {
             None | Some(NextHop::Local) => {
@@ -820,6 +947,94 @@ impl Node {
                 Ok(Received::Forwarded { next_hop: next, copies: sent.map_or(0, |(_, c)| c) })
             }
         }
+    }
+
+    /// An authenticated probe came on path `pi` of neighbour `idx`: answer
+    /// it on that path, with this end's counts for the path.
+    fn on_probe(
+        &mut self,
+        now: Time,
+        idx: usize,
+        pi: usize,
+        body: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let probe = ProbeBody::decode(body).ok_or(DropReason::BadProbe)?;
+        let counts = self.neighbours[idx].paths[pi].monitor.local;
+        let mut reply = [0u8; ReplyBody::LEN];
+        ReplyBody { probe, received: now.as_nanos(), counts }.encode(&mut reply);
+        self.chosen.clear();
+        self.chosen.push(pi);
+        self.seal_to_chosen(now, idx, MessageType::ProbeReply, 1, &reply, out)?;
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated probe reply: measure the path its probe went on.
+    fn on_probe_reply(&mut self, now: Time, idx: usize, link: LinkId, body: &[u8]) -> Result<Received, DropReason> {
+        let reply = ReplyBody::decode(body).ok_or(DropReason::BadProbe)?;
+        let cfg = self.cfg.monitor;
+        let n = &mut self.neighbours[idx];
+        let pi = usize::from(reply.probe.path);
+        // The reply comes back on the link its probe left from.
+        let Some(p) = n.paths.get_mut(pi).filter(|p| p.addr.link == link && p.usable) else {
+            return Ok(Received::Probe);
+        };
+        if p.monitor.on_reply(now, &reply)
+            && let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx)
+        {
+            self.changes.push((pi, c));
+            self.flush_changes(idx);
+        }
+        Ok(Received::Probe)
+    }
+
+    /// Probe the paths of neighbour `idx` that are due, give up probes
+    /// unanswered too long, credit settled data, and run the state machine.
+    fn monitor_paths(&mut self, now: Time, idx: usize, out: &mut Transmits) {
+        let cfg = self.cfg.monitor;
+        let n = &mut self.neighbours[idx];
+        let can_send = n.sessions.can_send();
+        n.sessions.settle(now, &mut PathCredit(&mut n.paths));
+        for pi in 0..n.paths.len().min(usize::from(u8::MAX) + 1) {
+            let n = &mut self.neighbours[idx];
+            let p = &mut n.paths[pi];
+            if !p.usable {
+                continue;
+            }
+            p.monitor.expire(now);
+            if can_send && p.monitor.next_probe(&cfg, p.busy(now, cfg.interval)) <= now {
+                let id = p.monitor.sent_probe(now);
+                let mut body = [0u8; ProbeBody::LEN];
+                ProbeBody { id, path: pi as u8, sent: now.as_nanos() }.encode(&mut body);
+                self.chosen.clear();
+                self.chosen.push(pi);
+                if let Err(reason) = self.seal_to_chosen(now, idx, MessageType::Probe, 1, &body, out) {
+                    self.stats.drops.add(reason);
+                }
+            }
+            let p = &mut self.neighbours[idx].paths[pi];
+            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
+                self.changes.push((pi, c));
+            }
+        }
+        self.flush_changes(idx);
+    }
+
+    /// When the link monitor of neighbour `n` wants to run next.
+    fn next_monitor_timer(&self, n: &Neighbour) -> Option<Time> {
+        let cfg = &self.cfg.monitor;
+        let can_send = n.sessions.can_send();
+        n.paths
+            .iter()
+            .take(usize::from(u8::MAX) + 1)
+            .filter(|p| p.usable)
+            .flat_map(|p| {
+                let probe = can_send.then(|| p.monitor.next_probe(cfg, p.busy(self.clock, cfg.interval)));
+                [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx)]
+            })
+            .flatten()
+            .chain(n.sessions.next_settle())
+            .min()
     }
 
     /// Handshake messages cost public-key work: at most
@@ -956,10 +1171,8 @@ impl Node {
                 .min()
         });
         let sessions = self.neighbours.iter().filter_map(|n| n.sessions.next_timer()).min();
-        match (keepalive, sessions) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let monitor = self.neighbours.iter().filter_map(|n| self.next_monitor_timer(n)).min();
+        [keepalive, sessions, monitor].into_iter().flatten().min()
     }
 
     /// Run timers due at `now`: handshake retries and give-ups, rekeying,
@@ -967,6 +1180,7 @@ impl Node {
     /// sent on each of its paths quiet for the keepalive interval; with no
     /// session, a handshake instead).
     pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
+        self.tick(now);
         for idx in 0..self.neighbours.len() {
             let n = &mut self.neighbours[idx];
             n.sessions.expire(now);
@@ -986,6 +1200,7 @@ impl Node {
                 }
             }
             self.maybe_rekey(now, idx, out);
+            self.monitor_paths(now, idx, out);
             if let Some(ka) = self.cfg.keepalive {
                 self.keepalive(now, idx, Some(ka), out);
             }
@@ -1034,6 +1249,9 @@ impl Node {
 
     /// Fill `self.chosen` with the indices of the paths the policy picks
     /// among neighbour `idx`'s usable paths.
+    /// `all` copies onto down paths too: a path that comes back carries
+    /// packets from its first moment, not only once probes have noticed
+    /// (that costs only bandwidth on a dead link).
     fn choose_by_policy(&mut self, idx: usize) {
         self.chosen.clear();
         let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::crypto::SessionKeys;
 use super::ids::Seq;
+use super::monitor::{Credit, Passive, SETTLE_AFTER};
 use super::time::Time;
 use super::window::ReplayWindow;
 
@@ -50,6 +51,8 @@ pub struct Session {
     /// It may be used for sending (the initiator: at once; the responder:
     /// once a packet sealed with it arrived).
     pub confirmed: bool,
+    /// Which paths delivered its recent data packets.
+    pub passive: Passive,
 }
 
 impl Session {
@@ -63,6 +66,7 @@ impl Session {
             initiator,
             remote_phase,
             confirmed: initiator,
+            passive: Passive::default(),
         }
     }
 
@@ -207,6 +211,23 @@ impl Sessions {
             at(s.created + REKEY_AFTER_TIME);
         }
         t
+    }
+
+    /// Whether a session can be sent on (ignoring its age: expiry is a timer of its own).
+    pub fn can_send(&self) -> bool {
+        self.current.and_then(|p| self.slots[usize::from(p)].as_ref()).is_some_and(|s| s.confirmed)
+    }
+
+    /// Credit the paths with the settled data of both sessions.
+    pub fn settle(&mut self, now: Time, credit: &mut impl Credit) {
+        for s in self.slots.iter_mut().flatten() {
+            s.passive.settle(now, credit);
+        }
+    }
+
+    /// When the oldest unsettled data packet settles.
+    pub fn next_settle(&self) -> Option<Time> {
+        self.slots.iter().flatten().filter_map(|s| s.passive.oldest_open()).map(|t| t + SETTLE_AFTER).min()
     }
 
     /// Whether any session exists (for status).

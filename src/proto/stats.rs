@@ -77,6 +77,8 @@ drop_reasons! {
     HandshakeInvalid => "handshake_invalid",
     /// An initiation with another static key than the one configured for its sender.
     HandshakeWrongKey => "handshake_wrong_key",
+    /// An authenticated probe or probe reply of the wrong size.
+    BadProbe => "bad_probe",
     /// An initiation no newer than the last one accepted: a replay, or a
     /// later copy of an initiation sent on several paths.
     HandshakeReplay => "handshake_replay",

@@ -51,6 +51,15 @@ impl AddAssign<Duration> for Time {
     }
 }
 
+impl Sub<Duration> for Time {
+    type Output = Time;
+    /// Saturating at the epoch.
+    fn sub(self, d: Duration) -> Time {
+        let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_sub(d))
+    }
+}
+
 impl Sub<Time> for Time {
     type Output = Duration;
     /// Saturating difference: zero if `rhs` is later.

@@ -1,0 +1,1141 @@
+//! The link monitor: per-path probes, estimators, passive counts from data,
+//! and the path state machine (up, degraded, down, with hysteresis).
+//!
+//! Active: every path is probed (an authenticated [`Probe`] sealed like data,
+//! answered on the path it came in on by a [`ProbeReply`]). A reply gives one
+//! RTT sample (RFC 6298 smoothing), one transit time per direction (RFC 3550
+//! interarrival jitter, and one-way delay variation above the smallest
+//! recent transit: the clocks' offset cancels out of both), and settles the
+//! probe's outcome for the loss window. A probe unanswered after
+//! [`PathMonitor::probe_timeout`] is lost.
+//!
+//! Passive: every data packet goes on every path, so the receiver learns per
+//! sequence number which paths delivered it ([`Passive`]). Once a packet has
+//! had [`SETTLE_AFTER`] for its slower copies, each path is credited with a
+//! delivery, a miss, a first arrival or a rescue (the only path that
+//! delivered it). A probe reply carries the replier's counts for the path the
+//! probe came in on, so each end also sees the other direction.
+//!
+//! The state machine ([`PathMonitor::evaluate`]): down after `down_after`
+//! probes lost in a row or `silence` with no authenticated packet; up again
+//! after `up_after` replies in a row; degraded when loss, RTT or jitter cross
+//! their thresholds, and up again only when they fall clearly below them
+//! (half the loss threshold, 80 % of the others). Every change carries its
+//! [`Reason`].
+//!
+//! [`Probe`]: super::wire::MessageType::Probe
+//! [`ProbeReply`]: super::wire::MessageType::ProbeReply
+
+use std::fmt;
+use std::time::Duration;
+
+use super::time::Time;
+
+/// Wait this long after a data packet's first copy before crediting the paths
+/// (its slower copies have arrived by then, or are counted missing).
+pub const SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// Sequence numbers a [`Passive`] tracker remembers; a copy later than this
+/// many packets behind the newest is not credited.
+pub const PASSIVE_SLOTS: usize = 4096;
+/// Probes in the loss window.
+pub const LOSS_WINDOW: u32 = 64;
+/// Probes awaiting a reply at once per path.
+const OUTSTANDING: usize = 8;
+/// Transit samples the one-way delay variation takes its base from.
+const OWD_SAMPLES: usize = 32;
+/// A path not heard from for this long is not expected to deliver data (a
+/// stale path learned from an old NAT mapping, a link long dead): it is not
+/// counted missing.
+pub const EXPECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Probe and state-machine settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MonitorConfig {
+    /// Probe interval on a path.
+    pub interval: Duration,
+    /// Probe interval on a path that delivered data within the last `interval`.
+    pub busy_interval: Duration,
+    /// Probes lost in a row that take a path down.
+    pub down_after: u32,
+    /// No authenticated packet for this long takes a path down.
+    pub silence: Duration,
+    /// Replies in a row that bring a path back up.
+    pub up_after: u32,
+    /// Probe loss (fraction) at which a path is degraded; it is up again below half of it.
+    pub degraded_loss: f64,
+    /// Smoothed RTT at which a path is degraded (up again below 80 %).
+    pub degraded_rtt: Option<Duration>,
+    /// Jitter (either direction) at which a path is degraded (up again below 80 %).
+    pub degraded_jitter: Option<Duration>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> MonitorConfig {
+        MonitorConfig {
+            interval: Duration::from_millis(200),
+            busy_interval: Duration::from_secs(1),
+            down_after: 3,
+            silence: Duration::from_millis(1500),
+            up_after: 3,
+            degraded_loss: 0.05,
+            degraded_rtt: None,
+            degraded_jitter: None,
+        }
+    }
+}
+
+/// A monitor setting that cannot work.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MonitorConfigError {
+    /// Interval too short or too long.
+    #[error("probe interval {0:?} is out of range: use 20 ms to 60 s (default 200 ms)")]
+    Interval(Duration),
+    /// Busy interval shorter than the interval.
+    #[error("probe busy_interval {busy:?} is shorter than interval {interval:?}: use at least the interval")]
+    BusyInterval {
+        /// The busy interval.
+        busy: Duration,
+        /// The interval.
+        interval: Duration,
+    },
+    /// A count of zero.
+    #[error("probe {0} must be 1 to 100")]
+    Count(&'static str),
+    /// Silence not longer than the busy interval would take busy paths down.
+    #[error("probe silence {silence:?} must be longer than busy_interval {busy:?}")]
+    Silence {
+        /// The silence.
+        silence: Duration,
+        /// The busy interval.
+        busy: Duration,
+    },
+    /// Loss threshold out of (0, 1].
+    #[error("probe degraded_loss {0} is out of range: use more than 0 % and at most 100 %")]
+    Loss(f64),
+}
+
+impl MonitorConfig {
+    /// Check the settings; nothing uses them until they pass.
+    pub fn validate(&self) -> Result<(), MonitorConfigError> {
+        if !(Duration::from_millis(20)..=Duration::from_secs(60)).contains(&self.interval) {
+            return Err(MonitorConfigError::Interval(self.interval));
+        }
+        if self.busy_interval < self.interval {
+            return Err(MonitorConfigError::BusyInterval { busy: self.busy_interval, interval: self.interval });
+        }
+        if !(1..=100).contains(&self.down_after) {
+            return Err(MonitorConfigError::Count("down_after"));
+        }
+        if !(1..=100).contains(&self.up_after) {
+            return Err(MonitorConfigError::Count("up_after"));
+        }
+        if self.silence <= self.busy_interval {
+            return Err(MonitorConfigError::Silence { silence: self.silence, busy: self.busy_interval });
+        }
+        if !(self.degraded_loss > 0.0 && self.degraded_loss <= 1.0) {
+            return Err(MonitorConfigError::Loss(self.degraded_loss));
+        }
+        Ok(())
+    }
+}
+
+/// Smoothed round-trip time and its variation, as RFC 6298 section 2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    latest: Duration,
+    min: Option<Duration>,
+}
+
+impl RttEstimator {
+    /// Take one sample.
+    pub fn update(&mut self, r: Duration) {
+        self.latest = r;
+        self.min = Some(self.min.map_or(r, |m| m.min(r)));
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + r) / 8);
+            }
+        }
+    }
+
+    /// Smoothed RTT (`None` before the first sample).
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// RTT variation.
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
+    /// The last sample.
+    pub fn latest(&self) -> Duration {
+        self.latest
+    }
+
+    /// The smallest sample.
+    pub fn min(&self) -> Option<Duration> {
+        self.min
+    }
+}
+
+/// Interarrival jitter of one direction, as RFC 3550 section 6.4.1:
+/// `J += (|D| - J) / 16`, where `D` is the change in transit time between
+/// consecutive packets. Transit times may carry any constant clock offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Jitter {
+    last_transit: Option<i64>,
+    jitter_ns: i64,
+}
+
+impl Jitter {
+    /// Take the transit time (receive time minus send time, in nanoseconds
+    /// of two clocks that may be offset) of the next packet.
+    pub fn update(&mut self, transit_ns: i64) {
+        if let Some(last) = self.last_transit {
+            let d = transit_ns.saturating_sub(last).saturating_abs();
+            self.jitter_ns += (d - self.jitter_ns) / 16;
+        }
+        self.last_transit = Some(transit_ns);
+    }
+
+    /// The estimate.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.jitter_ns.max(0) as u64)
+    }
+}
+
+/// One-way delay variation of one direction: the last transit time above the
+/// smallest of the last [`OWD_SAMPLES`] (the clock offset cancels out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwdVariation {
+    samples: [i64; OWD_SAMPLES],
+    len: usize,
+    next: usize,
+}
+
+impl OwdVariation {
+    /// Take one transit time.
+    pub fn update(&mut self, transit_ns: i64) {
+        self.samples[self.next] = transit_ns;
+        self.next = (self.next + 1) % OWD_SAMPLES;
+        self.len = (self.len + 1).min(OWD_SAMPLES);
+    }
+
+    /// The last transit above the base (`None` before a sample).
+    pub fn get(&self) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let last = self.samples[(self.next + OWD_SAMPLES - 1) % OWD_SAMPLES];
+        let base = self.samples[..self.len].iter().copied().min().unwrap_or(last);
+        Some(Duration::from_nanos(last.saturating_sub(base).max(0) as u64))
+    }
+}
+
+/// Outcomes of the last [`LOSS_WINDOW`] probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossWindow {
+    lost: u64,
+    len: u32,
+}
+
+impl LossWindow {
+    /// Record the next probe's outcome.
+    pub fn push(&mut self, lost: bool) {
+        self.lost = (self.lost << 1) | u64::from(lost);
+        self.len = (self.len + 1).min(LOSS_WINDOW);
+    }
+
+    /// Probes decided in the window.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// No probe decided yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Lost probes in the window.
+    pub fn lost(&self) -> u32 {
+        let mask = if self.len >= 64 { u64::MAX } else { (1u64 << self.len) - 1 };
+        (self.lost & mask).count_ones()
+    }
+
+    /// Lost fraction (0 when empty).
+    pub fn ratio(&self) -> f64 {
+        if self.len == 0 { 0.0 } else { f64::from(self.lost()) / f64::from(self.len) }
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        *self = LossWindow::default();
+    }
+}
+
+/// Per-path counts of data packets, from the receiver's side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveCounts {
+    /// Packets this path delivered (first or later copy).
+    pub delivered: u64,
+    /// Packets another path delivered and this one did not (while it was expected).
+    pub missing: u64,
+    /// Packets whose first copy came on this path.
+    pub first: u64,
+    /// Packets only this path delivered while at least one other was expected.
+    pub rescues: u64,
+}
+
+impl PassiveCounts {
+    /// Encoded length.
+    pub const LEN: usize = 32;
+
+    /// Missing over delivered plus missing (0 when nothing was counted).
+    pub fn loss(&self) -> f64 {
+        let total = self.delivered + self.missing;
+        if total == 0 { 0.0 } else { self.missing as f64 / total as f64 }
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        for (i, v) in [self.delivered, self.missing, self.first, self.rescues].into_iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> PassiveCounts {
+        let f = |i: usize| u64::from_be_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        PassiveCounts { delivered: f(0), missing: f(1), first: f(2), rescues: f(3) }
+    }
+}
+
+/// A probe's body (sealed like data): its id on the sender's path, the
+/// sender's path index and send time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeBody {
+    /// Probe id on its path.
+    pub id: u32,
+    /// The sender's index of the path (echoed back).
+    pub path: u8,
+    /// Sender's clock at sending, in nanoseconds.
+    pub sent: u64,
+}
+
+impl ProbeBody {
+    /// Encoded length.
+    pub const LEN: usize = 13;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.id.to_be_bytes());
+        out[4] = self.path;
+        out[5..13].copy_from_slice(&self.sent.to_be_bytes());
+    }
+
+    /// Decode; `None` if it is not exactly [`ProbeBody::LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<ProbeBody> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(ProbeBody {
+            id: u32::from_be_bytes(b[..4].try_into().ok()?),
+            path: b[4],
+            sent: u64::from_be_bytes(b[5..13].try_into().ok()?),
+        })
+    }
+}
+
+/// A reply's body: the probe echoed, the replier's clock when it received
+/// (and answered) it, and the replier's passive counts for the path the
+/// probe came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyBody {
+    /// The probe answered.
+    pub probe: ProbeBody,
+    /// Replier's clock at receipt, in nanoseconds.
+    pub received: u64,
+    /// The replier's counts of data that came to it on this path.
+    pub counts: PassiveCounts,
+}
+
+impl ReplyBody {
+    /// Encoded length.
+    pub const LEN: usize = ProbeBody::LEN + 8 + PassiveCounts::LEN;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        self.probe.encode(out);
+        out[13..21].copy_from_slice(&self.received.to_be_bytes());
+        self.counts.encode(&mut out[21..Self::LEN]);
+    }
+
+    /// Decode; `None` if it is not exactly [`ReplyBody::LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<ReplyBody> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(ReplyBody {
+            probe: ProbeBody::decode(&b[..13])?,
+            received: u64::from_be_bytes(b[13..21].try_into().ok()?),
+            counts: PassiveCounts::decode(&b[21..]),
+        })
+    }
+}
+
+/// Health of a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Probes answered, quality within the thresholds.
+    Up,
+    /// Answering, but loss, RTT or jitter past a threshold.
+    Degraded,
+    /// Not answering (or its link is down).
+    Down,
+}
+
+impl Health {
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a path is in its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No probe has been answered yet.
+    NotProbed,
+    /// Probes lost in a row; how long since the path's last packet.
+    ProbesLost {
+        /// Probes lost in a row.
+        lost: u32,
+        /// Since the last authenticated packet on the path (`None`: never).
+        last_packet: Option<Duration>,
+    },
+    /// No authenticated packet for this long.
+    Silent {
+        /// Since the last authenticated packet (`None`: never).
+        last_packet: Option<Duration>,
+    },
+    /// Replies in a row, with the smoothed RTT.
+    Answering {
+        /// Replies in a row.
+        replies: u32,
+        /// Smoothed RTT.
+        rtt: Duration,
+    },
+    /// Probe loss (per mille) past the threshold.
+    Loss {
+        /// Lost probes per thousand.
+        permille: u32,
+    },
+    /// Smoothed RTT past the threshold.
+    Rtt {
+        /// Smoothed RTT.
+        rtt: Duration,
+    },
+    /// Jitter past the threshold.
+    Jitter {
+        /// The larger of the two directions' jitter.
+        jitter: Duration,
+    },
+    /// Quality back within the thresholds.
+    Recovered {
+        /// Lost probes per thousand.
+        permille: u32,
+        /// Smoothed RTT.
+        rtt: Duration,
+    },
+    /// The local link went down or away.
+    LinkDown,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ago(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("last packet {:.1} s ago", d.as_secs_f64()),
+        None => "no packet yet".to_string(),
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::NotProbed => f.write_str("no probe answered yet"),
+            Reason::ProbesLost { lost, last_packet } => write!(f, "{lost} probes lost, {}", ago(last_packet)),
+            Reason::Silent { last_packet } => write!(f, "silent, {}", ago(last_packet)),
+            Reason::Answering { replies, rtt } => write!(f, "{replies} probes answered, rtt {}", ms(rtt)),
+            Reason::Loss { permille } => write!(f, "probe loss {:.1} %", f64::from(permille) / 10.0),
+            Reason::Rtt { rtt } => write!(f, "rtt {}", ms(rtt)),
+            Reason::Jitter { jitter } => write!(f, "jitter {}", ms(jitter)),
+            Reason::Recovered { permille, rtt } => {
+                write!(f, "recovered: probe loss {:.1} %, rtt {}", f64::from(permille) / 10.0, ms(rtt))
+            }
+            Reason::LinkDown => f.write_str("local link down"),
+        }
+    }
+}
+
+/// A state change of one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// State before.
+    pub from: Health,
+    /// State now.
+    pub to: Health,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// The probes, estimates and state of one path.
+#[derive(Clone, Debug)]
+pub struct PathMonitor {
+    health: Health,
+    since: Time,
+    reason: Reason,
+    next_id: u32,
+    outstanding: [Option<(u32, Time)>; OUTSTANDING],
+    last_probe: Option<Time>,
+    lost_in_row: u32,
+    replies_in_row: u32,
+    rtt: RttEstimator,
+    jitter_out: Jitter,
+    jitter_in: Jitter,
+    owd_out: OwdVariation,
+    owd_in: OwdVariation,
+    loss: LossWindow,
+    probes_sent: u64,
+    replies: u64,
+    lost: u64,
+    /// This end's passive counts (data that came in on this path).
+    pub local: PassiveCounts,
+    /// The other end's counts (data this end sent on this path), from its replies.
+    pub remote: PassiveCounts,
+}
+
+impl PathMonitor {
+    /// A path not probed yet: down until it answers.
+    pub fn new(now: Time) -> PathMonitor {
+        PathMonitor {
+            health: Health::Down,
+            since: now,
+            reason: Reason::NotProbed,
+            next_id: 1,
+            outstanding: [None; OUTSTANDING],
+            last_probe: None,
+            lost_in_row: 0,
+            replies_in_row: 0,
+            rtt: RttEstimator::default(),
+            jitter_out: Jitter::default(),
+            jitter_in: Jitter::default(),
+            owd_out: OwdVariation::default(),
+            owd_in: OwdVariation::default(),
+            loss: LossWindow::default(),
+            probes_sent: 0,
+            replies: 0,
+            lost: 0,
+            local: PassiveCounts::default(),
+            remote: PassiveCounts::default(),
+        }
+    }
+
+    /// Its state.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Since when it is in that state.
+    pub fn since(&self) -> Time {
+        self.since
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// RTT estimates.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// Jitter toward the peer (this end's probes as the peer received them).
+    pub fn jitter_out(&self) -> Duration {
+        self.jitter_out.get()
+    }
+
+    /// Jitter from the peer (its replies as this end received them).
+    pub fn jitter_in(&self) -> Duration {
+        self.jitter_in.get()
+    }
+
+    /// One-way delay variation toward the peer.
+    pub fn owd_out(&self) -> Option<Duration> {
+        self.owd_out.get()
+    }
+
+    /// One-way delay variation from the peer.
+    pub fn owd_in(&self) -> Option<Duration> {
+        self.owd_in.get()
+    }
+
+    /// The probe loss window.
+    pub fn loss(&self) -> &LossWindow {
+        &self.loss
+    }
+
+    /// Probes sent, answered and lost.
+    pub fn probe_counts(&self) -> (u64, u64, u64) {
+        (self.probes_sent, self.replies, self.lost)
+    }
+
+    /// How long an unanswered probe is waited for: the RTO of RFC 6298
+    /// without its 1 s floor (srtt + 4 rttvar, at least twice srtt and
+    /// 50 ms, at most 2 s; 1 s before any sample).
+    pub fn probe_timeout(&self) -> Duration {
+        match self.rtt.srtt() {
+            None => Duration::from_secs(1),
+            Some(srtt) => {
+                (srtt + self.rtt.rttvar() * 4).max(srtt * 2).max(Duration::from_millis(50)).min(Duration::from_secs(2))
+            }
+        }
+    }
+
+    /// When the next probe is due; `busy`: the path delivered data lately.
+    pub fn next_probe(&self, cfg: &MonitorConfig, busy: bool) -> Time {
+        let every = if busy { cfg.busy_interval } else { cfg.interval };
+        self.last_probe.map_or(Time::ZERO, |t| t + every)
+    }
+
+    /// When the oldest unanswered probe times out.
+    pub fn next_loss(&self) -> Option<Time> {
+        let timeout = self.probe_timeout();
+        self.outstanding.iter().flatten().map(|&(_, t)| t + timeout).min()
+    }
+
+    /// When silence would take the path down (`None` if down already).
+    pub fn next_silence(&self, cfg: &MonitorConfig, last_rx: Option<Time>) -> Option<Time> {
+        (self.health != Health::Down).then(|| last_rx.unwrap_or(self.since) + cfg.silence)
+    }
+
+    /// A probe goes out now: its id. The oldest outstanding one is given up
+    /// (counted lost) if all slots are taken.
+    pub fn sent_probe(&mut self, now: Time) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.last_probe = Some(now);
+        self.probes_sent += 1;
+        let slot = match self.outstanding.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                let oldest = (0..OUTSTANDING).min_by_key(|&i| self.outstanding[i].map(|(_, t)| t)).unwrap_or(0);
+                self.outstanding[oldest] = None;
+                self.record_loss();
+                oldest
+            }
+        };
+        self.outstanding[slot] = Some((id, now));
+        id
+    }
+
+    fn record_loss(&mut self) {
+        self.lost += 1;
+        self.lost_in_row += 1;
+        self.replies_in_row = 0;
+        if self.health != Health::Down {
+            self.loss.push(true);
+        }
+    }
+
+    /// Give up probes unanswered for [`PathMonitor::probe_timeout`].
+    pub fn expire(&mut self, now: Time) {
+        let timeout = self.probe_timeout();
+        for i in 0..OUTSTANDING {
+            if let Some((_, sent)) = self.outstanding[i]
+                && sent + timeout <= now
+            {
+                self.outstanding[i] = None;
+                self.record_loss();
+            }
+        }
+    }
+
+    /// A reply came in at `now` (this end's clock): update the estimates.
+    /// False if it answers no outstanding probe (late, or a stray).
+    pub fn on_reply(&mut self, now: Time, reply: &ReplyBody) -> bool {
+        let Some(slot) = self.outstanding.iter().position(|o| o.is_some_and(|(id, _)| id == reply.probe.id)) else {
+            return false;
+        };
+        let Some((_, sent)) = self.outstanding[slot].take() else { return false };
+        if sent.as_nanos() != reply.probe.sent {
+            return false;
+        }
+        self.rtt.update(now - sent);
+        let out = reply.received as i64 - sent.as_nanos() as i64;
+        let back = now.as_nanos() as i64 - reply.received as i64;
+        self.jitter_out.update(out);
+        self.jitter_in.update(back);
+        self.owd_out.update(out);
+        self.owd_in.update(back);
+        if self.health != Health::Down {
+            self.loss.push(false);
+        }
+        self.replies += 1;
+        self.replies_in_row += 1;
+        self.lost_in_row = 0;
+        // Counters only grow; an older reply never moves them back.
+        if reply.counts.delivered + reply.counts.missing >= self.remote.delivered + self.remote.missing {
+            self.remote = reply.counts;
+        }
+        true
+    }
+
+    /// The local link went down: the path is down, and its probes void.
+    pub fn link_down(&mut self, now: Time) -> Option<Change> {
+        self.outstanding = [None; OUTSTANDING];
+        self.replies_in_row = 0;
+        self.set(now, Health::Down, Reason::LinkDown)
+    }
+
+    fn set(&mut self, now: Time, to: Health, reason: Reason) -> Option<Change> {
+        if to == self.health {
+            return None;
+        }
+        let from = self.health;
+        self.health = to;
+        self.since = now;
+        self.reason = reason;
+        Some(Change { from, to, reason })
+    }
+
+    fn quality(&self, cfg: &MonitorConfig, leaving: bool) -> Option<Reason> {
+        // Entering degraded needs the threshold; leaving it needs clearly less.
+        let (loss_f, f) = if leaving { (0.5, 0.8) } else { (1.0, 1.0) };
+        let enough = self.loss.len() >= LOSS_WINDOW / 2;
+        let ratio = self.loss.ratio();
+        if enough && ratio >= cfg.degraded_loss * loss_f {
+            return Some(Reason::Loss { permille: (ratio * 1000.0).round() as u32 });
+        }
+        if let (Some(limit), Some(srtt)) = (cfg.degraded_rtt, self.rtt.srtt())
+            && srtt >= limit.mul_f64(f)
+        {
+            return Some(Reason::Rtt { rtt: srtt });
+        }
+        let jitter = self.jitter_out().max(self.jitter_in());
+        if let Some(limit) = cfg.degraded_jitter
+            && jitter >= limit.mul_f64(f)
+        {
+            return Some(Reason::Jitter { jitter });
+        }
+        None
+    }
+
+    /// Run the state machine at `now`; `last_rx`: the path's last
+    /// authenticated packet. Returns the change, if any.
+    pub fn evaluate(&mut self, now: Time, cfg: &MonitorConfig, last_rx: Option<Time>) -> Option<Change> {
+        let last_packet = last_rx.map(|t| now - t);
+        match self.health {
+            Health::Up | Health::Degraded => {
+                if self.lost_in_row >= cfg.down_after {
+                    return self.set(now, Health::Down, Reason::ProbesLost { lost: self.lost_in_row, last_packet });
+                }
+                if last_rx.unwrap_or(self.since) + cfg.silence <= now {
+                    return self.set(now, Health::Down, Reason::Silent { last_packet });
+                }
+                if self.health == Health::Up {
+                    let bad = self.quality(cfg, false)?;
+                    self.set(now, Health::Degraded, bad)
+                } else if self.quality(cfg, true).is_none() {
+                    let permille = (self.loss.ratio() * 1000.0).round() as u32;
+                    let rtt = self.rtt.srtt().unwrap_or_default();
+                    self.set(now, Health::Up, Reason::Recovered { permille, rtt })
+                } else {
+                    None
+                }
+            }
+            Health::Down => {
+                if self.replies_in_row < cfg.up_after {
+                    return None;
+                }
+                // Losses while down say nothing about the path now.
+                self.loss.clear();
+                let rtt = self.rtt.srtt().unwrap_or_default();
+                self.set(now, Health::Up, Reason::Answering { replies: self.replies_in_row, rtt })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    seq: u64,
+    first_at: Time,
+    mask: u16,
+    open: bool,
+}
+
+/// Which paths delivered each recent data packet of one session (paths by
+/// their index in the neighbour's path list; the first 16 are tracked).
+#[derive(Clone, Debug)]
+pub struct Passive {
+    slots: Box<[Slot]>,
+    /// Every sequence number below this is settled.
+    settled: u64,
+    highest: u64,
+    /// First arrival of the oldest packet not settled (about: it may be
+    /// settled already, which costs one early wakeup).
+    oldest: Option<Time>,
+}
+
+impl Default for Passive {
+    fn default() -> Passive {
+        Passive { slots: vec![Slot::default(); PASSIVE_SLOTS].into_boxed_slice(), settled: 1, highest: 0, oldest: None }
+    }
+}
+
+/// The per-path counts a [`Passive`] tracker credits, and which paths are
+/// expected to deliver (the others are not counted missing).
+pub trait Credit {
+    /// Paths tracked.
+    fn paths(&self) -> usize;
+    /// Whether path `i` was expected to deliver at `now`.
+    fn expected(&self, i: usize, now: Time) -> bool;
+    /// Path `i`'s counts.
+    fn counts(&mut self, i: usize) -> &mut PassiveCounts;
+}
+
+impl Passive {
+    /// Path `path` delivered data packet `seq` at `now`; `first`: it was
+    /// the first copy. Late copies whose slot was reused are not credited.
+    pub fn record(&mut self, now: Time, seq: u64, path: usize, first: bool, credit: &mut impl Credit) {
+        if path >= 16 || seq < self.settled {
+            return;
+        }
+        let i = (seq % PASSIVE_SLOTS as u64) as usize;
+        let slot = self.slots[i];
+        if slot.open && slot.seq == seq {
+            self.slots[i].mask |= 1 << path;
+            return;
+        }
+        if !first || (slot.open && slot.seq > seq) {
+            return;
+        }
+        if slot.open {
+            Self::settle_slot(&mut self.slots[i], now, credit);
+        }
+        self.slots[i] = Slot { seq, first_at: now, mask: 1 << path, open: true };
+        self.oldest.get_or_insert(now);
+        self.highest = self.highest.max(seq);
+        credit.counts(path).first += 1;
+    }
+
+    fn settle_slot(slot: &mut Slot, now: Time, credit: &mut impl Credit) {
+        slot.open = false;
+        let n = credit.paths().min(16);
+        let expected: u16 = (0..n).filter(|&p| credit.expected(p, now)).fold(0, |m, p| m | 1 << p);
+        let rescue = slot.mask.count_ones() == 1 && (expected & !slot.mask) != 0;
+        for p in 0..n {
+            let bit = 1u16 << p;
+            let c = credit.counts(p);
+            if slot.mask & bit != 0 {
+                c.delivered += 1;
+                if rescue {
+                    c.rescues += 1;
+                }
+            } else if expected & bit != 0 {
+                c.missing += 1;
+            }
+        }
+    }
+
+    /// Credit every packet whose first copy is at least [`SETTLE_AFTER`] old.
+    pub fn settle(&mut self, now: Time, credit: &mut impl Credit) {
+        let floor = self.highest.saturating_sub(PASSIVE_SLOTS as u64 - 1).max(1);
+        let mut seq = self.settled.max(floor);
+        self.oldest = None;
+        while seq <= self.highest {
+            let slot = &mut self.slots[(seq % PASSIVE_SLOTS as u64) as usize];
+            if slot.open && slot.seq == seq {
+                if slot.first_at + SETTLE_AFTER > now {
+                    self.oldest = Some(slot.first_at);
+                    break;
+                }
+                Self::settle_slot(slot, now, credit);
+            }
+            seq += 1;
+        }
+        self.settled = seq;
+    }
+
+    /// First arrival of the oldest packet not credited yet.
+    pub fn oldest_open(&self) -> Option<Time> {
+        self.oldest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rtt_follows_rfc6298() {
+        let mut r = RttEstimator::default();
+        r.update(ms(100));
+        assert_eq!((r.srtt(), r.rttvar()), (Some(ms(100)), ms(50)));
+        r.update(ms(200));
+        // rttvar = 3/4 * 50 + 1/4 * |100 - 200| = 62.5; srtt = 7/8 * 100 + 1/8 * 200 = 112.5
+        assert_eq!(r.rttvar(), Duration::from_micros(62_500));
+        assert_eq!(r.srtt(), Some(Duration::from_micros(112_500)));
+        for _ in 0..200 {
+            r.update(ms(20));
+        }
+        assert!(r.srtt().unwrap().abs_diff(ms(20)) < Duration::from_micros(10));
+        assert!(r.rttvar() < Duration::from_micros(10));
+        assert_eq!(r.min(), Some(ms(20)));
+        assert_eq!(r.latest(), ms(20));
+    }
+
+    #[test]
+    fn jitter_follows_rfc3550() {
+        let mut j = Jitter::default();
+        // A constant offset (clock skew) gives no jitter.
+        for _ in 0..10 {
+            j.update(5_000_000_000);
+        }
+        assert_eq!(j.get(), Duration::ZERO);
+        // Transit alternating by 16 ms: J converges to 16 ms from below.
+        let mut t = 0;
+        for i in 0..400 {
+            t = if i % 2 == 0 { 16_000_000 } else { 0 };
+            j.update(5_000_000_000 + t);
+        }
+        let _ = t;
+        assert!(j.get().abs_diff(ms(16)) < ms(1), "{:?}", j.get());
+        // One step of D = 32 ms from J = 0 gives 2 ms.
+        let mut j = Jitter::default();
+        j.update(0);
+        j.update(32_000_000);
+        assert_eq!(j.get(), ms(2));
+    }
+
+    #[test]
+    fn owd_variation_is_above_the_recent_minimum() {
+        let mut o = OwdVariation::default();
+        assert_eq!(o.get(), None);
+        for t in [1_000_000_000i64 + 20_000_000, 1_000_000_000 + 25_000_000, 1_000_000_000 + 21_000_000] {
+            o.update(t);
+        }
+        assert_eq!(o.get(), Some(ms(1)));
+        // The base moves on after OWD_SAMPLES samples.
+        for _ in 0..OWD_SAMPLES {
+            o.update(1_000_000_000 + 30_000_000);
+        }
+        assert_eq!(o.get(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn loss_window_slides() {
+        let mut l = LossWindow::default();
+        assert!(l.is_empty());
+        for i in 0..100 {
+            l.push(i % 4 == 0);
+        }
+        assert_eq!(l.len(), 64);
+        assert_eq!(l.lost(), 16);
+        assert!((l.ratio() - 0.25).abs() < 1e-9);
+        for _ in 0..64 {
+            l.push(false);
+        }
+        assert_eq!(l.lost(), 0);
+    }
+
+    #[test]
+    fn bodies_round_trip_and_reject_bad_lengths() {
+        let p = ProbeBody { id: 7, path: 2, sent: 123_456_789 };
+        let mut b = [0u8; ReplyBody::LEN];
+        p.encode(&mut b);
+        assert_eq!(ProbeBody::decode(&b[..ProbeBody::LEN]), Some(p));
+        assert_eq!(ProbeBody::decode(&b[..ProbeBody::LEN - 1]), None);
+        let r = ReplyBody {
+            probe: p,
+            received: 99,
+            counts: PassiveCounts { delivered: 1, missing: 2, first: 3, rescues: 4 },
+        };
+        r.encode(&mut b);
+        assert_eq!(ReplyBody::decode(&b), Some(r));
+        assert_eq!(ReplyBody::decode(&b[1..]), None);
+    }
+
+    /// Drive a monitor with probes every `interval`, each answered after
+    /// `rtt` unless `lost(i)`.
+    fn drive(
+        m: &mut PathMonitor,
+        cfg: &MonitorConfig,
+        start: Time,
+        probes: u32,
+        rtt: Duration,
+        lost: impl Fn(u32) -> bool,
+    ) -> Vec<(Time, Change)> {
+        let mut changes = vec![];
+        // The last reply before `start` (drives follow each other).
+        let mut last_rx = (m.replies > 0).then(|| start - Duration::from_millis(200) + rtt);
+        for i in 0..probes {
+            let now = start + cfg.interval * i;
+            m.expire(now);
+            let id = m.sent_probe(now);
+            if !lost(i) {
+                let at = now + rtt;
+                let reply = ReplyBody {
+                    probe: ProbeBody { id, path: 0, sent: now.as_nanos() },
+                    received: (now + rtt / 2).as_nanos(),
+                    counts: PassiveCounts::default(),
+                };
+                assert!(m.on_reply(at, &reply));
+                last_rx = Some(at);
+                if let Some(c) = m.evaluate(at, cfg, last_rx) {
+                    changes.push((at, c));
+                }
+            }
+            let mid = now + (cfg.interval - Duration::from_nanos(1));
+            m.expire(mid);
+            if let Some(c) = m.evaluate(mid, cfg, last_rx) {
+                changes.push((mid, c));
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn state_machine_goes_down_and_up_with_hysteresis() {
+        let cfg = MonitorConfig::default();
+        let mut m = PathMonitor::new(Time::ZERO);
+        assert_eq!(m.health(), Health::Down);
+        // 20 ms RTT: up after 3 replies.
+        let ch = drive(&mut m, &cfg, Time::ZERO, 10, ms(20), |_| false);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].1.to, Health::Up);
+        assert_eq!(ch[0].0, Time::ZERO + ms(400) + ms(20));
+        assert!(ch[0].1.reason.to_string().contains("3 probes answered, rtt 20.0 ms"), "{}", ch[0].1.reason);
+        // A blackout: down once 3 probes are lost, i.e. within
+        // down_after * interval + timeout of its start.
+        let start = Time::ZERO + ms(2000);
+        let ch = drive(&mut m, &cfg, start, 10, ms(20), |i| i < 6);
+        assert_eq!(ch[0].1.to, Health::Down);
+        assert!(ch[0].0 - start <= cfg.interval * cfg.down_after + m.probe_timeout());
+        assert!(ch[0].1.reason.to_string().starts_with("3 probes lost, last packet"), "{}", ch[0].1.reason);
+        assert_eq!(ch[1].1.to, Health::Up);
+        assert_eq!(ch.len(), 2);
+        // One lost probe in a row of answered ones changes nothing.
+        let ch = drive(&mut m, &cfg, start + ms(4000), 20, ms(20), |i| i == 5);
+        assert!(ch.is_empty(), "{ch:?}");
+    }
+
+    #[test]
+    fn degraded_on_loss_and_back_only_well_below() {
+        let cfg = MonitorConfig { degraded_rtt: Some(ms(100)), ..MonitorConfig::default() };
+        let mut m = PathMonitor::new(Time::ZERO);
+        drive(&mut m, &cfg, Time::ZERO, 5, ms(20), |_| false);
+        assert_eq!(m.health(), Health::Up);
+        // 10 % loss (never two in a row): degraded, not down.
+        let ch = drive(&mut m, &cfg, Time::ZERO + ms(1000), 64, ms(20), |i| i % 10 == 3);
+        assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Degraded]);
+        assert!(matches!(ch[0].1.reason, Reason::Loss { .. }));
+        // Loss back to 0: up again once the window holds less than 2.5 %.
+        let ch = drive(&mut m, &cfg, Time::ZERO + ms(20_000), 64, ms(20), |_| false);
+        assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Up]);
+        assert!(m.loss().ratio() < 0.025);
+        // RTT past 100 ms: degraded; 90 ms is not clearly below: stays.
+        drive(&mut m, &cfg, Time::ZERO + ms(40_000), 40, ms(120), |_| false);
+        assert_eq!(m.health(), Health::Degraded);
+        assert!(matches!(m.reason(), Reason::Rtt { .. }));
+        drive(&mut m, &cfg, Time::ZERO + ms(60_000), 40, ms(90), |_| false);
+        assert_eq!(m.health(), Health::Degraded);
+        drive(&mut m, &cfg, Time::ZERO + ms(80_000), 40, ms(50), |_| false);
+        assert_eq!(m.health(), Health::Up);
+    }
+
+    #[test]
+    fn silence_takes_a_path_down() {
+        let cfg = MonitorConfig::default();
+        let mut m = PathMonitor::new(Time::ZERO);
+        drive(&mut m, &cfg, Time::ZERO, 5, ms(20), |_| false);
+        let last = Some(Time::ZERO + ms(820));
+        assert_eq!(m.evaluate(Time::ZERO + ms(2000), &cfg, last), None);
+        let c = m.evaluate(Time::ZERO + ms(2320), &cfg, last).expect("down");
+        assert_eq!(c.to, Health::Down);
+        assert_eq!(c.reason.to_string(), "silent, last packet 1.5 s ago");
+        assert_eq!(m.next_silence(&cfg, last), None);
+    }
+
+    struct Paths {
+        counts: Vec<PassiveCounts>,
+        expected: Vec<bool>,
+    }
+
+    impl Credit for Paths {
+        fn paths(&self) -> usize {
+            self.counts.len()
+        }
+        fn expected(&self, i: usize, _: Time) -> bool {
+            self.expected[i]
+        }
+        fn counts(&mut self, i: usize) -> &mut PassiveCounts {
+            &mut self.counts[i]
+        }
+    }
+
+    #[test]
+    fn passive_credits_deliveries_misses_firsts_and_rescues() {
+        let mut p = Passive::default();
+        let mut paths = Paths { counts: vec![PassiveCounts::default(); 3], expected: vec![true, true, false] };
+        let t = Time::ZERO + ms(10);
+        // seq 1: both paths, 0 first. seq 2: only 1. seq 3: only 0. seq 4: 1 then 0.
+        p.record(t, 1, 0, true, &mut paths);
+        p.record(t, 1, 1, false, &mut paths);
+        p.record(t, 2, 1, true, &mut paths);
+        p.record(t, 3, 0, true, &mut paths);
+        p.record(t, 4, 1, true, &mut paths);
+        p.record(t, 4, 0, false, &mut paths);
+        p.settle(t + ms(999), &mut paths);
+        assert_eq!(paths.counts[0].delivered, 0, "nothing settles before SETTLE_AFTER");
+        p.settle(t + SETTLE_AFTER, &mut paths);
+        assert_eq!(paths.counts[0], PassiveCounts { delivered: 3, missing: 1, first: 2, rescues: 1 });
+        assert_eq!(paths.counts[1], PassiveCounts { delivered: 3, missing: 1, first: 2, rescues: 1 });
+        assert_eq!(paths.counts[2], PassiveCounts::default(), "an unexpected path is not missing");
+        // A copy after settling is not credited again.
+        p.record(t + SETTLE_AFTER, 2, 0, false, &mut paths);
+        p.settle(t + SETTLE_AFTER * 3, &mut paths);
+        assert_eq!(paths.counts[0].delivered, 3);
+        // Wrapping the ring settles the overwritten slots first.
+        for seq in 5..5 + PASSIVE_SLOTS as u64 + 10 {
+            p.record(t, seq, 0, true, &mut paths);
+        }
+        assert_eq!(paths.counts[0].delivered, 3 + 10);
+        assert_eq!(paths.counts[1].missing, 1 + 10);
+    }
+}
