@@ -62,7 +62,7 @@ fn node(me: u32, other: u32, links: &[(u32, &str)]) -> Node {
     let mut n = Node::new(NodeConfig::new(host(me), [me as u8; 32])).expect("valid config");
     let mut endpoints = Vec::new();
     for &(l, ep) in links {
-        n.add_link(LinkId(l));
+        n.add_link(Time::ZERO, LinkId(l));
         endpoints.push(Endpoint { remote: ep.parse().expect("endpoint"), link: Some(LinkId(l)) });
     }
     let public_key = Identity::new([other as u8; 32]).public();

@@ -27,7 +27,7 @@ const B_EP: &str = "192.0.2.2:51820";
 /// Node `me` with neighbour `other` reachable on link 1 at `other_ep` (none: learned).
 fn node(me: u32, other: u32, other_ep: Option<&str>) -> Node {
     let mut n = Node::new(NodeConfig::new(host(me), private(me))).unwrap();
-    n.add_link(LinkId(1));
+    n.add_link(Time::ZERO, LinkId(1));
     let endpoints = other_ep.map(|e| Endpoint { remote: addr(e), link: Some(LinkId(1)) }).into_iter().collect();
     let public_key = Identity::new(private(other)).public();
     n.add_neighbour(NeighbourConfig { host: host(other), public_key, psk: None, endpoints }).unwrap();
@@ -117,13 +117,13 @@ fn bad_tun_packets_are_counted() {
     assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.8.0.1"), &mut out), Err(DropReason::NoRoute));
     assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.9.0.1"), &mut out), Err(DropReason::LocalDestination));
     assert_eq!(a.handle_tun_packet(Time::ZERO, &vec![0x45; 70_000], &mut out), Err(DropReason::TooBig));
-    a.remove_link(LinkId(1));
+    a.remove_link(Time::ZERO, LinkId(1));
     out.clear();
     assert_eq!(a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out), Err(DropReason::NoPath));
     assert!(out.is_empty());
     assert_eq!(a.stats().drops.total() - before, 6);
     // No sequence number was spent on any of them.
-    a.add_link(LinkId(1));
+    a.add_link(Time::ZERO, LinkId(1));
     let sent = a.handle_tun_packet(Time::ZERO, &p("10.9.0.2"), &mut out).unwrap();
     assert_eq!(sent.seq.unwrap().0, first.0 + 1);
 }
@@ -132,7 +132,7 @@ fn bad_tun_packets_are_counted() {
 fn every_copy_is_byte_identical() {
     let mut a = Node::new(NodeConfig::new(host(1), private(1))).unwrap();
     for l in 1..=3 {
-        a.add_link(LinkId(l));
+        a.add_link(Time::ZERO, LinkId(l));
     }
     let endpoints = vec![
         Endpoint { remote: addr(B_EP), link: None },
@@ -196,7 +196,7 @@ proptest! {
 #[test]
 fn endpoints_can_change_and_paths_follow() {
     let mut a = node(1, 2, Some(B_EP));
-    a.add_link(LinkId(2));
+    a.add_link(Time::ZERO, LinkId(2));
     let eps = vec![
         Endpoint { remote: addr("192.0.2.2:51820"), link: Some(LinkId(1)) },
         Endpoint { remote: addr("198.51.100.2:51820"), link: None },

@@ -127,7 +127,7 @@ fn a_wrong_key_gets_no_session_and_is_reported() {
     let b_pub = p.sim.node(p.b).public_key();
     let (link_a, _) = p.sim.end(p.wires[0], p.a);
     let (_, b_addr) = p.sim.end(p.wires[0], p.b);
-    a.add_link(link_a);
+    a.add_link(Time::ZERO, link_a);
     a.add_neighbour(mpvr::proto::NeighbourConfig {
         host: HostId::new(2).unwrap(),
         public_key: b_pub,

@@ -14,8 +14,8 @@ fn nodes() -> (Node, Node, SocketAddr) {
     let (ea, eb): (SocketAddr, SocketAddr) = ("192.0.2.1:51820".parse().unwrap(), "192.0.2.2:51820".parse().unwrap());
     let mut a = Node::new(NodeConfig::new(h(1), [1; 32])).unwrap();
     let mut b = Node::new(NodeConfig::new(h(2), [2; 32])).unwrap();
-    a.add_link(LinkId(1));
-    b.add_link(LinkId(1));
+    a.add_link(Time::ZERO, LinkId(1));
+    b.add_link(Time::ZERO, LinkId(1));
     let (pa, pb) = (a.public_key(), b.public_key());
     a.add_neighbour(NeighbourConfig {
         host: h(2),

@@ -379,7 +379,7 @@ impl Links {
         let link = LinkId(nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
         self.shared.names.write().unwrap_or_else(|e| e.into_inner()).insert(link, nic.name.clone());
-        self.shared.node().add_link(link);
+        self.shared.node().add_link(self.shared.now(), link);
         let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
         let installed = self.policy_routes(&nic).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
@@ -390,7 +390,7 @@ impl Links {
         entry.reader.abort();
         let link = LinkId(entry.nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).remove(&link);
-        self.shared.node().remove_link(link);
+        self.shared.node().remove_link(self.shared.now(), link);
         for i in &entry.installed {
             if let Err(e) = self.nl.remove(i).await {
                 warn!(link = %entry.nic.name, error = %e, "cannot remove a policy route");
@@ -713,9 +713,9 @@ mod tests {
             ("192.0.2.1:51820".parse().unwrap(), "192.0.2.2:51820".parse().unwrap());
         let mut node = Node::new(NodeConfig::new(h(1), [1; 32])).unwrap();
         let mut peer = Node::new(NodeConfig::new(h(2), [2; 32])).unwrap();
-        node.add_link(LinkId(1));
-        node.add_link(LinkId(2));
-        peer.add_link(LinkId(1));
+        node.add_link(Time::ZERO, LinkId(1));
+        node.add_link(Time::ZERO, LinkId(2));
+        peer.add_link(Time::ZERO, LinkId(1));
         let endpoints = vec![Endpoint { remote: eb, link: None }];
         let public_key = peer.public_key();
         node.add_neighbour(NeighbourConfig { host: h(2), public_key, psk: None, endpoints }).unwrap();

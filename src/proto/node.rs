@@ -686,8 +686,9 @@ impl Node {
         self.routes.remove(prefix)
     }
 
-    /// A local link came up (idempotent): paths over it are used from now on.
-    pub fn add_link(&mut self, link: LinkId) {
+    /// A local link came up at `now` (idempotent): paths over it are used from now on.
+    pub fn add_link(&mut self, now: Time, link: LinkId) {
+        self.tick(now);
         if !self.links.iter().any(|l| l.id == link) {
             self.links.push(LinkEntry { id: link, stats: LinkStats::default() });
         }
@@ -696,9 +697,10 @@ impl Node {
         }
     }
 
-    /// A local link went down or away: its paths get no more copies. Its
+    /// A local link went down or away at `now`: its paths get no more copies. Its
     /// paths keep their counters and are used again if it comes back.
-    pub fn remove_link(&mut self, link: LinkId) {
+    pub fn remove_link(&mut self, now: Time, link: LinkId) {
+        self.tick(now);
         self.links.retain(|l| l.id != link);
         for idx in 0..self.neighbours.len() {
             self.neighbours[idx].link_changed(self.clock, link, false, &mut self.changes);

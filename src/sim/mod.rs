@@ -262,12 +262,13 @@ impl Sim {
         let w = WireIx(self.wires.len());
         let i = u8::try_from(w.0).expect("at most 256 wires");
         let addr = |last| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(172, 16, i, last)), 51820);
+        let now = self.now;
         let mut end = |h: HostIx, last, dir| {
             let host = &mut self.hosts[h.0];
             let link = LinkId(host.next_link);
             host.next_link += 1;
             host.links.insert(link, (w, dir));
-            host.node.add_link(link);
+            host.node.add_link(now, link);
             (h, link, addr(last))
         };
         let ea = end(a, 1, Dir::Forward);
@@ -462,9 +463,9 @@ impl Sim {
             EventKind::LinkState { host, link, up } => {
                 let node = &mut self.hosts[host.0].node;
                 if up {
-                    node.add_link(link);
+                    node.add_link(now, link);
                 } else {
-                    node.remove_link(link);
+                    node.remove_link(now, link);
                 }
                 self.rearm(host);
             }
@@ -477,7 +478,7 @@ impl Sim {
                 let mut links: Vec<LinkId> = sh.links.keys().copied().collect();
                 links.sort();
                 for l in links {
-                    node.add_link(l);
+                    node.add_link(now, l);
                 }
                 for n in &sh.neighbours {
                     node.add_neighbour(n.clone()).expect("the neighbours worked before");
