@@ -297,6 +297,16 @@ impl Neighbour {
         self.sessions.established()
     }
 
+    /// The session being sent on: when it was made, and whether this host started it.
+    pub fn session(&self) -> Option<(Time, bool)> {
+        self.sessions.current().map(|s| (s.created, s.initiator))
+    }
+
+    /// A handshake this host started is waiting for an answer.
+    pub fn handshake_pending(&self) -> bool {
+        self.sessions.pending.is_some()
+    }
+
     /// Packets waiting for a session with it.
     pub fn staged(&self) -> usize {
         self.sessions.staged.len()

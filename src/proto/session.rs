@@ -213,6 +213,11 @@ impl Sessions {
         t
     }
 
+    /// The session being sent on, if any.
+    pub fn current(&self) -> Option<&Session> {
+        self.current.and_then(|p| self.slots[usize::from(p)].as_ref())
+    }
+
     /// Whether a session can be sent on (ignoring its age: expiry is a timer of its own).
     pub fn can_send(&self) -> bool {
         self.current.and_then(|p| self.slots[usize::from(p)].as_ref()).is_some_and(|s| s.confirmed)

@@ -1,0 +1,183 @@
+//! The Prometheus (OpenMetrics text) exposition of a [`Snapshot`]: the same
+//! figures as `mpvr status --json`, under the names the README lists.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{DataSnap, Snapshot};
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Default)]
+struct Builder {
+    registry: Registry,
+    gauges: HashMap<&'static str, Family<Labels, Gauge<f64, AtomicU64>>>,
+    counters: HashMap<&'static str, Family<Labels, Counter<u64>>>,
+}
+
+fn labels(l: &[(&str, &str)]) -> Labels {
+    l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Builder {
+    fn gauge(&mut self, name: &'static str, help: &str, l: &[(&str, &str)], v: f64) {
+        let fam = self.gauges.entry(name).or_insert_with(|| {
+            let f = Family::default();
+            self.registry.register(name, help, f.clone());
+            f
+        });
+        fam.get_or_create(&labels(l)).set(v);
+    }
+
+    /// `name` without `_total`: the exposition adds it.
+    fn counter(&mut self, name: &'static str, help: &str, l: &[(&str, &str)], v: u64) {
+        let fam = self.counters.entry(name).or_insert_with(|| {
+            let f = Family::default();
+            self.registry.register(name, help, f.clone());
+            f
+        });
+        fam.get_or_create(&labels(l)).inc_by(v);
+    }
+
+    fn data(&mut self, l: &[(&str, &str)], d: &DataSnap) {
+        self.counter("mpvr_path_data_delivered", "Data packets the path delivered", l, d.delivered);
+        self.counter(
+            "mpvr_path_data_missing",
+            "Data packets another path delivered and this one did not",
+            l,
+            d.missing,
+        );
+        self.counter("mpvr_path_first_arrivals", "Data packets whose first copy came on the path", l, d.first);
+        self.counter("mpvr_path_rescues", "Data packets only this path delivered", l, d.rescues);
+    }
+}
+
+/// The OpenMetrics text of `s`.
+pub fn render(s: &Snapshot) -> String {
+    let mut b = Builder::default();
+    let host = s.host.to_string();
+    b.gauge("mpvr_info", "Host id, TUN and policy", &[("host", &host), ("tun", &s.tun), ("policy", &s.policy)], 1.0);
+    b.gauge("mpvr_uptime_seconds", "Seconds since the daemon started", &[], s.uptime_s);
+    let t = &s.totals;
+    for (dir, c) in [("in", t.tun_in), ("out", t.tun_out)] {
+        b.counter(
+            "mpvr_tun_packets",
+            "Packets read from (in) or written to (out) the TUN",
+            &[("direction", dir)],
+            c.packets,
+        );
+        b.counter("mpvr_tun_bytes", "Bytes read from (in) or written to (out) the TUN", &[("direction", dir)], c.bytes);
+    }
+    b.counter("mpvr_copies_sent", "Copies sent (datagrams x paths)", &[], t.copies_out.packets);
+    b.counter("mpvr_datagrams_received", "Datagrams received on all links", &[], t.datagrams_in.packets);
+    b.counter("mpvr_forwarded_packets", "Packets relayed toward another neighbour", &[], t.forwarded.packets);
+    for (reason, n) in &t.drops {
+        b.counter("mpvr_drops", "Packets dropped, by reason", &[("reason", reason)], *n);
+    }
+    for (event, n) in &t.io {
+        b.counter(
+            "mpvr_io_events",
+            "I/O outcomes the daemon counts (send errors, full buffers)",
+            &[("event", event)],
+            *n,
+        );
+    }
+    for l in &s.links {
+        let ll = [("link", l.name.as_str())];
+        b.counter("mpvr_link_rx_packets", "Datagrams received on the link", &ll, l.rx.packets);
+        b.counter("mpvr_link_rx_bytes", "Bytes received on the link", &ll, l.rx.bytes);
+        b.counter("mpvr_link_tx_packets", "Copies sent on the link", &ll, l.tx.packets);
+        b.counter("mpvr_link_tx_bytes", "Bytes sent on the link", &ll, l.tx.bytes);
+        for (reason, n) in l.drops.iter().filter(|(_, n)| **n > 0) {
+            b.counter(
+                "mpvr_link_drops",
+                "Datagrams received on the link and dropped",
+                &[("link", &l.name), ("reason", reason)],
+                *n,
+            );
+        }
+    }
+    for p in &s.peers {
+        let peer = p.id.to_string();
+        let pl = [("peer", peer.as_str())];
+        b.gauge(
+            "mpvr_peer_session",
+            "1 if a session with the peer can carry packets",
+            &pl,
+            f64::from(u8::from(p.session.is_some())),
+        );
+        b.counter("mpvr_peer_handshakes", "Handshakes completed with the peer", &pl, p.handshakes);
+        b.counter("mpvr_peer_sent_packets", "Packets sealed for the peer (once each)", &pl, p.sealed.packets);
+        b.counter(
+            "mpvr_peer_received_packets",
+            "Packets accepted from the peer (first copies)",
+            &pl,
+            p.accepted.packets,
+        );
+        for x in &p.paths {
+            let l = [("peer", peer.as_str()), ("link", x.link.as_str()), ("remote", x.remote.as_str())];
+            for state in ["up", "degraded", "down"] {
+                let v = f64::from(u8::from(x.state == state));
+                let ls = [l[0], l[1], l[2], ("state", state)];
+                b.gauge("mpvr_path_state", "1 for the path's current state", &ls, v);
+            }
+            if let Some(rtt) = x.rtt_ms {
+                b.gauge("mpvr_path_rtt_seconds", "Smoothed RTT (RFC 6298)", &l, rtt / 1e3);
+                b.gauge("mpvr_path_rttvar_seconds", "RTT variation (RFC 6298)", &l, x.rttvar_ms.unwrap_or(0.0) / 1e3);
+            }
+            for (dir, j, owd) in [("out", x.jitter_out_ms, x.owd_var_out_ms), ("in", x.jitter_in_ms, x.owd_var_in_ms)] {
+                let ld = [l[0], l[1], l[2], ("direction", dir)];
+                b.gauge("mpvr_path_jitter_seconds", "Interarrival jitter (RFC 3550) of probes", &ld, j / 1e3);
+                if let Some(o) = owd {
+                    b.gauge("mpvr_path_owd_variation_seconds", "One-way delay above its recent minimum", &ld, o / 1e3);
+                }
+            }
+            b.gauge("mpvr_path_probe_loss_ratio", "Lost fraction of the last 64 probes", &l, x.probe_loss);
+            b.counter("mpvr_path_probes_sent", "Probes sent on the path", &l, x.probes.sent);
+            b.counter("mpvr_path_probes_lost", "Probes given up on the path", &l, x.probes.lost);
+            b.counter("mpvr_path_tx_packets", "Copies sent on the path", &l, x.tx.packets);
+            b.counter("mpvr_path_tx_bytes", "Bytes sent on the path", &l, x.tx.bytes);
+            b.counter(
+                "mpvr_path_rx_packets",
+                "Authenticated datagrams received on the path",
+                &l,
+                x.rx_first.packets + x.rx_later.packets,
+            );
+            for (dir, d) in [("in", &x.inbound), ("out", &x.outbound)] {
+                let ld = [l[0], l[1], l[2], ("direction", dir)];
+                b.data(&ld, d);
+            }
+        }
+    }
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &b.registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_has_its_series() {
+        let s = super::super::tests::simulated();
+        let text = render(&s);
+        for needle in [
+            "mpvr_path_state{peer=\"2\",link=\"wan1\",remote=\"172.16.0.2:51820\",state=\"up\"} 1",
+            "mpvr_path_state{peer=\"2\",link=\"wan2\",remote=\"172.16.1.2:51820\",state=\"down\"} 1",
+            "mpvr_path_rtt_seconds{peer=\"2\",link=\"wan1\"",
+            "mpvr_path_first_arrivals_total{peer=\"2\",link=\"wan1\",remote=\"172.16.0.2:51820\",direction=\"out\"}",
+            "mpvr_drops_total{reason=\"duplicate\"}",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+}
