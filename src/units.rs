@@ -21,7 +21,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 && d.as_secs() > 0 {
         format!("{}s", d.as_secs())
-    } else if d.as_nanos() % 1_000_000 == 0 {
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros())
