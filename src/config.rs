@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::keys::{self, Key};
+use crate::proto::monitor::MonitorConfig;
 use crate::proto::node::{DEFAULT_KEEPALIVE, MAX_PACKET_LIMIT};
 use crate::proto::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
 use crate::proto::wire::DEFAULT_HOP_LIMIT;
@@ -41,6 +42,30 @@ struct File {
     policy: Option<String>,
     #[serde(default)]
     session: SessionSection,
+    #[serde(default)]
+    probe: ProbeSection,
+    #[serde(default)]
+    control: ControlSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeSection {
+    interval: Option<String>,
+    busy_interval: Option<String>,
+    down_after: Option<i64>,
+    up_after: Option<i64>,
+    silence: Option<String>,
+    degraded_loss: Option<String>,
+    degraded_rtt: Option<String>,
+    degraded_jitter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    socket: Option<PathBuf>,
+    prometheus: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +263,17 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Hop limit on packets this host sends.
     pub hop_limit: u8,
+    /// Probes and path states.
+    pub monitor: MonitorConfig,
+    /// The control socket `mpvr status` reads.
+    pub control_socket: PathBuf,
+    /// Where Prometheus metrics are served (`None`: not served).
+    pub prometheus: Option<SocketAddr>,
+}
+
+/// The control socket of a daemon whose TUN is `tun`, unless the config says otherwise.
+pub fn default_control_socket(tun: &str) -> PathBuf {
+    PathBuf::from(format!("/run/mpvr/{tun}.sock"))
 }
 
 /// One thing wrong in a config file.
@@ -318,6 +354,60 @@ impl Checker {
         }
         b.build().unwrap_or_else(|_| GlobSet::empty())
     }
+}
+
+/// The `[probe]` section, checked field by field, then as a whole.
+fn probe_settings(c: &mut Checker, p: &ProbeSection) -> MonitorConfig {
+    let mut m = MonitorConfig::default();
+    let duration = |c: &mut Checker, field: &str, v: &Option<String>, out: &mut Duration| {
+        if let Some(s) = v {
+            match parse_duration(s) {
+                Some(d) => *out = d,
+                None => c.bad(
+                    format!("probe.{field}"),
+                    format!("{s:?} is not a duration: write it like \"200ms\" or \"1.5s\""),
+                ),
+            }
+        }
+    };
+    duration(c, "interval", &p.interval, &mut m.interval);
+    duration(c, "busy_interval", &p.busy_interval, &mut m.busy_interval);
+    duration(c, "silence", &p.silence, &mut m.silence);
+    for (field, v, out) in [
+        ("degraded_rtt", &p.degraded_rtt, &mut m.degraded_rtt),
+        ("degraded_jitter", &p.degraded_jitter, &mut m.degraded_jitter),
+    ] {
+        if let Some(s) = v
+            && s != "off"
+        {
+            let mut d = Duration::ZERO;
+            duration(c, field, v, &mut d);
+            *out = (d > Duration::ZERO).then_some(d);
+        }
+    }
+    for (field, v, out) in [("down_after", p.down_after, &mut m.down_after), ("up_after", p.up_after, &mut m.up_after)]
+    {
+        match v {
+            None => {}
+            Some(n) if (1..=100).contains(&n) => *out = n as u32,
+            Some(n) => c.bad(format!("probe.{field}"), format!("{n} is out of range: use 1 to 100 probes")),
+        }
+    }
+    if let Some(s) = &p.degraded_loss {
+        match s.strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok()) {
+            Some(pct) if pct > 0.0 && pct <= 100.0 => m.degraded_loss = pct / 100.0,
+            _ => c.bad(
+                "probe.degraded_loss",
+                format!("{s:?} is not a loss threshold: write a percentage above 0 and at most 100, such as \"5%\""),
+            ),
+        }
+    }
+    if c.problems.iter().all(|x| !x.field.starts_with("probe."))
+        && let Err(e) = m.validate()
+    {
+        c.bad("probe", e.to_string());
+    }
+    m
 }
 
 /// Check a NIC or TUN name as Linux accepts it.
@@ -603,6 +693,36 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    let monitor = probe_settings(&mut c, &file.probe);
+    let control_socket = match &file.control.socket {
+        None => default_control_socket(&tun),
+        Some(p) if p.is_absolute() && p.file_name().is_some() => p.clone(),
+        Some(p) => {
+            c.bad(
+                "control.socket",
+                format!("{} is not an absolute file path, such as \"/run/mpvr/mpvr0.sock\"", p.display()),
+            );
+            default_control_socket(&tun)
+        }
+    };
+    let prometheus = match file.control.prometheus.as_deref() {
+        None => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => Some(addr),
+            Ok(_) => {
+                c.bad("control.prometheus", format!("{a} is not a loopback address: metrics are served on 127.0.0.1 or [::1] only (put a proxy in front to expose them)"));
+                None
+            }
+            Err(_) => {
+                c.bad(
+                    "control.prometheus",
+                    format!("{a:?} is not an address: write IP:port, such as \"127.0.0.1:9182\""),
+                );
+                None
+            }
+        },
+    };
+
     match (c.problems.is_empty(), host, private_key) {
         (true, Some(host), Some(private_key)) => Ok(Config {
             source: path.to_path_buf(),
@@ -619,6 +739,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             window,
             keepalive,
             hop_limit,
+            monitor,
+            control_socket,
+            prometheus,
         }),
         _ => Err(ConfigError { source_file: path.to_path_buf(), problems: c.problems }),
     }
@@ -734,6 +857,41 @@ mod tests {
         let e = check("[host\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
         assert_eq!(fields("[host]\nid = 1\naddresses = [\"10.0.0.1/8\"]\n"), vec!["host"]);
+    }
+
+    #[test]
+    fn probe_and_control_sections() {
+        let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\ntun = \"wan9\"\n");
+        let c = check(&base).unwrap();
+        assert_eq!(c.monitor, MonitorConfig::default());
+        assert_eq!(c.control_socket, PathBuf::from("/run/mpvr/wan9.sock"));
+        assert_eq!(c.prometheus, None);
+        let c = check(&format!(
+            "{base}[probe]\ninterval = \"100ms\"\nbusy_interval = \"500ms\"\ndown_after = 5\nup_after = 2\n\
+             silence = \"1s\"\ndegraded_loss = \"2.5%\"\ndegraded_rtt = \"150ms\"\ndegraded_jitter = \"off\"\n\
+             [control]\nsocket = \"/tmp/x.sock\"\nprometheus = \"127.0.0.1:9182\"\n"
+        ))
+        .unwrap();
+        let m = c.monitor;
+        assert_eq!(
+            (m.interval, m.busy_interval, m.silence),
+            (Duration::from_millis(100), Duration::from_millis(500), Duration::from_secs(1))
+        );
+        assert_eq!((m.down_after, m.up_after, m.degraded_loss), (5, 2, 0.025));
+        assert_eq!((m.degraded_rtt, m.degraded_jitter), (Some(Duration::from_millis(150)), None));
+        assert_eq!(c.control_socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.prometheus, Some("127.0.0.1:9182".parse().unwrap()));
+        let got = fields(&format!(
+            "{base}[probe]\ninterval = \"fast\"\ndown_after = 0\ndegraded_loss = \"5\"\n\
+             [control]\nsocket = \"relative.sock\"\nprometheus = \"0.0.0.0:9182\"\n"
+        ));
+        assert_eq!(
+            got,
+            ["probe.interval", "probe.down_after", "probe.degraded_loss", "control.socket", "control.prometheus"]
+        );
+        // Each value fine, together wrong: silence must exceed the busy interval.
+        let e = check(&format!("{base}[probe]\nbusy_interval = \"2s\"\n")).unwrap_err().to_string();
+        assert!(e.contains("probe: probe silence") && e.contains("busy_interval"), "{e}");
     }
 
     #[test]

@@ -30,7 +30,13 @@ enum Command {
         /// Configuration file.
         #[arg(short, long, value_name = "FILE", default_value = "/etc/mpvr/mpvr.toml")]
         config: PathBuf,
+        /// Control socket for `mpvr status` (overrides control.socket; default /run/mpvr/<tun>.sock).
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
+    /// Show the running daemon: peers, sessions, every path with its state,
+    /// RTT, jitter, loss, first arrivals and rescues, recent changes, routes.
+    Status(StatusArgs),
     /// Check a configuration file and show which NICs would become links.
     /// Changes nothing.
     Check {
@@ -45,6 +51,51 @@ enum Command {
     /// Run the real core in the network simulator: the same stream over each
     /// link alone, then over all links through mpvr, and compare loss and latency.
     Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The daemon's control socket (default: /run/mpvr/<interface>.sock).
+    #[arg(short, long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The daemon's TUN name, which names its socket.
+    #[arg(short, long, value_name = "NAME", default_value = mpvr::config::DEFAULT_TUN)]
+    interface: String,
+    /// Print the snapshot as JSON (for scripts).
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Live view, refreshed every --interval, with each path's RTT and loss history (q quits).
+    #[arg(short, long)]
+    watch: bool,
+    /// Refresh interval of --watch.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
+}
+
+fn parse_interval(s: &str) -> std::result::Result<Duration, String> {
+    match mpvr::units::parse_duration(s) {
+        Some(d) if d >= Duration::from_millis(100) => Ok(d),
+        _ => Err(format!("{s:?} is not an interval of at least 100ms, such as \"1s\"")),
+    }
+}
+
+fn status(args: StatusArgs) -> Result<bool> {
+    let socket = args.socket.unwrap_or_else(|| mpvr::config::default_control_socket(&args.interface));
+    if args.watch {
+        anyhow::ensure!(
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            "--watch needs a terminal; use --json to read the status from a script"
+        );
+        mpvr::status::watch::run(|| Ok(mpvr::status::fetch(&socket)?), args.interval)?;
+        return Ok(true);
+    }
+    let snap = mpvr::status::fetch(&socket)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        print!("{}", mpvr::status::render_text(&snap));
+    }
+    Ok(true)
 }
 
 #[derive(clap::Args)]
@@ -128,9 +179,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
-fn run(config: &Path) -> Result<bool> {
+fn run(config: &Path, socket: Option<PathBuf>) -> Result<bool> {
     mpvr::daemon::check_privileges()?;
-    let cfg = mpvr::config::load(config)?;
+    let mut cfg = mpvr::config::load(config)?;
+    if let Some(s) = socket {
+        anyhow::ensure!(s.is_absolute(), "--socket {} must be an absolute path", s.display());
+        cfg.control_socket = s;
+    }
     runtime()?.block_on(mpvr::daemon::run(cfg))?;
     Ok(true)
 }
@@ -219,7 +274,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, socket } => run(&config, socket),
+        Command::Status(args) => status(args),
         Command::Check { config } => check(&config),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),

@@ -151,13 +151,21 @@ fn a_link_cut_mid_stream_loses_nothing() {
     let t = two_hosts();
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
     let m = t.m.name.clone();
-    // Cut link 0 (both directions) in the router for 2 s of a 4 s stream.
+    let socket = t.da.socket.clone();
+    let during_cut = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = during_cut.clone();
+    // Cut link 0 (both directions) in the router for 2 s of a 4 s stream;
+    // 1.5 s into the cut, read A's status.
     let r = stream(&t, 8000, move |i| {
         if i == 2000 {
             nsh(&m, &["nft", "add table inet cut"]);
             nsh(&m, &["nft", "add chain inet cut f { type filter hook forward priority 0; }"]);
             nsh(&m, &["nft", "add rule inet cut f iifname ma0 counter drop"]);
             nsh(&m, &["nft", "add rule inet cut f oifname ma0 counter drop"]);
+        }
+        if i == 5000 {
+            let out = std::process::Command::new(mpvr()).args(["status", "--json", "-s"]).arg(&socket).output().unwrap();
+            *seen.lock().unwrap() = String::from_utf8(out.stdout).unwrap();
         }
         if i == 6000 {
             nsh(&m, &["nft", "delete table inet cut"]);
@@ -166,7 +174,34 @@ fn a_link_cut_mid_stream_loses_nothing() {
     assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
     assert_eq!(r.duplicates, 0);
     assert_eq!(r.received, 8000);
-    let _ = (&t.da, &t.db, &t.dir);
+    // During the cut: the path over a0 down, the one over a1 up.
+    let snap: mpvr::status::Snapshot = serde_json::from_str(&during_cut.lock().unwrap()).expect("status during the cut");
+    let paths = &snap.peers[0].paths;
+    let state = |link: &str| paths.iter().find(|p| p.link == link).map(|p| p.state.clone());
+    assert_eq!((state("a0").as_deref(), state("a1").as_deref()), (Some("down"), Some("up")), "{paths:#?}");
+    let down = paths.iter().find(|p| p.link == "a0").unwrap();
+    assert!(down.reason.contains("probes lost") || down.reason.contains("silent"), "{}", down.reason);
+    assert!(snap.changes.iter().any(|c| c.link == "a0" && c.to == "down"), "{:#?}", snap.changes);
+    // The live view shows every path (rendered from the daemon's own snapshot).
+    let mut history = mpvr::status::watch::History::default();
+    history.push(&snap);
+    let screen = mpvr::status::watch::screen(&snap, &history, 180, 40);
+    for p in paths {
+        assert!(screen.contains(&format!("{} -> {}", p.link, p.remote)), "{} missing in\n{screen}", p.link);
+    }
+    // After the cut the path comes back up, and the table says so.
+    let t0 = std::time::Instant::now();
+    loop {
+        let snap = t.da.snapshot();
+        if snap.peers[0].paths.iter().all(|p| p.state == "up") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "a0 not back up: {:#?}", snap.peers[0].paths);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = t.da.status(&[]);
+    assert!(text.contains("peer 2: session") && text.contains("a0 -> 10.20.0.2:51820"), "{text}");
+    let _ = (&t.db, &t.dir);
 }
 
 #[test]

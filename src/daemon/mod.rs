@@ -12,6 +12,7 @@
 //! removed and the TUN is closed (the kernel deletes it with its addresses
 //! and routes).
 
+mod control;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::status;
 use crate::proto::{
     self, Event, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
 };
@@ -119,6 +121,8 @@ struct Shared {
     rejection_logged: Mutex<HashMap<HostId, std::time::Instant>>,
     /// Interface names of the links seen (kept after a link goes, for logs and status).
     names: RwLock<HashMap<LinkId, String>>,
+    /// The TUN's name.
+    tun_name: String,
 }
 
 impl Shared {
@@ -156,6 +160,26 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// What `mpvr status` shows, now.
+    fn snapshot(&self) -> status::Snapshot {
+        let io = &self.io;
+        let shell = status::ShellInfo {
+            tun: &self.tun_name,
+            uptime: self.epoch.elapsed(),
+            link_name: &|l| self.link_name(l),
+            io: vec![
+                ("send_would_block", io.send_would_block.load(Ordering::Relaxed)),
+                ("send_errors", io.send_errors.load(Ordering::Relaxed)),
+                ("send_no_socket", io.send_no_socket.load(Ordering::Relaxed)),
+                ("recv_errors", io.recv_errors.load(Ordering::Relaxed)),
+                ("tun_write_errors", io.tun_write_errors.load(Ordering::Relaxed)),
+            ],
+        };
+        let now = self.now();
+        let node = self.node();
+        status::snapshot(&node, now, &shell)
     }
 
     /// The interface name of `link` (its index if never seen).
@@ -292,6 +316,7 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     nc.keepalive = cfg.keepalive;
     nc.max_packet = max_packet;
     nc.policy = cfg.policy;
+    nc.monitor = cfg.monitor;
     nc.wall_epoch_ns = wall_epoch_ns;
     SystemRandom::new()
         .fill(&mut nc.rng_seed)
@@ -566,6 +591,11 @@ pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     let cfg = Arc::new(cfg);
     let (nl, nics) = preflight(&cfg).await?;
+    let mut control = control::ControlSocket::bind(&cfg.control_socket)?;
+    let metrics = match cfg.prometheus {
+        Some(addr) => Some(control::bind_metrics(addr).await?),
+        None => None,
+    };
     let initial: Vec<&Nic> = nics.iter().filter(|n| plan::classify(n, &cfg, None).is_ok()).collect();
     let mtu = plan::mtu(&cfg, &initial);
     let epoch = std::time::Instant::now();
@@ -608,6 +638,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         error_logged: Mutex::new(HashMap::new()),
         rejection_logged: Mutex::new(HashMap::new()),
         names: RwLock::new(HashMap::new()),
+        tun_name: cfg.tun.clone(),
+    });
+    let control_task = tokio::spawn(control.serve(shared.clone()));
+    info!(socket = %cfg.control_socket.display(), "control socket ready (mpvr status)");
+    let metrics_task = metrics.map(|l| {
+        info!(address = %cfg.prometheus.map(|a| a.to_string()).unwrap_or_default(), "serving Prometheus metrics at /metrics");
+        tokio::spawn(control::serve_metrics(l, shared.clone()))
     });
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let mut links = Links {
@@ -669,6 +706,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     };
     tun_reader.abort();
+    control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    drop(control);
     log_summary(&shared, &links);
     links.shutdown().await;
     info!("mpvr stopped; routes and rules removed");

@@ -394,6 +394,60 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
     }
 }
 
+/// Why a snapshot could not be read from a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No socket file.
+    #[error(
+        "no mpvr daemon runs with the control socket {0}: start it with `mpvr run`; a daemon with \
+         another TUN has another socket (mpvr status -i NAME, or -s PATH)"
+    )]
+    NotRunning(String),
+    /// The socket exists but nobody listens.
+    #[error("{0} exists but no daemon listens on it (did mpvr stop uncleanly?): start `mpvr run` again")]
+    Stale(String),
+    /// Not allowed.
+    #[error("cannot open the control socket {0}: permission denied; it is root's: run `sudo mpvr status`")]
+    Denied(String),
+    /// Any other I/O error.
+    #[error("reading the control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon's answer is not a snapshot.
+    #[error("the daemon at {path} sent something that is not a status snapshot ({reason}): is it the same mpvr version?")]
+    Garbled {
+        /// The socket.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Read one snapshot from the daemon listening on `socket`.
+pub fn fetch(socket: &std::path::Path) -> Result<Snapshot, FetchError> {
+    use std::io::{ErrorKind, Read};
+    let path = socket.display().to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => FetchError::NotRunning(path.clone()),
+        ErrorKind::ConnectionRefused => FetchError::Stale(path.clone()),
+        ErrorKind::PermissionDenied => FetchError::Denied(path.clone()),
+        _ => FetchError::Io { path: path.clone(), source: e },
+    })?;
+    let timeout = Some(Duration::from_secs(5));
+    let io = |e| FetchError::Io { path: path.clone(), source: e };
+    stream.set_read_timeout(timeout).map_err(io)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(|e| FetchError::Io { path: path.clone(), source: e })?;
+    if text.contains("\"error\":\"permission denied\"") {
+        return Err(FetchError::Denied(path));
+    }
+    serde_json::from_str(&text).map_err(|e| FetchError::Garbled { path, reason: e.to_string() })
+}
+
 /// "3.2s", "4m05s", "2h07m", "3d04h".
 pub fn human_duration(s: f64) -> String {
     let s = s.max(0.0);

@@ -157,19 +157,36 @@ pub fn keypair(dir: &TempDir, name: &str) -> (PathBuf, String) {
 pub struct Daemon {
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Its control socket (next to its log).
+    pub socket: PathBuf,
 }
 
 impl Daemon {
     pub fn start(ns: &Netns, config: &Path, log: PathBuf) -> Daemon {
+        let socket = log.with_extension("sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, mpvr(), "run", "-c"])
             .arg(config)
+            .arg("--socket")
+            .arg(&socket)
             .env("MPVR_LOG", "info,mpvr::daemon=debug")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Daemon { child: Some(child), log }
+        Daemon { child: Some(child), log, socket }
+    }
+
+    /// `mpvr status` with `args` against this daemon: its standard output.
+    pub fn status(&self, args: &[&str]) -> String {
+        let out = Command::new(mpvr()).arg("status").arg("-s").arg(&self.socket).args(args).output().unwrap();
+        assert!(out.status.success(), "mpvr status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The daemon's status snapshot.
+    pub fn snapshot(&self) -> mpvr::status::Snapshot {
+        serde_json::from_str(&self.status(&["--json"])).unwrap()
     }
 
     pub fn log(&self) -> String {
