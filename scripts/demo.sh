@@ -8,6 +8,8 @@
 #   - sends a real-time stream (500 packets/s for 10 s) from vm0 to vm2 through
 #     mpvr, and the same stream over each raw link, all at once; net0 is cut
 #     for 2 s in the middle;
+#   - shows `mpvr status` on vm0 during the cut (the path over net0 down, why,
+#     and each path's RTT, jitter, loss, first arrivals and rescues);
 #   - prints loss and latency per raw link and through mpvr, then tears down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +60,7 @@ for vm in vm0 vm1 vm2; do
       "examples/seed/$vm.toml" > "$work/$vm.toml"
 done
 for vm in vm1 vm0 vm2; do
-  "$tb" exec "$vm" "$bin/mpvr" run -c "$work/$vm.toml" >/dev/null 2>"$work/$vm.log" &
+  "$tb" exec "$vm" "$bin/mpvr" run -c "$work/$vm.toml" --socket "$work/$vm.sock" >/dev/null 2>"$work/$vm.log" &
   pids+=($!)
 done
 for _ in $(seq 100); do
@@ -85,6 +87,11 @@ send vm0 192.168.0.3:7001; send vm0 192.168.1.3:7002
 send vm1 192.168.2.2:7003; send vm1 192.168.3.2:7004
 send vm0 10.9.0.2:7000
 sleep 4; "$tb" cut net0 2s; echo "demo: net0 cut for 2 s"
+sleep 1.5
+echo
+echo "demo: \`mpvr status\` on vm0, 1.5 s into the cut:"
+"$bin/mpvr" status -s "$work/vm0.sock" | sed 's/^/  | /'
+echo
 wait "${sends[@]}"; wait "${recvs[@]}"
 
 echo
@@ -102,12 +109,6 @@ echo
 echo "mpvr crosses two hops (vm0 -> vm1 -> vm2), each with two links at 5 % loss;"
 echo "the best raw two-hop path would add up two links' losses and delays (about 10 % and 40 ms)."
 
-# `mpvr status` arrives with the link-monitor issue; until then the daemons
-# report their counters when they stop.
-for p in "${pids[@]:0:3}"; do kill "$p" 2>/dev/null || true; done
-sleep 0.5
 echo
-echo "mpvr counters (logged by each daemon at exit; \`mpvr status\` is not built yet):"
-for vm in vm0 vm1 vm2; do
-  printf '  %s: %s\n' "$vm" "$(grep -o 'tun_in=.*send_errors=[0-9]*' "$work/$vm.log" | tail -1)"
-done
+echo "demo: \`mpvr status\` on vm1, the relay, after the stream (its paths to vm0 and to vm2):"
+"$bin/mpvr" status -s "$work/vm1.sock" | sed 's/^/  | /'

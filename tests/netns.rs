@@ -164,7 +164,8 @@ fn a_link_cut_mid_stream_loses_nothing() {
             nsh(&m, &["nft", "add rule inet cut f oifname ma0 counter drop"]);
         }
         if i == 5000 {
-            let out = std::process::Command::new(mpvr()).args(["status", "--json", "-s"]).arg(&socket).output().unwrap();
+            let out =
+                std::process::Command::new(mpvr()).args(["status", "--json", "-s"]).arg(&socket).output().unwrap();
             *seen.lock().unwrap() = String::from_utf8(out.stdout).unwrap();
         }
         if i == 6000 {
@@ -175,7 +176,8 @@ fn a_link_cut_mid_stream_loses_nothing() {
     assert_eq!(r.duplicates, 0);
     assert_eq!(r.received, 8000);
     // During the cut: the path over a0 down, the one over a1 up.
-    let snap: mpvr::status::Snapshot = serde_json::from_str(&during_cut.lock().unwrap()).expect("status during the cut");
+    let snap: mpvr::status::Snapshot =
+        serde_json::from_str(&during_cut.lock().unwrap()).expect("status during the cut");
     let paths = &snap.peers[0].paths;
     let state = |link: &str| paths.iter().find(|p| p.link == link).map(|p| p.state.clone());
     assert_eq!((state("a0").as_deref(), state("a1").as_deref()), (Some("down"), Some("up")), "{paths:#?}");

@@ -130,3 +130,34 @@ fn path_changes_are_events_and_a_link_going_away_is_a_change() {
     let reasons: Vec<String> = p.sim.node(p.a).recent_changes().map(|c| c.change.reason.to_string()).collect();
     assert!(reasons.iter().any(|r| r == "local link down"), "{reasons:?}");
 }
+
+#[test]
+fn lossy_paths_do_not_flap_and_a_one_way_failure_is_still_caught() {
+    // 5 % loss each way (about 10 % of probes lost): ten simulated minutes,
+    // no path goes down after coming up.
+    let link = LinkModel::delay(ms(20)).with_jitter(Jitter::Uniform(ms(4))).with_loss(0.05);
+    let mut p = scenario::pair(15, &[link.clone(), link], &|_| {});
+    p.sim.run_until(at_ms(600_000));
+    for h in [p.a, p.b] {
+        let downs: Vec<_> = changes(&p, h).into_iter().filter(|c| c.2 == Health::Down).collect();
+        assert!(downs.is_empty(), "{downs:?}");
+        // About 10 % probe loss sits above the 5 % threshold: degraded, with
+        // the odd return to up when a window happens to be clean; never more
+        // than one change a minute.
+        let n = changes(&p, h).len();
+        assert!((2..=12).contains(&n), "{:?}", changes(&p, h));
+        let path = path(&p, h, 0);
+        let (sent, answered, _) = path.monitor.probe_counts();
+        assert!(sent > 2_900 && answered as f64 > sent as f64 * 0.85, "{sent} probes, {answered} answered");
+    }
+    // Now wire 0 loses everything from b to a only: a still sends (b hears
+    // it) but hears nothing; b hears a but its probes go unanswered.
+    let cut = p.sim.now();
+    p.sim.channel_mut(p.wires[0], mpvr::sim::Dir::Backward).model.loss = 1.0;
+    p.sim.run_until(cut + ms(5_000));
+    let (l, _) = p.sim.end(p.wires[0], p.b);
+    let down: Vec<_> = changes(&p, p.b).into_iter().filter(|c| c.1 == l && c.2 == Health::Down && c.0 > cut).collect();
+    assert_eq!(down.len(), 1, "{:?}", changes(&p, p.b));
+    let cfg = MonitorConfig::default();
+    assert!(down[0].0 - cut <= cfg.interval * (2 * cfg.down_after + 1) + ms(200), "{:?}", down[0].0 - cut);
+}

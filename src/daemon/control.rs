@@ -44,7 +44,8 @@ impl ControlSocket {
     /// Bind `path` (creating its directory, mode 0700, if needed). A socket
     /// another daemon still answers on is an error; a stale one is replaced.
     pub fn bind(path: &Path) -> Result<ControlSocket, RunError> {
-        let io_err = |what: &str, source: io::Error| RunError::Io { what: format!("{what} {}", path.display()), source };
+        let io_err =
+            |what: &str, source: io::Error| RunError::Io { what: format!("{what} {}", path.display()), source };
         if let Some(dir) = path.parent()
             && !dir.exists()
         {

@@ -31,10 +31,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::status;
 use crate::proto::{
     self, Event, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
 };
+use crate::status;
 use crate::sys::LinkIo;
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;

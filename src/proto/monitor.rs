@@ -17,10 +17,12 @@
 //! probe came in on, so each end also sees the other direction.
 //!
 //! The state machine ([`PathMonitor::evaluate`]): down after `down_after`
-//! probes lost in a row or `silence` with no authenticated packet; up again
+//! probes lost in a row (twice as many while packets still arrive on the
+//! path) or `silence` with no authenticated packet; up again
 //! after `up_after` replies in a row; degraded when loss, RTT or jitter cross
 //! their thresholds, and up again only when they fall clearly below them
-//! (half the loss threshold, 80 % of the others). Every change carries its
+//! (half the loss threshold, 80 % of the others); up and degraded swap at
+//! most once per half loss window (32 probes). Every change carries its
 //! [`Reason`].
 //!
 //! [`Probe`]: super::wire::MessageType::Probe
@@ -757,11 +759,23 @@ impl PathMonitor {
         let last_packet = last_rx.map(|t| now - t);
         match self.health {
             Health::Up | Health::Degraded => {
-                if self.lost_in_row >= cfg.down_after {
+                // A path the peer is still heard on needs twice the evidence:
+                // on a lossy path a few probes lost in a row are chance (at
+                // 10 % round-trip loss, 3 in a row happen once per 1000
+                // probes), while a dead one also falls silent. One-way
+                // failures, where only probes tell, are still caught.
+                let heard = last_rx.is_some_and(|t| now - t < cfg.interval * 2);
+                let needed = if heard { cfg.down_after * 2 } else { cfg.down_after };
+                if self.lost_in_row >= needed {
                     return self.set(now, Health::Down, Reason::ProbesLost { lost: self.lost_in_row, last_packet });
                 }
                 if last_rx.unwrap_or(self.since) + cfg.silence <= now {
                     return self.set(now, Health::Down, Reason::Silent { last_packet });
+                }
+                // Up and degraded swap only after half a loss window in the
+                // state: loss near the threshold does not make it flap.
+                if now - self.since < cfg.interval * (LOSS_WINDOW / 2) {
+                    return None;
                 }
                 if self.health == Health::Up {
                     let bad = self.quality(cfg, false)?;

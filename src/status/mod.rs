@@ -418,7 +418,9 @@ pub enum FetchError {
         source: std::io::Error,
     },
     /// The daemon's answer is not a snapshot.
-    #[error("the daemon at {path} sent something that is not a status snapshot ({reason}): is it the same mpvr version?")]
+    #[error(
+        "the daemon at {path} sent something that is not a status snapshot ({reason}): is it the same mpvr version?"
+    )]
     Garbled {
         /// The socket.
         path: String,
