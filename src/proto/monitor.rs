@@ -21,7 +21,7 @@
 //! path) or `silence` with no authenticated packet; up again
 //! after `up_after` replies in a row; degraded when loss, RTT or jitter cross
 //! their thresholds, and up again only when they fall clearly below them
-//! (half the loss threshold, 80 % of the others); up and degraded swap at
+//! (a quarter of the loss threshold, 80 % of the others); up and degraded swap at
 //! most once per half loss window (32 probes). Every change carries its
 //! [`Reason`].
 //!
@@ -63,7 +63,7 @@ pub struct MonitorConfig {
     pub silence: Duration,
     /// Replies in a row that bring a path back up.
     pub up_after: u32,
-    /// Probe loss (fraction) at which a path is degraded; it is up again below half of it.
+    /// Probe loss (fraction) at which a path is degraded; it is up again below a quarter of it.
     pub degraded_loss: f64,
     /// Smoothed RTT at which a path is degraded (up again below 80 %).
     pub degraded_rtt: Option<Duration>,
@@ -733,7 +733,7 @@ impl PathMonitor {
 
     fn quality(&self, cfg: &MonitorConfig, leaving: bool) -> Option<Reason> {
         // Entering degraded needs the threshold; leaving it needs clearly less.
-        let (loss_f, f) = if leaving { (0.5, 0.8) } else { (1.0, 1.0) };
+        let (loss_f, f) = if leaving { (0.25, 0.8) } else { (1.0, 1.0) };
         let enough = self.loss.len() >= LOSS_WINDOW / 2;
         let ratio = self.loss.ratio();
         if enough && ratio >= cfg.degraded_loss * loss_f {
@@ -1079,10 +1079,10 @@ mod tests {
         let ch = drive(&mut m, &cfg, Time::ZERO + ms(1000), 64, ms(20), |i| i % 10 == 3);
         assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Degraded]);
         assert!(matches!(ch[0].1.reason, Reason::Loss { .. }));
-        // Loss back to 0: up again once the window holds less than 2.5 %.
+        // Loss back to 0: up again once the window holds less than 1.25 %.
         let ch = drive(&mut m, &cfg, Time::ZERO + ms(20_000), 64, ms(20), |_| false);
         assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Up]);
-        assert!(m.loss().ratio() < 0.025);
+        assert!(m.loss().ratio() < 0.0125);
         // RTT past 100 ms: degraded; 90 ms is not clearly below: stays.
         drive(&mut m, &cfg, Time::ZERO + ms(40_000), 40, ms(120), |_| false);
         assert_eq!(m.health(), Health::Degraded);
