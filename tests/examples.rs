@@ -45,3 +45,15 @@ fn every_example_config_is_valid() {
     fs::remove_dir_all(&dir).unwrap();
     assert_eq!(n, 5);
 }
+
+#[test]
+fn status_without_a_daemon_says_so() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpvr"))
+        .args(["status", "-s", "/nonexistent/mpvr.sock"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no mpvr daemon runs with the control socket /nonexistent/mpvr.sock"), "{err}");
+    assert!(err.contains("mpvr run"), "{err}");
+}

@@ -550,3 +550,71 @@ fn a_wrong_key_gets_no_session_and_is_logged_once_per_interval() {
     assert!(log.contains("handshake_wrong_key="), "{log}");
     assert!(!log.contains("session established"), "{log}");
 }
+
+/// One HTTP GET on `addr` from inside namespace `ns`: status line and body.
+fn http_get(ns: &str, addr: &'static str, path: &'static str) -> String {
+    in_netns(ns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn status_metrics_and_their_access() {
+    if !root_or_skip("status_metrics_and_their_access") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts_with(|_| {}, |a, b| (format!("{a}\n[control]\nprometheus = \"127.0.0.1:9182\"\n"), b));
+    t.a.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    // Wait until every path answered its probes.
+    let t0 = std::time::Instant::now();
+    while !t.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.da.snapshot());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snap = t.da.snapshot();
+    assert_eq!(snap.host, 1);
+    assert!(snap.peers[0].session.is_some());
+    assert!(snap.totals.tun_out.packets >= 3);
+    // Prometheus: every path's state and RTT, under the documented names.
+    let m = http_get(&t.a.name, "127.0.0.1:9182", "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200 OK") && m.contains("application/openmetrics-text"), "{m}");
+    for p in &snap.peers[0].paths {
+        let labels = format!("peer=\"2\",link=\"{}\",remote=\"{}\"", p.link, p.remote);
+        assert!(m.contains(&format!("mpvr_path_state{{{labels},state=\"up\"}} 1")), "{labels} missing:\n{m}");
+        assert!(m.contains(&format!("mpvr_path_rtt_seconds{{{labels}}}")), "{labels} rtt missing");
+    }
+    assert!(m.contains("mpvr_tun_packets_total{direction=\"out\"}") && m.trim_end().ends_with("# EOF"));
+    assert!(http_get(&t.a.name, "127.0.0.1:9182", "/").starts_with("HTTP/1.1 404"));
+    // The control socket is root's alone: another user is refused with a clear message.
+    let mode =
+        std::fs::metadata(&t.da.socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", mpvr(), "status", "-s"])
+        .arg(&t.da.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied") && err.contains("sudo"), "{err}");
+    // A second daemon on the same socket refuses to start, and names it.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.a.name, mpvr(), "run", "-c"])
+        .arg(t.dir.0.join("a.toml"))
+        .arg("--socket")
+        .arg(&t.da.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("another mpvr answers"), "{err}");
+    // The first one still answers.
+    assert_eq!(t.da.snapshot().host, 1);
+    let _ = &t.db;
+}
