@@ -195,6 +195,20 @@ fn check(config: &Path) -> Result<bool> {
     println!("{}: ok", config.display());
     println!("  host {} (public key {})", cfg.host.get(), keys::encode(&keys::public(&cfg.private_key)));
     println!("  tun {} with {:?}, mtu {:?}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
+    let m = &cfg.monitor;
+    println!(
+        "  probes every {} ({} with data), down after {} lost or {} silent, up after {} answered, degraded at {}% loss",
+        mpvr::units::format_duration(m.interval),
+        mpvr::units::format_duration(m.busy_interval),
+        m.down_after,
+        mpvr::units::format_duration(m.silence),
+        m.up_after,
+        m.degraded_loss * 100.0
+    );
+    match cfg.prometheus {
+        Some(a) => println!("  status on {}, Prometheus metrics on http://{a}/metrics", cfg.control_socket.display()),
+        None => println!("  status on {} (`mpvr status`); Prometheus off", cfg.control_socket.display()),
+    }
     for p in &cfg.peers {
         match p.via {
             Some(v) => println!("  peer {} via relay {}: {:?}", p.id.get(), v.get(), p.prefixes),
