@@ -123,6 +123,7 @@ struct PeerSection {
     #[serde(default)]
     prefixes: Vec<String>,
     via: Option<u32>,
+    policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +231,8 @@ pub struct PeerConfig {
     pub prefixes: Vec<IpNet>,
     /// The relay it is reached through.
     pub via: Option<HostId>,
+    /// Its own duplication policy (a neighbour only; `None`: the global one).
+    pub policy: Option<Policy>,
 }
 
 /// A checked configuration.
@@ -640,7 +643,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 prefixes.push(pfx);
             }
         }
-        peers.push(PeerConfig { id, public_key, psk, endpoints, prefixes, via });
+        let policy = match p.policy.as_deref().map(str::parse::<Policy>) {
+            None => None,
+            Some(Ok(_)) if via.is_some() => {
+                c.bad(f("policy"), "a peer reached through a relay has no paths of its own here: set the policy on the relay's [[peer]]");
+                None
+            }
+            Some(Ok(pol)) => Some(pol),
+            Some(Err(e)) => {
+                c.bad(f("policy"), e.to_string());
+                None
+            }
+        };
+        peers.push(PeerConfig { id, public_key, psk, endpoints, prefixes, via, policy });
     }
     for (i, p) in peers.iter().enumerate() {
         if let Some(v) = p.via {
@@ -782,6 +797,7 @@ mod tests {
             public_key = "{PUB}"
             endpoints = ["192.0.2.2:51820", {{ address = "[2001:db8::2]:51820", link = "wwan0" }}]
             prefixes = ["10.9.0.2/32", "192.168.50.0/24"]
+            policy = "failover"
             [[peer]]
             id = 3
             via = 2
@@ -801,6 +817,7 @@ mod tests {
         assert_eq!(c.peers[0].endpoints[1].link.as_deref(), Some("wwan0"));
         assert_eq!(c.peers[1].prefixes, vec!["10.9.0.3/32".parse::<IpNet>().unwrap()]);
         assert_eq!(c.peers[1].via, HostId::new(2));
+        assert_eq!((c.peers[0].policy, c.peers[1].policy), (Some(Policy::Failover), None));
         assert_eq!((c.window, c.keepalive, c.hop_limit), (100_000, Some(Duration::from_secs(10)), 4));
     }
 

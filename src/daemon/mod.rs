@@ -325,6 +325,7 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
         let public_key = p.public_key.expect("config check: a neighbour has a public key");
         node.add_neighbour(NeighbourConfig { host: p.id, public_key, psk: p.psk, endpoints: Vec::new() })?;
+        node.set_policy(p.id, p.policy)?;
     }
     for a in &cfg.addresses {
         node.add_route(IpNet::from(a.addr()), NextHop::Local)?;

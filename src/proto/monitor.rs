@@ -612,6 +612,16 @@ impl PathMonitor {
         (self.probes_sent, self.replies, self.lost)
     }
 
+    /// What the path costs a packet, for ranking paths (`best:N`,
+    /// `failover`) and routes: the one-way delay (half the smoothed RTT)
+    /// plus twice the jitter plus 10 ms per percent of probe loss. `None`
+    /// before the first RTT sample.
+    pub fn cost(&self) -> Option<Duration> {
+        let srtt = self.rtt.srtt()?;
+        let jitter = self.jitter_out().max(self.jitter_in());
+        Some(srtt / 2 + jitter * 2 + Duration::from_secs_f64(self.loss.ratio()))
+    }
+
     /// How long an unanswered probe is waited for: the RTO of RFC 6298
     /// without its 1 s floor (srtt + 4 rttvar, at least twice srtt and
     /// 50 ms, at most 2 s; 1 s before any sample).

@@ -49,7 +49,7 @@ use super::ip;
 use super::monitor::{
     Change, Credit, EXPECT_WITHIN, MonitorConfig, MonitorConfigError, PassiveCounts, PathMonitor, ProbeBody, ReplyBody,
 };
-use super::policy::Policy;
+use super::policy::{Candidate, Policy, Ranking};
 use super::route::{NextHop, RouteTable};
 use super::session::{MAX_STAGED, Pending, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, Session, Sessions, Staged};
 use super::stats::{Count, DropReason, LinkStats, NodeStats};
@@ -274,6 +274,10 @@ pub struct Neighbour {
     paths: Vec<PathState>,
     sessions: Sessions,
     stats: NeighbourStats,
+    /// Its own policy, if not the node's.
+    policy: Option<Policy>,
+    /// Its paths ranked for `best:N` and `failover`.
+    ranking: Ranking,
 }
 
 impl Neighbour {
@@ -295,6 +299,28 @@ impl Neighbour {
     /// Whether a session with it exists.
     pub fn has_session(&self) -> bool {
         self.sessions.established()
+    }
+
+    /// Its paths ranked (for `best:N` and `failover`).
+    pub fn ranking(&self) -> &Ranking {
+        &self.ranking
+    }
+
+    /// Its policy, if set apart from the node's.
+    pub fn policy(&self) -> Option<Policy> {
+        self.policy
+    }
+
+    /// Re-rank its paths from their states and costs.
+    fn rerank(&mut self) {
+        let candidates: Vec<Candidate> = self
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.usable)
+            .map(|(index, p)| Candidate { index, health: p.monitor.health(), cost: p.monitor.cost() })
+            .collect();
+        self.ranking.update(&candidates);
     }
 
     /// The session being sent on: when it was made, and whether this host started it.
@@ -656,6 +682,8 @@ impl Node {
             paths: Vec::new(),
             sessions: Sessions::default(),
             stats: NeighbourStats::default(),
+            policy: None,
+            ranking: Ranking::default(),
         };
         for l in &self.links {
             neighbour.link_changed(self.clock, l.id, true, &mut self.changes);
@@ -678,6 +706,13 @@ impl Node {
         for l in &self.links {
             n.link_changed(self.clock, l.id, true, &mut self.changes);
         }
+        Ok(())
+    }
+
+    /// Give neighbour `host` its own policy (`None`: the node's).
+    pub fn set_policy(&mut self, host: HostId, policy: Option<Policy>) -> Result<(), ConfigError> {
+        let idx = *self.index.get(&host).ok_or(ConfigError::UnknownNeighbour(host))?;
+        self.neighbours[idx].policy = policy;
         Ok(())
     }
 
@@ -714,6 +749,7 @@ impl Node {
         self.links.retain(|l| l.id != link);
         for idx in 0..self.neighbours.len() {
             self.neighbours[idx].link_changed(self.clock, link, false, &mut self.changes);
+            self.neighbours[idx].rerank();
             self.flush_changes(idx);
         }
     }
@@ -995,6 +1031,7 @@ impl Node {
             && let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx)
         {
             self.changes.push((pi, c));
+            n.rerank();
             self.flush_changes(idx);
         }
         Ok(Received::Probe)
@@ -1029,6 +1066,7 @@ impl Node {
                 self.changes.push((pi, c));
             }
         }
+        self.neighbours[idx].rerank();
         self.flush_changes(idx);
     }
 
@@ -1266,9 +1304,19 @@ impl Node {
     /// (that costs only bandwidth on a dead link).
     fn choose_by_policy(&mut self, idx: usize) {
         self.chosen.clear();
-        let usable = self.neighbours[idx].paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        let n = &self.neighbours[idx];
+        let usable = n.paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
         let chosen = &mut self.chosen;
-        self.cfg.policy.select(usable, |i| chosen.push(i));
+        n.policy.unwrap_or(self.cfg.policy).select(usable, &n.ranking, |i| chosen.push(i));
+    }
+
+    /// The paths of neighbour `host` a packet would be copied onto now.
+    pub fn chosen_paths(&self, host: HostId) -> Vec<usize> {
+        let Some(n) = self.neighbour(host) else { return Vec::new() };
+        let usable = n.paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        let mut out = Vec::new();
+        n.policy.unwrap_or(self.cfg.policy).select(usable, &n.ranking, |i| out.push(i));
+        out
     }
 
     /// Seal `payload` once for neighbour `idx` with its current session and

@@ -1,11 +1,33 @@
 //! Duplication policy: which of a neighbour's usable paths a packet is copied onto.
 //!
-//! Only `all` exists today: every usable path gets a copy, so per packet the
-//! latency is the minimum over the paths and the loss the product of their
-//! losses. The mesh issue adds `best:N` and `failover`; they plug in here.
+//! - `all` (default): every usable path, down ones included (a path that
+//!   comes back carries packets from its first moment). Per packet the
+//!   latency is the minimum over the paths and the loss the product of
+//!   their losses.
+//! - `best:N`: the N best paths by cost ([`super::monitor::PathMonitor::cost`])
+//!   among those not down. The ranking is redone once per probe interval,
+//!   not per packet, and a path already ranked keeps its place unless
+//!   another is clearly better (by [`RERANK_MARGIN`]), so the choice does not
+//!   flap on noise.
+//! - `failover`: one path, kept while it is up; when it degrades or goes
+//!   down, the best path that is up (else degraded) takes over.
+//!
+//! Before any path has answered a probe (all down), every policy copies onto
+//! every usable path: nothing is known yet, and a copy too many costs less
+//! than a packet lost.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
+
+use super::monitor::Health;
+
+/// A path must be this much cheaper (fraction) to overtake one ranked before it.
+pub const RERANK_MARGIN: f64 = 0.2;
+/// ... and at least this much cheaper in absolute terms.
+pub const RERANK_MIN: Duration = Duration::from_millis(2);
+/// Largest N of `best:N`.
+pub const MAX_BEST: u8 = 16;
 
 /// How many and which paths a packet is copied onto.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -13,28 +35,120 @@ pub enum Policy {
     /// A copy on every usable path.
     #[default]
     All,
+    /// A copy on each of the N best paths that are not down.
+    Best(u8),
+    /// One path, changed when it degrades.
+    Failover,
+}
+
+/// What the policy knows about one usable path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    /// The path's index in its neighbour's list.
+    pub index: usize,
+    /// Its state.
+    pub health: Health,
+    /// Its cost (`None`: not measured yet).
+    pub cost: Option<Duration>,
+}
+
+/// One neighbour's path ranking, kept between packets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ranking {
+    /// Path indices, best first (only paths not down).
+    pub order: Vec<usize>,
+    /// The `failover` policy's active path.
+    pub active: Option<usize>,
+}
+
+fn beats(a: Option<Duration>, b: Option<Duration>) -> bool {
+    match (a, b) {
+        (Some(_), None) => true,
+        (None, _) => false,
+        (Some(a), Some(b)) => a + RERANK_MIN <= b && a.as_secs_f64() <= b.as_secs_f64() * (1.0 - RERANK_MARGIN),
+    }
+}
+
+impl Ranking {
+    /// Re-rank from `candidates` (usable paths) with hysteresis: the old
+    /// order is the starting point, and a path moves ahead of another only
+    /// if it beats it clearly. Returns true if the `failover` active path changed.
+    pub fn update(&mut self, candidates: &[Candidate]) -> bool {
+        let alive: Vec<&Candidate> = candidates.iter().filter(|c| c.health != Health::Down).collect();
+        let find = |i: usize| alive.iter().find(|c| c.index == i).copied();
+        // Keep the old order of the paths still alive, then add new ones.
+        let mut order: Vec<&Candidate> = self.order.iter().filter_map(|&i| find(i)).collect();
+        for c in &alive {
+            if !order.iter().any(|o| o.index == c.index) {
+                order.push(c);
+            }
+        }
+        // Insertion sort where a path passes another only by beating it clearly.
+        for i in 1..order.len() {
+            let mut j = i;
+            while j > 0 && beats(order[j].cost, order[j - 1].cost) {
+                order.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+        self.order = order.iter().map(|c| c.index).collect();
+        let keep = self.active.and_then(find).is_some_and(|c| c.health == Health::Up);
+        if keep {
+            return false;
+        }
+        let next = order.iter().find(|c| c.health == Health::Up).or_else(|| order.first()).map(|c| c.index);
+        let changed = next != self.active;
+        self.active = next;
+        changed
+    }
 }
 
 impl Policy {
-    /// Call `take` for each chosen path among `usable` (in path order).
-    pub fn select<P: Copy>(self, usable: impl Iterator<Item = P>, mut take: impl FnMut(P)) {
+    /// Call `take` for each chosen path among `usable` (path indices in
+    /// order), given the neighbour's ranking.
+    pub fn select(self, usable: impl Iterator<Item = usize> + Clone, ranking: &Ranking, mut take: impl FnMut(usize)) {
+        let usable_has = |i: usize| usable.clone().any(|u| u == i);
         match self {
             Policy::All => usable.for_each(&mut take),
+            Policy::Best(n) => {
+                let mut taken = 0;
+                for &i in &ranking.order {
+                    if taken == usize::from(n) {
+                        break;
+                    }
+                    if usable_has(i) {
+                        take(i);
+                        taken += 1;
+                    }
+                }
+                if taken == 0 {
+                    usable.for_each(&mut take);
+                }
+            }
+            Policy::Failover => match ranking.active.filter(|&a| usable_has(a)) {
+                Some(a) => take(a),
+                None => usable.for_each(&mut take),
+            },
         }
     }
 }
 
 /// A policy name that is not known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy {0:?}: the known policies are \"all\"")]
+#[error("unknown policy {0:?}: use \"all\", \"best:N\" (N from 1 to {MAX_BEST}) or \"failover\"")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
     type Err = UnknownPolicy;
     fn from_str(s: &str) -> Result<Policy, UnknownPolicy> {
+        let bad = || UnknownPolicy(s.to_string());
         match s {
             "all" => Ok(Policy::All),
-            other => Err(UnknownPolicy(other.to_string())),
+            "failover" => Ok(Policy::Failover),
+            _ => {
+                let n = s.strip_prefix("best:").ok_or_else(bad)?.parse::<u8>().map_err(|_| bad())?;
+                if (1..=MAX_BEST).contains(&n) { Ok(Policy::Best(n)) } else { Err(bad()) }
+            }
         }
     }
 }
@@ -43,6 +157,8 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Policy::All => f.write_str("all"),
+            Policy::Best(n) => write!(f, "best:{n}"),
+            Policy::Failover => f.write_str("failover"),
         }
     }
 }
@@ -51,12 +167,75 @@ impl fmt::Display for Policy {
 mod tests {
     use super::*;
 
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    fn c(index: usize, health: Health, cost: Option<Duration>) -> Candidate {
+        Candidate { index, health, cost }
+    }
+
+    fn chosen(p: Policy, usable: &[usize], r: &Ranking) -> Vec<usize> {
+        let mut got = vec![];
+        p.select(usable.iter().copied(), r, |i| got.push(i));
+        got
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in ["all", "best:1", "best:16", "failover"] {
+            assert_eq!(s.parse::<Policy>().unwrap().to_string(), s);
+        }
+        for s in ["best:0", "best:17", "best", "fastest"] {
+            assert!(s.parse::<Policy>().unwrap_err().to_string().contains("best:N"), "{s}");
+        }
+    }
+
     #[test]
     fn all_takes_every_usable_path() {
-        let mut got = vec![];
-        Policy::All.select([1, 2, 3].into_iter(), |p| got.push(p));
-        assert_eq!(got, vec![1, 2, 3]);
-        assert_eq!("all".parse::<Policy>(), Ok(Policy::All));
-        assert!("best:2".parse::<Policy>().unwrap_err().to_string().contains("known policies"));
+        assert_eq!(chosen(Policy::All, &[0, 1, 2], &Ranking::default()), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn best_takes_the_cheapest_and_does_not_flap_on_noise() {
+        let mut r = Ranking::default();
+        r.update(&[
+            c(0, Health::Up, ms(30)),
+            c(1, Health::Up, ms(10)),
+            c(2, Health::Up, ms(20)),
+            c(3, Health::Down, ms(1)),
+        ]);
+        assert_eq!(r.order, vec![1, 2, 0]);
+        assert_eq!(chosen(Policy::Best(2), &[0, 1, 2, 3], &r), vec![1, 2]);
+        // Path 2 gets a little cheaper than 1: not enough to pass it.
+        r.update(&[c(0, Health::Up, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Up, ms(9))]);
+        assert_eq!(r.order, vec![1, 2, 0]);
+        // Clearly cheaper: it passes.
+        r.update(&[c(0, Health::Up, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Up, ms(5))]);
+        assert_eq!(r.order, vec![2, 1, 0]);
+        // A path that goes down leaves the ranking; with none alive, all go.
+        r.update(&[c(0, Health::Down, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Down, ms(5))]);
+        assert_eq!(chosen(Policy::Best(2), &[0, 1, 2], &r), vec![1]);
+        r.update(&[c(0, Health::Down, None), c(1, Health::Down, None)]);
+        assert_eq!(chosen(Policy::Best(2), &[0, 1], &r), vec![0, 1]);
+    }
+
+    #[test]
+    fn failover_keeps_its_path_while_up_and_moves_when_it_degrades() {
+        let mut r = Ranking::default();
+        assert!(r.update(&[c(0, Health::Up, ms(20)), c(1, Health::Up, ms(10))]));
+        assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![1]);
+        // Path 0 becomes much cheaper: failover stays on 1 while 1 is up.
+        assert!(!r.update(&[c(0, Health::Up, ms(2)), c(1, Health::Up, ms(10))]));
+        assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![1]);
+        // 1 degrades: 0 takes over.
+        assert!(r.update(&[c(0, Health::Up, ms(2)), c(1, Health::Degraded, ms(10))]));
+        assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![0]);
+        // Only degraded paths left: the best of them.
+        r.update(&[c(0, Health::Down, ms(2)), c(1, Health::Degraded, ms(10))]);
+        assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![1]);
+        // Nothing known: every usable path.
+        r.update(&[c(0, Health::Down, None), c(1, Health::Down, None)]);
+        assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![0, 1]);
     }
 }

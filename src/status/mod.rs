@@ -85,6 +85,8 @@ pub struct LinkSnap {
 pub struct PeerSnap {
     /// Its host id.
     pub id: u32,
+    /// The duplication policy toward it.
+    pub policy: String,
     /// The session being sent on.
     pub session: Option<SessionSnap>,
     /// A handshake this host started waits for an answer.
@@ -153,6 +155,8 @@ pub struct PathSnap {
     pub learned: bool,
     /// Its local link is up.
     pub usable: bool,
+    /// The policy copies data onto it now.
+    pub selected: bool,
     /// "up", "degraded" or "down".
     pub state: String,
     /// Seconds in that state.
@@ -265,7 +269,13 @@ fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
     }
 }
 
-fn path_snap(p: &PathState, now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
+fn path_snap(
+    p: &PathState,
+    selected: bool,
+    now: Time,
+    name: &dyn Fn(LinkId) -> String,
+    firsts: (u64, u64),
+) -> PathSnap {
     let m = &p.monitor;
     let rtt = m.rtt();
     let (sent, answered, lost) = m.probe_counts();
@@ -275,6 +285,7 @@ fn path_snap(p: &PathState, now: Time, name: &dyn Fn(LinkId) -> String, firsts: 
         remote: p.addr.remote.to_string(),
         learned: p.learned,
         usable: p.usable,
+        selected,
         state: m.health().name().to_string(),
         state_for_s: (now - m.since()).as_secs_f64(),
         reason: m.reason().to_string(),
@@ -327,8 +338,10 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
             let firsts_in: u64 = n.paths().iter().map(|p| p.monitor.local.first).sum();
             let firsts_out: u64 = n.paths().iter().map(|p| p.monitor.remote.first).sum();
             let s = n.stats();
+            let chosen = node.chosen_paths(n.host());
             PeerSnap {
                 id: n.host().get(),
+                policy: n.policy().unwrap_or(node.config().policy).to_string(),
                 session: n
                     .session()
                     .map(|(created, initiator)| SessionSnap { age_s: (now - created).as_secs_f64(), initiator }),
@@ -338,7 +351,12 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 sealed: s.sealed.into(),
                 accepted: s.accepted.into(),
                 paths_learned: s.paths_learned,
-                paths: n.paths().iter().map(|p| path_snap(p, now, name, (firsts_in, firsts_out))).collect(),
+                paths: n
+                    .paths()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| path_snap(p, chosen.contains(&i), now, name, (firsts_in, firsts_out)))
+                    .collect(),
             }
         })
         .collect();
@@ -487,14 +505,15 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// The columns of a path row, shared by the table and the live view.
-pub const PATH_COLUMNS: [&str; 10] =
-    ["path", "state", "for", "rtt", "jitter", "probe loss", "data loss in/out", "first", "rescues", "reason"];
+pub const PATH_COLUMNS: [&str; 11] =
+    ["path", "state", "data", "for", "rtt", "jitter", "probe loss", "data loss in/out", "first", "rescues", "reason"];
 
 /// A path's cells, in [`PATH_COLUMNS`] order.
-pub fn path_cells(p: &PathSnap) -> [String; 10] {
+pub fn path_cells(p: &PathSnap) -> [String; 11] {
     [
         format!("{} -> {}", p.link, p.remote),
         p.state.clone(),
+        if p.selected { "yes" } else { "-" }.to_string(),
         human_duration(p.state_for_s),
         human_ms(p.rtt_ms),
         human_ms(Some(p.jitter_out_ms.max(p.jitter_in_ms))),
@@ -596,8 +615,9 @@ pub fn render_text(s: &Snapshot) -> String {
         };
         let _ = writeln!(
             o,
-            "peer {}: {session}, {} handshakes; sent {} pkts ({}), received {} pkts ({})",
+            "peer {}: {session}, policy {}, {} handshakes; sent {} pkts ({}), received {} pkts ({})",
             p.id,
+            p.policy,
             p.handshakes,
             p.sealed.packets,
             human_bytes(p.sealed.bytes),

@@ -114,6 +114,7 @@ pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
     let widths = [
         Constraint::Min(28),
         Constraint::Length(8),
+        Constraint::Length(4),
         Constraint::Length(7),
         Constraint::Length(9),
         Constraint::Length(8),
