@@ -82,7 +82,7 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert_eq!(with(&|x| x.truncate(30)), Received::Dropped(DropReason::Truncated));
     assert_eq!(with(&|x| x[0] = 9), Received::Dropped(DropReason::BadVersion));
     assert_eq!(with(&|x| x[1] = 99), Received::Dropped(DropReason::UnknownType));
-    assert_eq!(with(&|x| x[1] = 8), Received::Dropped(DropReason::Unsupported));
+    assert_eq!(with(&|x| x[1] = 7), Received::Dropped(DropReason::Unsupported));
     // The type is authenticated: a data packet relabelled as a probe fails.
     assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::AuthFailed));
     assert_eq!(with(&|x| x[3] = 2), Received::Dropped(DropReason::BadFlags));

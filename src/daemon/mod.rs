@@ -153,6 +153,12 @@ impl Shared {
                 Event::HandshakeTimedOut { peer } => {
                     warn!(peer = peer.get(), "no answer to handshakes for 90 s; waiting packets dropped, still trying")
                 }
+                Event::RouteChanged { dest, next, cost } => match next {
+                    Some(n) => {
+                        info!("route to host {}: via host {} (cost {:.1} ms)", dest.get(), n.get(), cost as f64 / 1e3)
+                    }
+                    None => info!("route to host {}: none from the mesh (configured routes apply)", dest.get()),
+                },
                 Event::PathChanged(pc) => {
                     let link = self.link_name(pc.path.link);
                     let (peer, remote, to, reason) = (pc.peer.get(), pc.path.remote, pc.change.to, pc.change.reason);

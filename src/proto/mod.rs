@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod handshake;
 pub mod ids;
 pub mod ip;
+pub mod mesh;
 pub mod monitor;
 pub mod node;
 pub mod policy;

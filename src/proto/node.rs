@@ -34,7 +34,7 @@
 //! ends in a delivery, a transmission or exactly one counted [`DropReason`],
 //! never a panic. No allocation per packet once the batch has grown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
@@ -46,8 +46,10 @@ use rand_chacha::ChaCha8Rng;
 use super::handshake::{self, HandshakeError, INIT_LEN, Identity, RESPONSE_LEN};
 use super::ids::{HostId, LinkId, PathAddr, Seq};
 use super::ip;
+use super::mesh::{Advert, MIN_ADVERT_GAP, Mesh, MeshConfig, changed_enough};
 use super::monitor::{
-    Change, Credit, EXPECT_WITHIN, MonitorConfig, MonitorConfigError, PassiveCounts, PathMonitor, ProbeBody, ReplyBody,
+    Change, Credit, EXPECT_WITHIN, Health, MonitorConfig, MonitorConfigError, PassiveCounts, PathMonitor, ProbeBody,
+    ReplyBody,
 };
 use super::policy::{Candidate, Policy, Ranking};
 use super::route::{NextHop, RouteTable};
@@ -104,6 +106,8 @@ pub struct NodeConfig {
     pub handshakes_per_second: u32,
     /// Probes and path states.
     pub monitor: MonitorConfig,
+    /// Route advertisements and computed routes (`None`: static routes only).
+    pub mesh: Option<MeshConfig>,
 }
 
 impl NodeConfig {
@@ -121,6 +125,7 @@ impl NodeConfig {
             max_packet: MAX_PACKET_LIMIT,
             policy: Policy::All,
             monitor: MonitorConfig::default(),
+            mesh: Some(MeshConfig::default()),
         }
     }
 }
@@ -278,6 +283,8 @@ pub struct Neighbour {
     policy: Option<Policy>,
     /// Its paths ranked for `best:N` and `failover`.
     ranking: Ranking,
+    /// It has been sent the whole route database on its current session.
+    synced: bool,
 }
 
 impl Neighbour {
@@ -449,6 +456,15 @@ pub enum Event {
     },
     /// A path changed state.
     PathChanged(PathChange),
+    /// The next hop toward a host changed (`None`: no mesh route any more).
+    RouteChanged {
+        /// The destination host.
+        dest: HostId,
+        /// Its next hop now.
+        next: Option<HostId>,
+        /// Cost through it, microseconds.
+        cost: u64,
+    },
 }
 
 /// A path's state change, kept by the node for status.
@@ -506,6 +522,8 @@ pub enum Received {
     Probe,
     /// A handshake message, handled (a session may have been established).
     Handshake,
+    /// A route advertisement, taken (and flooded on) or already known.
+    Advert,
     /// Dropped and counted.
     Dropped(DropReason),
 }
@@ -523,7 +541,15 @@ pub struct Node {
     links: Vec<LinkEntry>,
     neighbours: Vec<Neighbour>,
     index: HashMap<HostId, usize>,
+    /// The routes in use: the configured ones, with the mesh's on top.
     routes: RouteTable,
+    /// The configured routes.
+    static_routes: RouteTable,
+    /// Prefixes routed by the mesh, with the host that advertised them.
+    mesh_prefixes: BTreeMap<IpNet, HostId>,
+    mesh: Mesh,
+    /// Scratch buffer for encoding adverts.
+    advert_buf: Vec<u8>,
     stats: NodeStats,
     /// Scratch list of chosen path indices; reused so sending never allocates.
     chosen: Vec<usize>,
@@ -571,6 +597,10 @@ impl Node {
             neighbours: Vec::new(),
             index: HashMap::new(),
             routes: RouteTable::new(),
+            static_routes: RouteTable::new(),
+            mesh_prefixes: BTreeMap::new(),
+            mesh: Mesh::default(),
+            advert_buf: Vec::new(),
             stats: NodeStats::default(),
             chosen: Vec::new(),
             identity: Identity::new(cfg.private_key),
@@ -661,9 +691,179 @@ impl Node {
         self.index.get(&host).map(|&i| &self.neighbours[i])
     }
 
-    /// The route table.
+    /// The route table in use.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// The mesh: route database and computed next hops.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The host that advertised `prefix`, if the route to it came from the mesh.
+    pub fn mesh_origin(&self, prefix: IpNet) -> Option<HostId> {
+        self.mesh_prefixes.get(&prefix.trunc()).copied()
+    }
+
+    /// The routes in use: the configured ones, then for every host the mesh
+    /// reaches, its advertised prefixes through the mesh's next hop (never
+    /// over one of this host's own prefixes).
+    fn rebuild_routes(&mut self) {
+        let mut t = self.static_routes.clone();
+        self.mesh_prefixes.clear();
+        for (origin, r) in &self.mesh.routes {
+            let Some((adv, _)) = self.mesh.db.get(origin) else { continue };
+            for p in &adv.prefixes {
+                if self.static_routes.get(*p) == Some(NextHop::Local) {
+                    continue;
+                }
+                t.insert(*p, NextHop::Host(r.next));
+                self.mesh_prefixes.insert(p.trunc(), *origin);
+            }
+        }
+        self.routes = t;
+    }
+
+    /// This host's neighbours reachable now, with the cost of their best
+    /// path that is not down (microseconds), by host id.
+    fn direct_costs(&self) -> Vec<(HostId, u32)> {
+        let mut v: Vec<(HostId, u32)> = self
+            .neighbours
+            .iter()
+            .filter(|n| n.sessions.can_send())
+            .filter_map(|n| {
+                let best = n
+                    .paths
+                    .iter()
+                    .filter(|p| p.usable && p.monitor.health() != Health::Down)
+                    .filter_map(|p| p.monitor.cost())
+                    .min()?;
+                Some((n.host, u32::try_from(best.as_micros()).unwrap_or(u32::MAX).max(1)))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Seal the advert in `self.advert_buf` for neighbour `idx` on all its usable paths.
+    fn send_advert(&mut self, now: Time, idx: usize, out: &mut Transmits) {
+        self.choose_all(idx);
+        let buf = std::mem::take(&mut self.advert_buf);
+        if self.seal_to_chosen(now, idx, MessageType::RouteAdvert, 1, &buf, out).is_ok() {
+            self.stats.adverts_out += 1;
+        }
+        self.advert_buf = buf;
+    }
+
+    /// Send `advert` to every synced neighbour but `except`.
+    fn flood(&mut self, now: Time, advert: &Advert, except: Option<HostId>, out: &mut Transmits) {
+        let mut buf = std::mem::take(&mut self.advert_buf);
+        advert.encode(&mut buf);
+        self.advert_buf = buf;
+        for idx in 0..self.neighbours.len() {
+            let n = &self.neighbours[idx];
+            if Some(n.host) != except && n.sessions.can_send() && n.synced {
+                self.send_advert(now, idx, out);
+            }
+        }
+    }
+
+    /// The mesh's timer work: age the database, send it whole to neighbours
+    /// with a new session, advertise this host when due or when its
+    /// neighbours changed enough, recompute the routes.
+    fn mesh_tick(&mut self, now: Time, out: &mut Transmits) {
+        let Some(mc) = self.cfg.mesh else { return };
+        let me = self.cfg.host;
+        let mut changed = self.mesh.expire(now, mc.max_age, me);
+        for idx in 0..self.neighbours.len() {
+            let n = &mut self.neighbours[idx];
+            if !n.sessions.can_send() {
+                n.synced = false;
+                continue;
+            }
+            if !n.synced {
+                n.synced = true;
+                let adverts: Vec<Advert> =
+                    self.mesh.db.values().map(|(a, _)| a.clone()).filter(|a| a.origin != me).collect();
+                for a in adverts {
+                    let mut buf = std::mem::take(&mut self.advert_buf);
+                    a.encode(&mut buf);
+                    self.advert_buf = buf;
+                    self.send_advert(now, idx, out);
+                }
+                // And this host's own, fresh, to everyone.
+                self.mesh.last_advert = None;
+            }
+        }
+        let direct = self.direct_costs();
+        let due = match self.mesh.last_advert {
+            None => true,
+            Some(t) => {
+                now - t >= mc.refresh || (now - t >= MIN_ADVERT_GAP && changed_enough(&self.mesh.advertised, &direct))
+            }
+        };
+        if due {
+            let stamp = self.cfg.wall_epoch_ns.saturating_add(now.as_nanos()) / 1_000_000;
+            self.mesh.seq = (self.mesh.seq + 1).max(stamp);
+            let prefixes = self.static_routes.iter().filter(|(_, n)| *n == NextHop::Local).map(|(p, _)| p).collect();
+            let advert = Advert { origin: me, seq: self.mesh.seq, prefixes, neighbours: direct.clone() };
+            self.mesh.db.insert(me, (advert.clone(), now));
+            self.mesh.advertised.clone_from(&direct);
+            self.mesh.last_advert = Some(now);
+            self.flood(now, &advert, None, out);
+            changed = true;
+        }
+        if self.recompute(now, &direct) || changed {
+            self.rebuild_routes();
+        }
+    }
+
+    /// Recompute the mesh routes; announce next-hop changes. True if any.
+    fn recompute(&mut self, now: Time, direct: &[(HostId, u32)]) -> bool {
+        let before = self.mesh.routes.clone();
+        if !self.mesh.compute(self.cfg.host, direct, now) {
+            return false;
+        }
+        let mut events = Vec::new();
+        for (dest, r) in &self.mesh.routes {
+            if before.get(dest).is_none_or(|b| b.next != r.next) {
+                events.push(Event::RouteChanged { dest: *dest, next: Some(r.next), cost: r.cost });
+            }
+        }
+        for dest in before.keys().filter(|d| !self.mesh.routes.contains_key(d)) {
+            events.push(Event::RouteChanged { dest: *dest, next: None, cost: 0 });
+        }
+        for e in events {
+            self.event(e);
+        }
+        true
+    }
+
+    /// An authenticated advert from neighbour `idx`: take it if newer, flood
+    /// it on to the other neighbours, recompute the routes.
+    fn on_advert(&mut self, now: Time, idx: usize, body: &[u8], out: &mut Transmits) -> Result<Received, DropReason> {
+        let advert = Advert::decode(body).map_err(|_| DropReason::BadAdvert)?;
+        self.stats.adverts_in += 1;
+        if self.cfg.mesh.is_none() {
+            return Ok(Received::Advert);
+        }
+        if advert.origin == self.cfg.host {
+            // Our own from before a restart: advertise again above it.
+            if advert.seq > self.mesh.seq {
+                self.mesh.seq = advert.seq;
+                self.mesh.last_advert = None;
+            }
+            return Ok(Received::Advert);
+        }
+        if self.mesh.accept(advert.clone(), now) {
+            let from = self.neighbours[idx].host;
+            self.flood(now, &advert, Some(from), out);
+            let direct = self.direct_costs();
+            self.recompute(now, &direct);
+            self.rebuild_routes();
+        }
+        Ok(Received::Advert)
     }
 
     /// Add a neighbour (its paths over the links that are up now).
@@ -684,6 +884,7 @@ impl Node {
             stats: NeighbourStats::default(),
             policy: None,
             ranking: Ranking::default(),
+            synced: false,
         };
         for l in &self.links {
             neighbour.link_changed(self.clock, l.id, true, &mut self.changes);
@@ -723,12 +924,16 @@ impl Node {
         {
             return Err(ConfigError::UnknownNextHop { prefix, next: h });
         }
-        Ok(self.routes.insert(prefix, next))
+        let old = self.static_routes.insert(prefix, next);
+        self.rebuild_routes();
+        Ok(old)
     }
 
     /// Remove the route for exactly `prefix`.
     pub fn remove_route(&mut self, prefix: IpNet) -> Option<NextHop> {
-        self.routes.remove(prefix)
+        let old = self.static_routes.remove(prefix);
+        self.rebuild_routes();
+        old
     }
 
     /// A local link came up at `now` (idempotent): paths over it are used from now on.
@@ -910,6 +1115,7 @@ impl Node {
                 | MessageType::Keepalive
                 | MessageType::Probe
                 | MessageType::ProbeReply
+                | MessageType::RouteAdvert
                 | MessageType::HandshakeInit
                 | MessageType::HandshakeResponse
         ) {
@@ -974,6 +1180,7 @@ impl Node {
             }
             MessageType::Probe => return self.on_probe(now, idx, pi, &datagram[plain], out),
             MessageType::ProbeReply => return self.on_probe_reply(now, idx, link, &datagram[plain]),
+            MessageType::RouteAdvert => return self.on_advert(now, idx, &datagram[plain], out),
             _ => {}
         }
         let dst = ip::destination(&datagram[plain.clone()]).map_err(|_| DropReason::MalformedIp)?;
@@ -1222,7 +1429,13 @@ impl Node {
         });
         let sessions = self.neighbours.iter().filter_map(|n| n.sessions.next_timer()).min();
         let monitor = self.neighbours.iter().filter_map(|n| self.next_monitor_timer(n)).min();
-        [keepalive, sessions, monitor].into_iter().flatten().min()
+        let mesh = self.cfg.mesh.and_then(|mc| {
+            let refresh = self.mesh.last_advert.map(|t| t + mc.refresh);
+            let me = self.cfg.host;
+            let expiry = self.mesh.db.iter().filter(|(h, _)| **h != me).map(|(_, (_, at))| *at + mc.max_age).min();
+            [refresh, expiry].into_iter().flatten().min()
+        });
+        [keepalive, sessions, monitor, mesh].into_iter().flatten().min()
     }
 
     /// Run timers due at `now`: handshake retries and give-ups, rekeying,
@@ -1255,6 +1468,7 @@ impl Node {
                 self.keepalive(now, idx, Some(ka), out);
             }
         }
+        self.mesh_tick(now, out);
     }
 
     /// Send a keepalive to neighbour `idx` on its paths quiet for `ka` (all

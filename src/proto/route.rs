@@ -56,6 +56,14 @@ impl RouteTable {
         }
     }
 
+    /// The route for exactly `prefix` (host bits are ignored).
+    pub fn get(&self, prefix: IpNet) -> Option<NextHop> {
+        match prefix.trunc() {
+            IpNet::V4(p) => self.v4.get(&p).copied(),
+            IpNet::V6(p) => self.v6.get(&p).copied(),
+        }
+    }
+
     /// Longest-prefix match for `addr`.
     pub fn lookup(&self, addr: IpAddr) -> Option<NextHop> {
         match addr {

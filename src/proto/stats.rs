@@ -79,6 +79,8 @@ drop_reasons! {
     HandshakeWrongKey => "handshake_wrong_key",
     /// An authenticated probe or probe reply of the wrong size.
     BadProbe => "bad_probe",
+    /// An authenticated route advertisement that does not decode.
+    BadAdvert => "bad_advert",
     /// An initiation no newer than the last one accepted: a replay, or a
     /// later copy of an initiation sent on several paths.
     HandshakeReplay => "handshake_replay",
@@ -160,6 +162,10 @@ pub struct NodeStats {
     pub handshakes_out: u64,
     /// Handshake initiations accepted.
     pub handshakes_in: u64,
+    /// Route advertisements sent (each once, whatever the copies).
+    pub adverts_out: u64,
+    /// Route advertisements received (authenticated, decoded).
+    pub adverts_in: u64,
     /// Every drop, by reason.
     pub drops: DropCounts,
 }
