@@ -751,7 +751,7 @@ impl Node {
         self.choose_all(idx);
         let buf = std::mem::take(&mut self.advert_buf);
         if self.seal_to_chosen(now, idx, MessageType::RouteAdvert, 1, &buf, out).is_ok() {
-            self.stats.adverts_out += 1;
+            self.stats.adverts_out.add(OVERHEAD + buf.len());
         }
         self.advert_buf = buf;
     }

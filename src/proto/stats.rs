@@ -162,8 +162,9 @@ pub struct NodeStats {
     pub handshakes_out: u64,
     /// Handshake initiations accepted.
     pub handshakes_in: u64,
-    /// Route advertisements sent (each once, whatever the copies).
-    pub adverts_out: u64,
+    /// Route advertisements sealed for a neighbour (each once, whatever
+    /// the copies; bytes on the wire per copy).
+    pub adverts_out: Count,
     /// Route advertisements received (authenticated, decoded).
     pub adverts_in: u64,
     /// Every drop, by reason.
