@@ -9,13 +9,9 @@ use std::time::Duration;
 
 use common::{at_ms, ms};
 
-use mpvr::proto::{HostId, NextHop, Time};
+use mpvr::proto::{NextHop, Time};
 use mpvr::sim::scenario::{self, addr4};
 use mpvr::sim::{Dir, HostIx, Jitter, LinkModel, Sim, Stream, WireIx};
-
-fn h(n: u32) -> HostId {
-    HostId::new(n).unwrap()
-}
 
 /// Hosts 1..=n, no configured routes but their own; `edges` are wires
 /// (host numbers), each host pair a neighbour once.
