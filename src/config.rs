@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::keys::{self, Key};
+use crate::proto::mesh::MeshConfig;
 use crate::proto::monitor::MonitorConfig;
 use crate::proto::node::{DEFAULT_KEEPALIVE, MAX_PACKET_LIMIT};
 use crate::proto::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
@@ -46,6 +47,16 @@ struct File {
     probe: ProbeSection,
     #[serde(default)]
     control: ControlSection,
+    #[serde(default)]
+    mesh: MeshSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshSection {
+    enabled: Option<bool>,
+    refresh: Option<String>,
+    max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +283,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Where Prometheus metrics are served (`None`: not served).
     pub prometheus: Option<SocketAddr>,
+    /// Route advertisements (`None`: configured routes only).
+    pub mesh: Option<MeshConfig>,
 }
 
 /// The control socket of a daemon whose TUN is `tun`, unless the config says otherwise.
@@ -738,6 +751,34 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         },
     };
 
+    let mesh = {
+        let mut m = MeshConfig::default();
+        for (field, v, out) in
+            [("refresh", &file.mesh.refresh, &mut m.refresh), ("max_age", &file.mesh.max_age, &mut m.max_age)]
+        {
+            if let Some(text) = v {
+                match parse_duration(text) {
+                    Some(d) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) => *out = d,
+                    _ => c.bad(
+                        format!("mesh.{field}"),
+                        format!("{text:?} is not a duration from 1s to 1h, such as \"10s\""),
+                    ),
+                }
+            }
+        }
+        if m.max_age < m.refresh * 3 {
+            c.bad(
+                "mesh.max_age",
+                format!(
+                    "{} must be at least 3 x refresh ({}): one lost advert must not drop a host's routes",
+                    crate::units::format_duration(m.max_age),
+                    crate::units::format_duration(m.refresh)
+                ),
+            );
+        }
+        file.mesh.enabled.unwrap_or(true).then_some(m)
+    };
+
     match (c.problems.is_empty(), host, private_key) {
         (true, Some(host), Some(private_key)) => Ok(Config {
             source: path.to_path_buf(),
@@ -757,6 +798,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             monitor,
             control_socket,
             prometheus,
+            mesh,
         }),
         _ => Err(ConfigError { source_file: path.to_path_buf(), problems: c.problems }),
     }
@@ -883,6 +925,12 @@ mod tests {
         assert_eq!(c.monitor, MonitorConfig::default());
         assert_eq!(c.control_socket, PathBuf::from("/run/mpvr/wan9.sock"));
         assert_eq!(c.prometheus, None);
+        assert_eq!(c.mesh, Some(MeshConfig::default()));
+        assert_eq!(check(&format!("{base}[mesh]\nenabled = false\n")).unwrap().mesh, None);
+        let m = check(&format!("{base}[mesh]\nrefresh = \"5s\"\nmax_age = \"20s\"\n")).unwrap().mesh.unwrap();
+        assert_eq!((m.refresh, m.max_age), (Duration::from_secs(5), Duration::from_secs(20)));
+        assert_eq!(fields(&format!("{base}[mesh]\nrefresh = \"20s\"\n")), ["mesh.max_age"]);
+        assert_eq!(fields(&format!("{base}[mesh]\nrefresh = \"0s\"\n")), ["mesh.refresh"]);
         let c = check(&format!(
             "{base}[probe]\ninterval = \"100ms\"\nbusy_interval = \"500ms\"\ndown_after = 5\nup_after = 2\n\
              silence = \"1s\"\ndegraded_loss = \"2.5%\"\ndegraded_rtt = \"150ms\"\ndegraded_jitter = \"off\"\n\

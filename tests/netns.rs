@@ -360,40 +360,69 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
             .replace("[links]\n", "[links]\nallow_virtual = true\n");
         dir.write(name, &text)
     };
-    let c0 = example("vm0.toml", &keys[0].0);
+    // vm0 and vm2 without their `via` sections: they learn each other's
+    // address from the relay's advertisements.
+    let learn = |path: std::path::PathBuf, marker: &str| {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut = text.find(marker).expect("the example has a relayed peer");
+        let start = text[..cut].rfind("[[peer]]").unwrap();
+        std::fs::write(&path, &text[..start]).unwrap();
+        path
+    };
+    let c0 = learn(example("vm0.toml", &keys[0].0), "# VM2, reached through VM1");
     let c1 = example("vm1.toml", &keys[1].0);
-    let c2 = example("vm2.toml", &keys[2].0);
+    let c2 = learn(example("vm2.toml", &keys[2].0), "# VM0, reached through VM1");
     let d1 = Daemon::start(&vm1, &c1, dir.0.join("vm1.log"));
     let d0 = Daemon::start(&vm0, &c0, dir.0.join("vm0.log"));
     let d2 = Daemon::start(&vm2, &c2, dir.0.join("vm2.log"));
     d1.wait_log("link up", 4, Duration::from_secs(10));
     d0.wait_log("link up", 2, Duration::from_secs(10));
     d2.wait_log("link up", 2, Duration::from_secs(10));
+    // The route to vm2 is learned: through vm1, from the mesh.
+    let t0 = std::time::Instant::now();
+    let route = loop {
+        let snap = d0.snapshot();
+        if let Some(r) = snap.routes.iter().find(|r| r.prefix == "10.9.0.2/32") {
+            break r.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no route to vm2: {:#?}", snap.routes);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((route.next_hop.as_str(), route.source.as_str(), route.origin), ("3", "mesh", Some(2)), "{route:?}");
     vm0.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
-    let v0 = vm0.name.clone();
-    let r = udp_stream(
-        &vm0.name,
-        &vm2.name,
-        "10.9.0.2:7000".parse().unwrap(),
-        6000,
-        Duration::from_micros(500),
-        300,
-        move |i| {
-            if i == 1500 {
-                nsh(&v0, &["ip", "link", "set", "net1", "down"]);
+    // Each of vm0's and vm2's links in turn goes down mid-stream: nothing lost.
+    for (ns, dev) in [(&vm0, "net0"), (&vm0, "net1"), (&vm2, "net2"), (&vm2, "net3")] {
+        let name = ns.name.clone();
+        let r = udp_stream(
+            &vm0.name,
+            &vm2.name,
+            "10.9.0.2:7000".parse().unwrap(),
+            4000,
+            Duration::from_micros(500),
+            300,
+            move |i| {
+                if i == 1000 {
+                    nsh(&name, &["ip", "link", "set", dev, "down"]);
+                }
+                if i == 3000 {
+                    nsh(&name, &["ip", "link", "set", dev, "up"]);
+                }
+            },
+        );
+        if !r.missing.is_empty() || r.duplicates != 0 {
+            for d in [&d0, &d1, &d2] {
+                eprintln!("--- {} ---\n{}", d.log.display(), d.log());
             }
-            if i == 4500 {
-                nsh(&v0, &["ip", "link", "set", "net1", "up"]);
-            }
-        },
-    );
-    if !r.missing.is_empty() || r.duplicates != 0 {
-        for d in [&d0, &d1, &d2] {
-            eprintln!("--- {} ---\n{}", d.log.display(), d.log());
+        }
+        assert_eq!(r.missing, Vec::<u64>::new(), "{dev} down: lost {} of {}", r.missing.len(), r.sent);
+        assert_eq!(r.duplicates, 0);
+        // Wait for every path to be up again before the next cut.
+        let t0 = std::time::Instant::now();
+        while !d1.snapshot().peers.iter().all(|p| p.paths.iter().all(|x| x.state == "up")) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{:#?}", d1.snapshot().peers);
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
-    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
-    assert_eq!(r.duplicates, 0);
 }
 
 /// Two hosts joined directly by two veth pairs, each with an IPv4 and an

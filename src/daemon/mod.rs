@@ -323,6 +323,7 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     nc.max_packet = max_packet;
     nc.policy = cfg.policy;
     nc.monitor = cfg.monitor;
+    nc.mesh = cfg.mesh;
     nc.wall_epoch_ns = wall_epoch_ns;
     SystemRandom::new()
         .fill(&mut nc.rng_seed)

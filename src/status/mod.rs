@@ -196,12 +196,20 @@ pub struct PathSnap {
 }
 
 /// One route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RouteSnap {
     /// Destination prefix.
     pub prefix: String,
     /// "local", or the next hop's host id.
     pub next_hop: String,
+    /// "local" (this host's), "config" (from the config file) or "mesh" (from advertisements).
+    pub source: String,
+    /// The host that advertised it (mesh routes).
+    pub origin: Option<u32>,
+    /// Cost of the route through its next hop, ms (mesh routes).
+    pub metric_ms: Option<f64>,
+    /// Seconds since this next hop was chosen (mesh routes).
+    pub held_s: Option<f64>,
 }
 
 /// One path state change.
@@ -363,12 +371,24 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
     let routes = node
         .routes()
         .iter()
-        .map(|(prefix, next)| RouteSnap {
-            prefix: prefix.to_string(),
-            next_hop: match next {
-                NextHop::Local => "local".to_string(),
-                NextHop::Host(h) => h.get().to_string(),
-            },
+        .map(|(prefix, next)| {
+            let mesh = node.mesh_origin(prefix).and_then(|o| node.mesh().routes.get(&o));
+            RouteSnap {
+                prefix: prefix.to_string(),
+                next_hop: match next {
+                    NextHop::Local => "local".to_string(),
+                    NextHop::Host(h) => h.get().to_string(),
+                },
+                source: match (next, mesh) {
+                    (NextHop::Local, _) => "local",
+                    (_, Some(_)) => "mesh",
+                    _ => "config",
+                }
+                .to_string(),
+                origin: mesh.map(|r| r.origin.get()),
+                metric_ms: mesh.map(|r| r.cost as f64 / 1e3),
+                held_s: mesh.map(|r| (now - r.since).as_secs_f64()),
+            }
         })
         .collect();
     let changes = node
@@ -635,10 +655,12 @@ pub fn render_text(s: &Snapshot) -> String {
             .iter()
             .map(|r| {
                 let next = if r.next_hop == "local" { "local".to_string() } else { format!("host {}", r.next_hop) };
-                vec![r.prefix.clone(), next]
+                let origin = r.origin.map_or_else(String::new, |o| format!("host {o}"));
+                let held = r.held_s.map_or_else(String::new, human_duration);
+                vec![r.prefix.clone(), next, r.source.clone(), origin, human_ms(r.metric_ms), held]
             })
             .collect();
-        table(&mut o, "  ", &["prefix", "next hop"], &rows);
+        table(&mut o, "  ", &["prefix", "next hop", "from", "origin", "metric", "held"], &rows);
     }
     if !s.changes.is_empty() {
         let _ = writeln!(o);
