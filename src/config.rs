@@ -91,6 +91,8 @@ struct HostSection {
     tun: Option<String>,
     #[serde(default)]
     addresses: Vec<String>,
+    #[serde(default)]
+    advertise: Vec<String>,
     mtu: Option<MtuValue>,
 }
 
@@ -263,6 +265,8 @@ pub struct Config {
     pub tun: String,
     /// Addresses (with prefix length) on the TUN.
     pub addresses: Vec<IpNet>,
+    /// More prefixes this host advertises to the mesh (networks behind it).
+    pub advertise: Vec<IpNet>,
     /// TUN MTU.
     pub mtu: Mtu,
     /// Which NICs are links.
@@ -524,6 +528,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     for (i, a) in file.host.addresses.iter().enumerate() {
         if let Some(p) = c.prefix(&format!("host.addresses[{i}]"), a) {
             addresses.push(p);
+        }
+    }
+    let mut advertise = Vec::new();
+    for (i, a) in file.host.advertise.iter().enumerate() {
+        if let Some(p) = c.prefix(&format!("host.advertise[{i}]"), a) {
+            advertise.push(p.trunc());
         }
     }
     if file.host.addresses.is_empty() {
@@ -788,6 +798,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             transport,
             tun,
             addresses,
+            advertise,
             mtu,
             links,
             peers,
@@ -828,6 +839,7 @@ mod tests {
             id = 1
             private_key = "{KEY}"
             addresses = ["10.9.0.1/24", "fd09::1/64"]
+            advertise = ["192.168.50.1/24"]
             mtu = 1400
             [links]
             include = ["eth*", "wwan0"]
@@ -853,6 +865,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.host.get(), 1);
         assert_eq!(c.mtu, Mtu::Fixed(1400));
+        assert_eq!(c.advertise, vec!["192.168.50.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(c.listen_port, DEFAULT_PORT);
         assert!(c.links.wants("eth0") && !c.links.wants("eth9") && c.links.wants("wwan0") && !c.links.wants("docker0"));
         assert_eq!(c.links.options["wwan0"].gateway, Some("10.64.0.1".parse().unwrap()));

@@ -372,6 +372,10 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     let c0 = learn(example("vm0.toml", &keys[0].0), "# VM2, reached through VM1");
     let c1 = example("vm1.toml", &keys[1].0);
     let c2 = learn(example("vm2.toml", &keys[2].0), "# VM0, reached through VM1");
+    // vm2 also advertises a network behind it (an address on its loopback).
+    let text = std::fs::read_to_string(&c2).unwrap().replace("[host]\n", "[host]\nadvertise = [\"10.77.0.0/24\"]\n");
+    std::fs::write(&c2, text).unwrap();
+    vm2.sh(&["ip", "addr", "add", "10.77.0.1/32", "dev", "lo"]);
     let d1 = Daemon::start(&vm1, &c1, dir.0.join("vm1.log"));
     let d0 = Daemon::start(&vm0, &c0, dir.0.join("vm0.log"));
     let d2 = Daemon::start(&vm2, &c2, dir.0.join("vm2.log"));
@@ -390,6 +394,13 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     };
     assert_eq!((route.next_hop.as_str(), route.source.as_str(), route.origin), ("3", "mesh", Some(2)), "{route:?}");
     vm0.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    // The network behind vm2 is learned too, and vm0's kernel routes it into the TUN.
+    let t0 = std::time::Instant::now();
+    while !vm0.sh(&["ip", "route", "show", "10.77.0.0/24"]).contains("dev mpvr0") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", vm0.sh(&["ip", "route"]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vm0.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.0.1"]);
     // Each of vm0's and vm2's links in turn goes down mid-stream: nothing lost.
     for (ns, dev) in [(&vm0, "net0"), (&vm0, "net1"), (&vm2, "net2"), (&vm2, "net3")] {
         let name = ns.name.clone();

@@ -337,6 +337,9 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     for a in &cfg.addresses {
         node.add_route(IpNet::from(a.addr()), NextHop::Local)?;
     }
+    for p in &cfg.advertise {
+        node.add_route(*p, NextHop::Local)?;
+    }
     for p in &cfg.peers {
         let next = NextHop::Host(p.via.unwrap_or(p.id));
         for prefix in &p.prefixes {
@@ -667,6 +670,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
 
     let mut out = Transmits::new();
+    let mut mesh_routes: BTreeMap<IpNet, Installed> = BTreeMap::new();
     // A full re-read now and then, in case an event was lost (a netlink
     // socket that overflows drops events: ENOBUFS).
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -710,6 +714,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 }
                 shared.send(&out);
                 out.clear();
+                sync_mesh_routes(&nl, &shared, &cfg, tun_index, &mut mesh_routes).await;
             }
         }
     };
@@ -723,6 +728,48 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     links.shutdown().await;
     info!("mpvr stopped; routes and rules removed");
     result
+}
+
+/// Keep a kernel route on the TUN for every prefix the mesh routes that
+/// the kernel would not send to the TUN already (the configured prefixes
+/// and the TUN's own subnets have theirs), and remove those it no longer routes.
+async fn sync_mesh_routes(
+    nl: &Netlink,
+    shared: &Shared,
+    cfg: &Config,
+    tun_index: u32,
+    installed: &mut BTreeMap<IpNet, Installed>,
+) {
+    let want: std::collections::BTreeSet<IpNet> = {
+        let node = shared.node();
+        node.routes()
+            .iter()
+            .filter(|(p, n)| *n != NextHop::Local && node.mesh_origin(*p).is_some())
+            .map(|(p, _)| p)
+            .filter(|p| !cfg.addresses.iter().any(|a| a.trunc().contains(p)))
+            .filter(|p| !cfg.peers.iter().any(|peer| peer.prefixes.contains(p)))
+            .collect()
+    };
+    let gone: Vec<IpNet> = installed.keys().filter(|p| !want.contains(p)).copied().collect();
+    for p in gone {
+        if let Some(i) = installed.remove(&p)
+            && let Err(e) = nl.remove(&i).await
+        {
+            warn!(prefix = %p, error = %e, "cannot remove a mesh route");
+        }
+    }
+    for p in want {
+        if installed.contains_key(&p) {
+            continue;
+        }
+        match nl.add_route(p, tun_index, None, None).await {
+            Ok(i) => {
+                info!(prefix = %p, "kernel route added for a prefix learned from the mesh");
+                installed.insert(p, i);
+            }
+            Err(e) => warn!(prefix = %p, error = %e, "cannot add a route for a prefix learned from the mesh"),
+        }
+    }
 }
 
 /// The counters, logged once at exit: node totals, then one line per link.
