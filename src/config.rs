@@ -693,6 +693,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    for (i, a) in advertise.iter().enumerate() {
+        if let Some(field) = routed.get(a) {
+            c.bad(
+                format!("host.advertise[{i}]"),
+                format!("{a} is this host's, but {field} routes it to a peer: keep one"),
+            );
+        }
+    }
+
     let policy = match file.policy.as_deref().map(str::parse::<Policy>) {
         None => Policy::All,
         Some(Ok(p)) => p,
@@ -839,7 +848,7 @@ mod tests {
             id = 1
             private_key = "{KEY}"
             addresses = ["10.9.0.1/24", "fd09::1/64"]
-            advertise = ["192.168.50.1/24"]
+            advertise = ["192.168.60.1/24"]
             mtu = 1400
             [links]
             include = ["eth*", "wwan0"]
@@ -865,7 +874,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.host.get(), 1);
         assert_eq!(c.mtu, Mtu::Fixed(1400));
-        assert_eq!(c.advertise, vec!["192.168.50.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.advertise, vec!["192.168.60.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(c.listen_port, DEFAULT_PORT);
         assert!(c.links.wants("eth0") && !c.links.wants("eth9") && c.links.wants("wwan0") && !c.links.wants("docker0"));
         assert_eq!(c.links.options["wwan0"].gateway, Some("10.64.0.1".parse().unwrap()));
@@ -944,6 +953,11 @@ mod tests {
         assert_eq!((m.refresh, m.max_age), (Duration::from_secs(5), Duration::from_secs(20)));
         assert_eq!(fields(&format!("{base}[mesh]\nrefresh = \"20s\"\n")), ["mesh.max_age"]);
         assert_eq!(fields(&format!("{base}[mesh]\nrefresh = \"0s\"\n")), ["mesh.refresh"]);
+        let both = format!(
+            "[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\nadvertise = [\"10.5.0.0/16\"]\n\
+             [[peer]]\nid = 2\npublic_key = \"{PUB}\"\nprefixes = [\"10.5.0.0/16\"]\n"
+        );
+        assert_eq!(fields(&both), ["host.advertise[0]"]);
         let c = check(&format!(
             "{base}[probe]\ninterval = \"100ms\"\nbusy_interval = \"500ms\"\ndown_after = 5\nup_after = 2\n\
              silence = \"1s\"\ndegraded_loss = \"2.5%\"\ndegraded_rtt = \"150ms\"\ndegraded_jitter = \"off\"\n\
