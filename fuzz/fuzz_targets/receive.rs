@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
     match b.handle_datagram(Time::ZERO, LinkId(1), *from, &mut buf, &mut Transmits::new()) {
         // Forging a datagram that authenticates is the AEAD's to prevent:
         // reaching here would be a finding.
-        Received::Deliver(_) | Received::Forwarded { .. } | Received::Keepalive | Received::Probe => {
+        Received::Deliver(_)
+        | Received::Forwarded { .. }
+        | Received::Keepalive
+        | Received::Probe
+        | Received::Advert => {
             panic!("unauthenticated bytes accepted")
         }
         Received::Dropped(_) => assert_eq!(b.stats().drops.total(), before + 1),
