@@ -81,7 +81,8 @@ EOM
     echo "    content: |"
     printf '%s\n' "[Unit]" "Description=mpvr multipath virtual router" "After=network-online.target" \
       "Wants=network-online.target" "[Service]" "ExecStart=/usr/local/bin/mpvr run -c /etc/mpvr/mpvr.toml" \
-      "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW" "Restart=on-failure" "[Install]" \
+      "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW" "RuntimeDirectory=mpvr" "RuntimeDirectoryMode=0700" \
+      "Restart=on-failure" "[Install]" \
       "WantedBy=multi-user.target" | indent
     echo "runcmd:"
     echo "  - [sysctl, --system]"
