@@ -150,6 +150,12 @@ fn a_link_cut_mid_stream_loses_nothing() {
     let _g = serial();
     let t = two_hosts();
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
+    // Every path comes up first.
+    let t0 = std::time::Instant::now();
+    while !t.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.da.snapshot().peers[0].paths);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let m = t.m.name.clone();
     let socket = t.da.socket.clone();
     let during_cut = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

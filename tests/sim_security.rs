@@ -201,3 +201,23 @@ fn crossing_handshakes_over_unequal_links_lose_nothing_and_fail_no_authenticatio
     }
     assert_eq!(r.lost(), 0);
 }
+
+#[test]
+fn a_lost_response_is_sent_again_when_the_initiation_comes_again() {
+    // Both hosts initiate at once over a 10 ms link; host 2's response to
+    // host 1's initiation is lost (2 -> 1 dark from 5 ms to 15 ms). Host 1,
+    // the lower id, sends its initiation again when host 2's crosses it;
+    // host 2 refuses it as a replay but answers again, so the session is up
+    // within a few round trips, not after the 5 s retry.
+    let mut p = scenario::pair(61, &[LinkModel::delay(ms(10))], &|_| {});
+    p.sim.channel_mut(p.wires[0], Dir::Backward).model.blackouts.push((at_ms(5), at_ms(15)));
+    let s = p.stream(ms(0), ms(10), 50, 200);
+    p.sim.run_until(at_ms(1_000));
+    let peer = p.sim.node(p.b).host();
+    assert!(p.sim.node(p.a).neighbour(peer).unwrap().has_session());
+    let r = p.sim.stream_report(s, p.b);
+    // Nothing lost: the first packets waited for the session.
+    assert_eq!(r.lost(), 0);
+    assert!(r.latency_percentile(100.0).unwrap() < ms(100), "{:?}", r.latency_percentile(100.0));
+    assert!(p.sim.node(p.b).stats().drops.get(DropReason::HandshakeReplay) >= 1);
+}

@@ -397,6 +397,11 @@ impl Links {
                 None => self.add_link(nic).await,
             }
         }
+        self.update_endpoints();
+    }
+
+    /// Give the neighbours the endpoints the links up now reach.
+    fn update_endpoints(&self) {
         let nics: Vec<&Nic> = self.up.values().map(|e| &e.nic).collect();
         let mut node = self.shared.node();
         for p in self.cfg.peers.iter().filter(|p| p.via.is_none()) {
@@ -420,6 +425,9 @@ impl Links {
         let installed = self.policy_routes(&nic).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
         self.up.insert(nic.index, LinkEntry { nic, reader, installed });
+        // Its paths at once: its socket already reads, and an answer to a
+        // handshake goes on every path known when it is sent.
+        self.update_endpoints();
     }
 
     async fn remove_link(&mut self, entry: LinkEntry) {

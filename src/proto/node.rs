@@ -1331,7 +1331,19 @@ impl Node {
                 })?;
         let n = &mut self.neighbours[idx];
         if n.sessions.last_init_timestamp.is_some_and(|last| accepted.timestamp <= last) {
-            // A replay, or a later copy of one initiation sent on several paths.
+            // A replay, or a later copy of one initiation sent on several
+            // paths (or sent again after crossing ours). If the session it
+            // made is still unconfirmed, the response may have been lost:
+            // answer again, on the path this copy came by if it is a known
+            // one (no new path from a copy; the response is smaller).
+            if n.sessions.last_init_timestamp == Some(accepted.timestamp)
+                && let Some(response) = n.sessions.unconfirmed_response()
+                && let Some(pi) = n.paths.iter().position(|p| p.usable && p.addr.link == link && p.addr.remote == from)
+            {
+                self.chosen.clear();
+                self.chosen.push(pi);
+                self.send_plain(now, idx, MessageType::HandshakeResponse, &response, out);
+            }
             return Err(DropReason::HandshakeReplay);
         }
         n.sessions.last_init_timestamp = Some(accepted.timestamp);
@@ -1350,6 +1362,7 @@ impl Node {
         n.sessions.pending = None;
         let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
         n.sessions.install(slot, session);
+        n.sessions.last_response = Some((slot, reply));
         n.stats.handshakes += 1;
         n.touch_path(now, link, from, Some(HEADER_LEN + msg.len()));
         self.stats.handshakes_in += 1;

@@ -121,6 +121,8 @@ pub struct Sessions {
     pub pending: Option<Pending>,
     /// Timestamp of the last initiation accepted from this neighbour.
     pub last_init_timestamp: Option<u64>,
+    /// The response sent to it, with the slot of the session it made.
+    pub last_response: Option<(bool, [u8; super::handshake::RESPONSE_LEN])>,
     /// Packets waiting for a session (oldest first).
     pub staged: VecDeque<Staged>,
 }
@@ -216,6 +218,13 @@ impl Sessions {
     /// The session being sent on, if any.
     pub fn current(&self) -> Option<&Session> {
         self.current.and_then(|p| self.slots[usize::from(p)].as_ref())
+    }
+
+    /// The last response sent, while the session it made is not confirmed
+    /// yet (the initiator may not have it).
+    pub fn unconfirmed_response(&self) -> Option<[u8; super::handshake::RESPONSE_LEN]> {
+        let (phase, r) = self.last_response?;
+        self.slots[usize::from(phase)].as_ref().is_some_and(|s| !s.confirmed).then_some(r)
     }
 
     /// Whether a session can be sent on (ignoring its age: expiry is a timer of its own).
