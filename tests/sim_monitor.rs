@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{at_ms, binomial_95, ms};
+use common::{at_ms, ms};
 
 use mpvr::proto::monitor::{Health, MonitorConfig, SETTLE_AFTER};
 use mpvr::proto::node::PathState;
@@ -107,10 +107,13 @@ fn rescues_are_what_the_other_path_lost() {
     // Every packet that arrived was delivered by one path or both.
     let arrived = n - r.lost();
     assert_eq!(x.delivered + y.delivered - (arrived - x.rescues - y.rescues), arrived);
-    // Each path missed about 5 % of what the other delivered.
-    let (lo, hi) = binomial_95(arrived, 0.05 * 0.95 / (1.0 - 0.05 * 0.05));
+    // Each path missed about 5 % of what the other delivered: within 4
+    // standard deviations of the binomial mean (the simulator's draws
+    // shift with any change in event order; 4 sigma does not flake).
+    let q = 0.05 * 0.95 / (1.0 - 0.05 * 0.05);
+    let (mean, sd) = (arrived as f64 * q, (arrived as f64 * q * (1.0 - q)).sqrt());
     for c in [x, y] {
-        assert!((lo..=hi).contains(&c.missing), "missing {} not in {lo}..={hi}", c.missing);
+        assert!((c.missing as f64 - mean).abs() < 4.0 * sd, "missing {} vs {mean:.0} +- {:.0}", c.missing, 4.0 * sd);
         assert!((c.loss() - 0.05).abs() < 0.01, "passive loss {}", c.loss());
     }
 }
