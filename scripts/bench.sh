@@ -119,7 +119,8 @@ public_key = "$6"
 endpoints = $7
 prefixes = ["10.9.0.$5/32"]
 EOC
-  ip netns exec "$1" "$mpvr" run -c "$cfg" >/dev/null 2>"$work/$1.log" &
+  # One control socket per daemon: both run on this machine.
+  ip netns exec "$1" "$mpvr" run -c "$cfg" --socket "$work/$1.sock" >/dev/null 2>"$work/$1.log" &
   last_pid=$!
   pids+=("$last_pid")
 }
