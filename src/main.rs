@@ -205,6 +205,16 @@ fn check(config: &Path) -> Result<bool> {
         m.up_after,
         m.degraded_loss * 100.0
     );
+    match cfg.mesh {
+        Some(m) => println!(
+            "  mesh on: advertises {:?}{}, every {}, forgets adverts after {}",
+            cfg.addresses.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>(),
+            if cfg.advertise.is_empty() { String::new() } else { format!(" and {:?}", cfg.advertise) },
+            mpvr::units::format_duration(m.refresh),
+            mpvr::units::format_duration(m.max_age)
+        ),
+        None => println!("  mesh off: configured routes only"),
+    }
     match cfg.prometheus {
         Some(a) => println!("  status on {}, Prometheus metrics on http://{a}/metrics", cfg.control_socket.display()),
         None => println!("  status on {} (`mpvr status`); Prometheus off", cfg.control_socket.display()),
