@@ -1,5 +1,7 @@
 //! The pure core of mpvr: wire format, dedup / anti-replay window, sealing,
-//! routing, duplication policy and the [`Node`] state machine.
+//! handshakes and sessions, the link monitor (probes, estimators, path
+//! states), the mesh (route advertisements), routing, duplication policy and
+//! the [`Node`] state machine.
 //!
 //! No I/O, no clock reads, no unsafe code: every entry point takes `now`, and
 //! outputs are returned or written into caller buffers. The Linux shell and the

@@ -216,7 +216,7 @@ impl Jitter {
 }
 
 /// One-way delay variation of one direction: the last transit time above the
-/// smallest of the last [`OWD_SAMPLES`] (the clock offset cancels out).
+/// smallest of the last 32 (the clock offset cancels out).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OwdVariation {
     samples: [i64; OWD_SAMPLES],

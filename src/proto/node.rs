@@ -22,6 +22,14 @@
 //!   re-seal for the next hop and fan out on its paths (hop by hop: every hop
 //!   deduplicates).
 //!
+//! The link monitor ([`super::monitor`]) runs from the timer: every path is
+//! probed (probes and replies are sealed like data, on that path only), its
+//! estimates and state follow, later copies of data credit their path, and
+//! state changes become [`Event::PathChanged`]. The policy ([`Policy`])
+//! picks paths from the ranking those states and costs give. The mesh
+//! ([`super::mesh`]) advertises this host and its neighbours' costs, floods
+//! what it hears, and puts the routes it computes over the configured ones.
+//!
 //! Sessions come from Noise IK handshakes ([`super::handshake`]) and follow
 //! WireGuard's timers ([`super::session`]): rekey after 2 minutes, sessions
 //! dropped after 3, initiations resent every 5 s, replayed initiations
