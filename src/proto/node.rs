@@ -326,6 +326,12 @@ impl Neighbour {
         self.policy
     }
 
+    /// Call `take` for each path its policy (or `default`) copies onto now.
+    fn select(&self, default: Policy, take: impl FnMut(usize)) {
+        let usable = self.paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
+        self.policy.unwrap_or(default).select(usable, &self.ranking, take);
+    }
+
     /// Re-rank its paths from their states and costs.
     fn rerank(&mut self) {
         let candidates: Vec<Candidate> = self
@@ -754,6 +760,13 @@ impl Node {
         v
     }
 
+    /// Encode `advert` into `self.advert_buf`.
+    fn encode_advert(&mut self, advert: &Advert) {
+        let mut buf = std::mem::take(&mut self.advert_buf);
+        advert.encode(&mut buf);
+        self.advert_buf = buf;
+    }
+
     /// Seal the advert in `self.advert_buf` for neighbour `idx` on all its usable paths.
     fn send_advert(&mut self, now: Time, idx: usize, out: &mut Transmits) {
         self.choose_all(idx);
@@ -766,9 +779,7 @@ impl Node {
 
     /// Send `advert` to every synced neighbour but `except`.
     fn flood(&mut self, now: Time, advert: &Advert, except: Option<HostId>, out: &mut Transmits) {
-        let mut buf = std::mem::take(&mut self.advert_buf);
-        advert.encode(&mut buf);
-        self.advert_buf = buf;
+        self.encode_advert(advert);
         for idx in 0..self.neighbours.len() {
             let n = &self.neighbours[idx];
             if Some(n.host) != except && n.sessions.can_send() && n.synced {
@@ -795,9 +806,7 @@ impl Node {
                 let adverts: Vec<Advert> =
                     self.mesh.db.values().map(|(a, _)| a.clone()).filter(|a| a.origin != me).collect();
                 for a in adverts {
-                    let mut buf = std::mem::take(&mut self.advert_buf);
-                    a.encode(&mut buf);
-                    self.advert_buf = buf;
+                    self.encode_advert(&a);
                     self.send_advert(now, idx, out);
                 }
                 // And this host's own, fresh, to everyone.
@@ -1539,18 +1548,16 @@ impl Node {
     /// (that costs only bandwidth on a dead link).
     fn choose_by_policy(&mut self, idx: usize) {
         self.chosen.clear();
-        let n = &self.neighbours[idx];
-        let usable = n.paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
         let chosen = &mut self.chosen;
-        n.policy.unwrap_or(self.cfg.policy).select(usable, &n.ranking, |i| chosen.push(i));
+        self.neighbours[idx].select(self.cfg.policy, |i| chosen.push(i));
     }
 
     /// The paths of neighbour `host` a packet would be copied onto now.
     pub fn chosen_paths(&self, host: HostId) -> Vec<usize> {
-        let Some(n) = self.neighbour(host) else { return Vec::new() };
-        let usable = n.paths.iter().enumerate().filter(|(_, p)| p.usable).map(|(i, _)| i);
         let mut out = Vec::new();
-        n.policy.unwrap_or(self.cfg.policy).select(usable, &n.ranking, |i| out.push(i));
+        if let Some(n) = self.neighbour(host) {
+            n.select(self.cfg.policy, |i| out.push(i));
+        }
         out
     }
 
