@@ -648,11 +648,6 @@ impl Node {
         self.recent.iter()
     }
 
-    /// The latest time any entry point was given.
-    pub fn clock(&self) -> Time {
-        self.clock
-    }
-
     fn tick(&mut self, now: Time) {
         self.clock = self.clock.max(now);
     }
