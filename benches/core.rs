@@ -9,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mpvr::proto::window::{DEFAULT_WINDOW_PACKETS, ReplayWindow};
 use mpvr::proto::wire::{HEADER_LEN, Header, MessageType, OVERHEAD, Packet};
 use mpvr::proto::{
-    Endpoint, HostId, Identity, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Seq, SessionKeys, Time,
+    BundleConfig, EndpointSpec, HostId, Identity, LinkId, NextHop, Node, NodeConfig, Received, Seq, SessionKeys, Time,
     Transmits,
 };
 use mpvr::sim::traffic;
@@ -63,10 +63,10 @@ fn node(me: u32, other: u32, links: &[(u32, &str)]) -> Node {
     let mut endpoints = Vec::new();
     for &(l, ep) in links {
         n.add_link(Time::ZERO, LinkId(l));
-        endpoints.push(Endpoint { remote: ep.parse().expect("endpoint"), link: Some(LinkId(l)) });
+        endpoints.push(EndpointSpec { remote: ep.parse().expect("endpoint"), link: Some(LinkId(l)) });
     }
     let public_key = Identity::new([other as u8; 32]).public();
-    n.add_neighbour(NeighbourConfig { host: host(other), public_key, psk: None, endpoints }).expect("neighbour");
+    n.add_bundle(BundleConfig { host: host(other), public_key, psk: None, endpoints }).expect("neighbour");
     n.add_route(format!("10.9.0.{other}/32").parse().expect("prefix"), NextHop::Host(host(other))).expect("route");
     n
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use mpvr::proto::{
-    DropReason, Endpoint, HostId, Identity, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time,
+    BundleConfig, DropReason, EndpointSpec, HostId, Identity, LinkId, NextHop, Node, NodeConfig, Received, Time,
     Transmits,
 };
 use mpvr::sim::{shake_hands, traffic};
@@ -28,9 +28,9 @@ const B_EP: &str = "192.0.2.2:51820";
 fn node(me: u32, other: u32, other_ep: Option<&str>) -> Node {
     let mut n = Node::new(NodeConfig::new(host(me), private(me))).unwrap();
     n.add_link(Time::ZERO, LinkId(1));
-    let endpoints = other_ep.map(|e| Endpoint { remote: addr(e), link: Some(LinkId(1)) }).into_iter().collect();
+    let endpoints = other_ep.map(|e| EndpointSpec { remote: addr(e), link: Some(LinkId(1)) }).into_iter().collect();
     let public_key = Identity::new(private(other)).public();
-    n.add_neighbour(NeighbourConfig { host: host(other), public_key, psk: None, endpoints }).unwrap();
+    n.add_bundle(BundleConfig { host: host(other), public_key, psk: None, endpoints }).unwrap();
     n.add_route(format!("10.9.0.{other}/32").parse().unwrap(), NextHop::Host(host(other))).unwrap();
     n.add_route(format!("10.9.0.{me}/32").parse().unwrap(), NextHop::Local).unwrap();
     n
@@ -135,11 +135,11 @@ fn every_copy_is_byte_identical() {
         a.add_link(Time::ZERO, LinkId(l));
     }
     let endpoints = vec![
-        Endpoint { remote: addr(B_EP), link: None },
-        Endpoint { remote: addr("198.51.100.2:1"), link: Some(LinkId(3)) },
+        EndpointSpec { remote: addr(B_EP), link: None },
+        EndpointSpec { remote: addr("198.51.100.2:1"), link: Some(LinkId(3)) },
     ];
     let public_key = Identity::new(private(2)).public();
-    a.add_neighbour(NeighbourConfig { host: host(2), public_key, psk: None, endpoints }).unwrap();
+    a.add_bundle(BundleConfig { host: host(2), public_key, psk: None, endpoints }).unwrap();
     a.add_route("0.0.0.0/0".parse().unwrap(), NextHop::Host(host(2))).unwrap();
     let mut b = node(2, 1, Some(A_EP));
     shake_hands(&mut a, LinkId(1), addr(A_EP), &mut b, LinkId(1), addr(B_EP), Time::ZERO);
@@ -198,17 +198,17 @@ fn endpoints_can_change_and_paths_follow() {
     let mut a = node(1, 2, Some(B_EP));
     a.add_link(Time::ZERO, LinkId(2));
     let eps = vec![
-        Endpoint { remote: addr("192.0.2.2:51820"), link: Some(LinkId(1)) },
-        Endpoint { remote: addr("198.51.100.2:51820"), link: None },
+        EndpointSpec { remote: addr("192.0.2.2:51820"), link: Some(LinkId(1)) },
+        EndpointSpec { remote: addr("198.51.100.2:51820"), link: None },
     ];
     a.set_endpoints(host(2), eps).unwrap();
-    let paths: Vec<_> = a.neighbour(host(2)).unwrap().paths().iter().map(|p| (p.addr.link.0, p.addr.remote)).collect();
+    let paths: Vec<_> = a.bundle(host(2)).unwrap().paths().iter().map(|p| (p.addr.link.0, p.addr.remote)).collect();
     assert_eq!(
         paths,
         vec![(1, addr("192.0.2.2:51820")), (1, addr("198.51.100.2:51820")), (2, addr("198.51.100.2:51820"))]
     );
     a.set_endpoints(host(2), vec![]).unwrap();
-    assert!(a.neighbour(host(2)).unwrap().paths().is_empty());
+    assert!(a.bundle(host(2)).unwrap().paths().is_empty());
     assert!(a.set_endpoints(host(9), vec![]).is_err());
 }
 
@@ -228,7 +228,7 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
         b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut forged, &mut out),
         Received::Dropped(DropReason::HandshakeInvalid)
     );
-    assert!(b.neighbour(host(1)).unwrap().paths().is_empty());
+    assert!(b.bundle(host(1)).unwrap().paths().is_empty());
     // A genuine handshake does, and B answers on that path.
     shake_hands(&mut a, LinkId(1), nat, &mut b, LinkId(1), addr(B_EP), Time::ZERO);
     let sent = b.handle_tun_packet(Time::ZERO, &reply, &mut out).unwrap();
@@ -240,7 +240,7 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
     a.handle_tun_packet(Time::ZERO, &packet(1, 2, 5), &mut next).unwrap();
     let mut d = next.iter().next().unwrap().datagram.to_vec();
     assert!(matches!(b.handle_datagram(Time::ZERO, LinkId(1), moved, &mut d, &mut out), Received::Deliver(_)));
-    let paths = b.neighbour(host(1)).unwrap().paths();
+    let paths: Vec<_> = b.bundle(host(1)).unwrap().paths().iter().collect();
     assert_eq!(paths.len(), 1);
     assert_eq!(paths[0].addr.remote, moved);
     assert!(paths[0].learned);

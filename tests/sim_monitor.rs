@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use common::{at_ms, ms};
 
+use mpvr::proto::Path;
 use mpvr::proto::monitor::{Health, MonitorConfig, SETTLE_AFTER};
-use mpvr::proto::node::PathState;
 use mpvr::proto::{HostId, LinkId, Time};
 use mpvr::sim::scenario::{self, Pair};
 use mpvr::sim::{Jitter, LinkModel};
 
 /// Host `h`'s path toward the other host over wire `w`.
-fn path(p: &Pair, h: mpvr::sim::HostIx, w: usize) -> PathState {
+fn path(p: &Pair, h: mpvr::sim::HostIx, w: usize) -> Path {
     let other = if h == p.a { p.b } else { p.a };
     let (link, _): (LinkId, _) = p.sim.end(p.wires[w], h);
     let peer: HostId = p.sim.node(other).host();
-    let n = p.sim.node(h).neighbour(peer).expect("neighbour");
+    let n = p.sim.node(h).bundle(peer).expect("neighbour");
     n.paths().iter().find(|x| x.addr.link == link).expect("path").clone()
 }
 

@@ -59,9 +59,9 @@ fn failover_moves_to_the_other_path_within_the_detection_time() {
     // After healing, failover stays on the path that works: no flapping back.
     let a = p.sim.node(p.a);
     let peer = p.sim.node(p.b).host();
-    let active = a.neighbour(peer).unwrap().ranking().active.unwrap();
+    let active = a.bundle(peer).unwrap().ranking().active.unwrap();
     let (slow_link, _) = p.sim.end(p.wires[1], p.a);
-    assert_eq!(a.neighbour(peer).unwrap().paths()[active].addr.link, slow_link);
+    assert_eq!(a.bundle(peer).unwrap().path(active).unwrap().addr.link, slow_link);
 }
 
 #[test]

@@ -130,7 +130,7 @@ fn a_nic_that_vanishes_costs_nothing_and_is_used_again_when_it_returns() {
     let r = run_pair(&mut p, 30_000);
     assert_eq!(r.lost(), 0);
     let (link_a, _) = p.sim.end(w, p.a);
-    let nb = p.sim.node(p.a).neighbour(mpvr::proto::HostId::new(2).unwrap()).unwrap();
+    let nb = p.sim.node(p.a).bundle(mpvr::proto::HostId::new(2).unwrap()).unwrap();
     let path = nb.paths().iter().find(|x| x.addr.link == link_a).unwrap();
     assert!(path.usable);
     // Copies went out on it before the cut and again after (not during):
@@ -208,7 +208,7 @@ fn relay_loses_nothing_when_any_single_link_is_cut() {
         let relay = c.sim.node(c.r).stats();
         assert_eq!(relay.forwarded.packets, 20_000);
         // A and B share no wire: everything went through the relay.
-        assert!(c.sim.node(c.a).neighbour(mpvr::proto::HostId::new(2).unwrap()).is_none());
+        assert!(c.sim.node(c.a).bundle(mpvr::proto::HostId::new(2).unwrap()).is_none());
     }
 }
 

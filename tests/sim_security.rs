@@ -39,8 +39,7 @@ fn sessions_rekey_every_two_minutes_under_loss_without_losing_more() {
         let (_, hi) = binomial_95(n, 0.0025);
         assert!(r.lost() <= hi, "lost {} of {n} (rekeying must cost nothing beyond 0.25 %)", r.lost());
     }
-    let hs =
-        |h| p.sim.node(h).neighbour(HostId::new(if h == p.a { 2 } else { 1 }).unwrap()).unwrap().stats().handshakes;
+    let hs = |h| p.sim.node(h).bundle(HostId::new(if h == p.a { 2 } else { 1 }).unwrap()).unwrap().stats().handshakes;
     // One session at start, then a new one about every 2 minutes.
     assert!((5..=8).contains(&hs(p.a)), "handshakes at A: {}", hs(p.a));
     assert_eq!(hs(p.a), hs(p.b));
@@ -85,7 +84,7 @@ fn a_peer_that_moves_mid_stream_is_followed() {
     let r = p.sim.stream_report(back, p.a);
     assert_clean(&r);
     assert!(r.lost() <= 2, "lost {} after A moved: {:?}", r.lost(), r.lost_ids);
-    let nb = p.sim.node(p.b).neighbour(HostId::new(1).unwrap()).unwrap();
+    let nb = p.sim.node(p.b).bundle(HostId::new(1).unwrap()).unwrap();
     let learned: Vec<_> = nb.paths().iter().filter(|x| x.learned).map(|x| x.addr).collect();
     assert_eq!(learned.len(), 2, "{:?}", nb.paths());
 }
@@ -128,11 +127,11 @@ fn a_wrong_key_gets_no_session_and_is_reported() {
     let (link_a, _) = p.sim.end(p.wires[0], p.a);
     let (_, b_addr) = p.sim.end(p.wires[0], p.b);
     a.add_link(Time::ZERO, link_a);
-    a.add_neighbour(mpvr::proto::NeighbourConfig {
+    a.add_bundle(mpvr::proto::BundleConfig {
         host: HostId::new(2).unwrap(),
         public_key: b_pub,
         psk: None,
-        endpoints: vec![mpvr::proto::Endpoint { remote: b_addr, link: Some(link_a) }],
+        endpoints: vec![mpvr::proto::EndpointSpec { remote: b_addr, link: Some(link_a) }],
     })
     .unwrap();
     let mut out = mpvr::proto::Transmits::new();
@@ -214,7 +213,7 @@ fn a_lost_response_is_sent_again_when_the_initiation_comes_again() {
     let s = p.stream(ms(0), ms(10), 50, 200);
     p.sim.run_until(at_ms(1_000));
     let peer = p.sim.node(p.b).host();
-    assert!(p.sim.node(p.a).neighbour(peer).unwrap().has_session());
+    assert!(p.sim.node(p.a).bundle(peer).unwrap().has_session());
     let r = p.sim.stream_report(s, p.b);
     // Nothing lost: the first packets waited for the session.
     assert_eq!(r.lost(), 0);

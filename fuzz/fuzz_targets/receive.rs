@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use mpvr::proto::{Endpoint, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits};
+use mpvr::proto::{EndpointSpec, HostId, LinkId, BundleConfig, NextHop, Node, NodeConfig, Received, Time, Transmits};
 
 fn nodes() -> (Node, Node, SocketAddr) {
     let h = |n| HostId::new(n).unwrap();
@@ -17,18 +17,18 @@ fn nodes() -> (Node, Node, SocketAddr) {
     a.add_link(Time::ZERO, LinkId(1));
     b.add_link(Time::ZERO, LinkId(1));
     let (pa, pb) = (a.public_key(), b.public_key());
-    a.add_neighbour(NeighbourConfig {
+    a.add_bundle(BundleConfig {
         host: h(2),
         public_key: pb,
         psk: None,
-        endpoints: vec![Endpoint { remote: eb, link: None }],
+        endpoints: vec![EndpointSpec { remote: eb, link: None }],
     })
     .unwrap();
-    b.add_neighbour(NeighbourConfig {
+    b.add_bundle(BundleConfig {
         host: h(1),
         public_key: pa,
         psk: None,
-        endpoints: vec![Endpoint { remote: ea, link: None }],
+        endpoints: vec![EndpointSpec { remote: ea, link: None }],
     })
     .unwrap();
     a.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(h(2))).unwrap();

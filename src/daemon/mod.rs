@@ -31,9 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::proto::{
-    self, Event, HostId, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
-};
+use crate::proto::{self, BundleConfig, Event, HostId, LinkId, NextHop, Node, NodeConfig, Received, Time, Transmits};
 use crate::status;
 use crate::sys::LinkIo;
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
@@ -70,7 +68,7 @@ pub enum RunError {
     MissingNics(Vec<String>),
     /// The node refused its settings.
     #[error("invalid settings: {0}")]
-    Node(#[from] proto::ConfigError),
+    Node(#[from] proto::SetupError),
     /// The TUN could not be created.
     #[error("cannot create the TUN device {name}: {source} (is the tun module loaded, and is the name free?)")]
     Tun {
@@ -331,7 +329,7 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     let mut node = Node::new(nc)?;
     for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
         let public_key = p.public_key.expect("config check: a neighbour has a public key");
-        node.add_neighbour(NeighbourConfig { host: p.id, public_key, psk: p.psk, endpoints: Vec::new() })?;
+        node.add_bundle(BundleConfig { host: p.id, public_key, psk: p.psk, endpoints: Vec::new() })?;
         node.set_policy(p.id, p.policy)?;
     }
     for a in &cfg.addresses {
@@ -808,7 +806,7 @@ fn log_summary(shared: &Shared, links: &Links) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Endpoint;
+    use crate::proto::EndpointSpec;
     use crate::sim::traffic::udp_packet;
 
     #[test]
@@ -821,12 +819,12 @@ mod tests {
         node.add_link(Time::ZERO, LinkId(1));
         node.add_link(Time::ZERO, LinkId(2));
         peer.add_link(Time::ZERO, LinkId(1));
-        let endpoints = vec![Endpoint { remote: eb, link: None }];
+        let endpoints = vec![EndpointSpec { remote: eb, link: None }];
         let public_key = peer.public_key();
-        node.add_neighbour(NeighbourConfig { host: h(2), public_key, psk: None, endpoints }).unwrap();
-        let endpoints = vec![Endpoint { remote: ea, link: None }];
+        node.add_bundle(BundleConfig { host: h(2), public_key, psk: None, endpoints }).unwrap();
+        let endpoints = vec![EndpointSpec { remote: ea, link: None }];
         let public_key = node.public_key();
-        peer.add_neighbour(NeighbourConfig { host: h(1), public_key, psk: None, endpoints }).unwrap();
+        peer.add_bundle(BundleConfig { host: h(1), public_key, psk: None, endpoints }).unwrap();
         node.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(h(2))).unwrap();
         crate::sim::shake_hands(&mut node, LinkId(1), ea, &mut peer, LinkId(1), eb, Time::ZERO);
         let mut out = Transmits::new();

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use crate::config::{Config, Mtu, PeerConfig};
+use crate::proto::EndpointSpec;
 use crate::proto::LinkId;
-use crate::proto::node::Endpoint;
 use crate::proto::wire::{Family, UDP_HEADER_LEN, tun_mtu};
 use crate::sys::netlink::Nic;
 
@@ -79,10 +79,10 @@ pub fn reaches(link: &Nic, cfg: &Config, ip: IpAddr) -> bool {
 /// that are up now. An endpoint pinned to a NIC uses that NIC only (and is
 /// left out while it is not a link). An unpinned endpoint uses the links on
 /// whose subnet it lies if there are any, else every link that [`reaches`] it.
-pub fn endpoints(peer: &PeerConfig, cfg: &Config, links: &[&Nic]) -> Vec<Endpoint> {
+pub fn endpoints(peer: &PeerConfig, cfg: &Config, links: &[&Nic]) -> Vec<EndpointSpec> {
     let mut out = Vec::new();
     for e in &peer.endpoints {
-        let pin = |nic: &Nic| Endpoint { remote: e.address, link: Some(LinkId(nic.index)) };
+        let pin = |nic: &Nic| EndpointSpec { remote: e.address, link: Some(LinkId(nic.index)) };
         match &e.link {
             Some(name) => out.extend(links.iter().filter(|n| &n.name == name).map(|n| pin(n))),
             None => {

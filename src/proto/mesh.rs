@@ -178,18 +178,54 @@ pub struct MeshRoute {
 }
 
 /// The link-state database and the routes computed from it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Mesh {
+    me: HostId,
+    cfg: MeshConfig,
     /// Adverts by origin, with when they arrived.
-    pub db: BTreeMap<HostId, (Advert, Time)>,
+    db: BTreeMap<HostId, (Advert, Time)>,
     /// Next hop per destination host.
-    pub routes: BTreeMap<HostId, MeshRoute>,
+    routes: BTreeMap<HostId, MeshRoute>,
     /// The neighbour costs last advertised by this host.
-    pub advertised: Vec<(HostId, u32)>,
-    /// When this host last advertised.
-    pub last_advert: Option<Time>,
+    advertised: Vec<(HostId, u32)>,
+    /// When this host last advertised (`None`: advertise at the next tick).
+    last_advert: Option<Time>,
     /// This host's last advert sequence number.
-    pub seq: u64,
+    seq: u64,
+}
+
+/// A next hop that changed ([`Mesh::tick`], [`Mesh::receive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteChange {
+    /// The destination host.
+    pub dest: HostId,
+    /// Its next hop now (`None`: no mesh route any more).
+    pub next: Option<HostId>,
+    /// Cost through it, microseconds.
+    pub cost: u64,
+}
+
+/// What a [`Mesh::tick`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// This host's new advert, to flood to every neighbour.
+    pub advert: Option<Advert>,
+    /// The database or the routes changed: rebuild the route table.
+    pub changed: bool,
+    /// Next hops that changed.
+    pub route_changes: Vec<RouteChange>,
+}
+
+/// What [`Mesh::receive`] did with an advert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Not newer than the one held (or this host's own): nothing to do.
+    Known,
+    /// Newer: stored; flood it on and rebuild the routes.
+    New {
+        /// Next hops that changed.
+        route_changes: Vec<RouteChange>,
+    },
 }
 
 /// Whether a neighbour set changed enough to advertise again.
@@ -204,6 +240,50 @@ pub fn changed_enough(old: &[(HostId, u32)], new: &[(HostId, u32)]) -> bool {
 }
 
 impl Mesh {
+    /// The mesh of host `me`.
+    pub fn new(me: HostId, cfg: MeshConfig) -> Mesh {
+        Mesh {
+            me,
+            cfg,
+            db: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            advertised: Vec::new(),
+            last_advert: None,
+            seq: 0,
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> MeshConfig {
+        self.cfg
+    }
+
+    /// Next hop per destination host.
+    pub fn routes(&self) -> &BTreeMap<HostId, MeshRoute> {
+        &self.routes
+    }
+
+    /// Every advert held (this host's own too), by origin.
+    pub fn adverts(&self) -> impl Iterator<Item = &Advert> {
+        self.db.values().map(|(a, _)| a)
+    }
+
+    /// The advert of `origin`, if held.
+    pub fn advert(&self, origin: HostId) -> Option<&Advert> {
+        self.db.get(&origin).map(|(a, _)| a)
+    }
+
+    /// The adverts of other hosts, for a neighbour with a new session.
+    pub fn others(&self) -> impl Iterator<Item = &Advert> {
+        let me = self.me;
+        self.adverts().filter(move |a| a.origin != me)
+    }
+
+    /// Advertise this host at the next tick (a neighbour got a new session).
+    pub fn readvertise(&mut self) {
+        self.last_advert = None;
+    }
+
     /// Take `advert` if it is newer than the one held; true if it was.
     pub fn accept(&mut self, advert: Advert, now: Time) -> bool {
         if self.db.get(&advert.origin).is_some_and(|(held, _)| held.seq >= advert.seq) {
@@ -213,8 +293,78 @@ impl Mesh {
         true
     }
 
+    /// An authenticated advert from a neighbour. This host's own from
+    /// before a restart makes it advertise again above it. `direct`: the
+    /// costs of the neighbours reachable now.
+    pub fn receive(&mut self, advert: Advert, now: Time, direct: &[(HostId, u32)]) -> Heard {
+        if advert.origin == self.me {
+            if advert.seq > self.seq {
+                self.seq = advert.seq;
+                self.last_advert = None;
+            }
+            return Heard::Known;
+        }
+        if !self.accept(advert, now) {
+            return Heard::Known;
+        }
+        Heard::New { route_changes: self.recompute(now, direct) }
+    }
+
+    /// The timer work at `now`: age the database, advertise this host when
+    /// due (refresh, or neighbours changed enough, or asked) with
+    /// `prefixes` and `direct`, recompute the routes. `wall_ms`: wall-clock
+    /// milliseconds, the floor of the advert's sequence number.
+    pub fn tick(&mut self, now: Time, wall_ms: u64, prefixes: &[IpNet], direct: &[(HostId, u32)]) -> Tick {
+        let mut tick = Tick { changed: self.expire(now, self.cfg.max_age, self.me), ..Tick::default() };
+        let due = match self.last_advert {
+            None => true,
+            Some(t) => {
+                now - t >= self.cfg.refresh || (now - t >= MIN_ADVERT_GAP && changed_enough(&self.advertised, direct))
+            }
+        };
+        if due {
+            self.seq = (self.seq + 1).max(wall_ms);
+            let advert =
+                Advert { origin: self.me, seq: self.seq, prefixes: prefixes.to_vec(), neighbours: direct.to_vec() };
+            self.db.insert(self.me, (advert.clone(), now));
+            self.advertised = direct.to_vec();
+            self.last_advert = Some(now);
+            tick.advert = Some(advert);
+            tick.changed = true;
+        }
+        tick.route_changes = self.recompute(now, direct);
+        tick.changed |= !tick.route_changes.is_empty();
+        tick
+    }
+
+    /// When [`Mesh::tick`] has work: the next refresh or expiry.
+    pub fn next_timeout(&self) -> Option<Time> {
+        let refresh = self.last_advert.map(|t| t + self.cfg.refresh);
+        let me = self.me;
+        let expiry = self.db.iter().filter(|(h, _)| **h != me).map(|(_, (_, at))| *at + self.cfg.max_age).min();
+        [refresh, expiry].into_iter().flatten().min()
+    }
+
+    /// Recompute the routes; the next hops that changed.
+    fn recompute(&mut self, now: Time, direct: &[(HostId, u32)]) -> Vec<RouteChange> {
+        let before = self.routes.clone();
+        if !self.compute(self.me, direct, now) {
+            return Vec::new();
+        }
+        let mut changes: Vec<RouteChange> = self
+            .routes
+            .iter()
+            .filter(|(dest, r)| before.get(dest).is_none_or(|b| b.next != r.next))
+            .map(|(dest, r)| RouteChange { dest: *dest, next: Some(r.next), cost: r.cost })
+            .collect();
+        for dest in before.keys().filter(|d| !self.routes.contains_key(d)) {
+            changes.push(RouteChange { dest: *dest, next: None, cost: 0 });
+        }
+        changes
+    }
+
     /// Forget adverts older than `max_age` (never this host's own, `me`).
-    pub fn expire(&mut self, now: Time, max_age: Duration, me: HostId) -> bool {
+    fn expire(&mut self, now: Time, max_age: Duration, me: HostId) -> bool {
         let before = self.db.len();
         self.db.retain(|h, (_, at)| *h == me || now - *at < max_age);
         self.db.len() != before
@@ -255,7 +405,7 @@ impl Mesh {
 
     /// Recompute the routes of `me`, whose neighbours reachable now cost
     /// `direct` (microseconds). Returns true if a next hop changed.
-    pub fn compute(&mut self, me: HostId, direct: &[(HostId, u32)], now: Time) -> bool {
+    fn compute(&mut self, me: HostId, direct: &[(HostId, u32)], now: Time) -> bool {
         let g = self.edges();
         let via: Vec<(HostId, u64, BTreeMap<HostId, u64>)> =
             direct.iter().map(|&(n, c)| (n, u64::from(c).max(1), Self::dijkstra(&g, n, me))).collect();
@@ -287,6 +437,10 @@ mod tests {
 
     fn h(n: u32) -> HostId {
         HostId::new(n).unwrap()
+    }
+
+    fn mesh() -> Mesh {
+        Mesh::new(h(1), MeshConfig::default())
     }
 
     fn adv(o: u32, seq: u64, n: &[(u32, u32)]) -> Advert {
@@ -321,7 +475,7 @@ mod tests {
 
     #[test]
     fn newer_adverts_win_and_old_ones_age_out() {
-        let mut m = Mesh::default();
+        let mut m = mesh();
         assert!(m.accept(adv(2, 5, &[]), Time::ZERO));
         assert!(!m.accept(adv(2, 5, &[]), Time::ZERO));
         assert!(!m.accept(adv(2, 4, &[]), Time::ZERO));
@@ -332,7 +486,7 @@ mod tests {
 
     /// A triangle 1-2 (direct), 1-3, 3-2, seen from host 1.
     fn triangle(direct: u32) -> Mesh {
-        let mut m = Mesh::default();
+        let mut m = mesh();
         m.accept(adv(1, 1, &[(2, direct), (3, 8000)]), Time::ZERO);
         m.accept(adv(2, 1, &[(1, direct), (3, 8000)]), Time::ZERO);
         m.accept(adv(3, 1, &[(1, 8000), (2, 8000)]), Time::ZERO);
@@ -368,7 +522,7 @@ mod tests {
     fn a_next_hop_never_leads_back() {
         // A chain 1 - 2 - 3: from 2's view the route to 3 is direct, and
         // 1 is never a next hop toward 3 (its only way there is through 2).
-        let mut m = Mesh::default();
+        let mut m = mesh();
         m.accept(adv(1, 1, &[(2, 1000)]), Time::ZERO);
         m.accept(adv(2, 1, &[(1, 1000), (3, 1000)]), Time::ZERO);
         m.accept(adv(3, 1, &[(2, 1000)]), Time::ZERO);

@@ -1,22 +1,38 @@
 //! The pure core of mpvr: wire format, dedup / anti-replay window, sealing,
 //! handshakes and sessions, the link monitor (probes, estimators, path
 //! states), the mesh (route advertisements), routing, duplication policy and
-//! the [`Node`] state machine.
+//! the [`Node`] state machine that dispatches over them.
 //!
 //! No I/O, no clock reads, no unsafe code: every entry point takes `now`, and
 //! outputs are returned or written into caller buffers. The Linux shell and the
 //! simulator ([`crate::sim`]) drive the same [`Node`].
+//!
+//! Words (DESIGN.md's, one name per concept in code, config, status and docs):
+//! - host: one mpvr daemon ([`HostId`]); a peer is a host this one has a
+//!   session with (config `[[peer]]`, events and status `peer`);
+//! - link: a local NIC ([`LinkId`]); endpoint: a peer's UDP address
+//!   ([`EndpointSpec`] when pinned to a link);
+//! - path: one (link, endpoint) pair ([`path::Path`], named by a stable
+//!   [`path::PathId`]);
+//! - bundle: all paths and sessions toward one peer ([`bundle::Bundle`]);
+//! - route: prefix -> next hop ([`route`], composed by [`router::Router`]
+//!   from the configured routes and the [`mesh`]);
+//! - policy: which paths a packet is copied onto ([`Policy`]).
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod crypto;
 pub mod handshake;
 pub mod ids;
 pub mod ip;
+pub mod link;
 pub mod mesh;
 pub mod monitor;
 pub mod node;
+pub mod path;
 pub mod policy;
 pub mod route;
+pub mod router;
 pub mod session;
 pub mod stats;
 pub mod time;
@@ -24,10 +40,12 @@ pub mod transmit;
 pub mod window;
 pub mod wire;
 
+pub use bundle::{Bundle, BundleConfig, EndpointSpec};
 pub use crypto::SessionKeys;
 pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};
-pub use node::{ConfigError, Endpoint, Event, NeighbourConfig, Node, NodeConfig, Received, Sent};
+pub use node::{Event, Node, NodeConfig, Received, Sent, SetupError};
+pub use path::{Path, PathId, PathSet};
 pub use policy::Policy;
 pub use route::NextHop;
 pub use stats::DropReason;

@@ -31,6 +31,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::path::MAX_PATHS;
 use super::time::Time;
 
 /// Wait this long after a data packet's first copy before crediting the paths
@@ -193,12 +194,12 @@ impl RttEstimator {
 /// `J += (|D| - J) / 16`, where `D` is the change in transit time between
 /// consecutive packets. Transit times may carry any constant clock offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Jitter {
+pub struct JitterEstimator {
     last_transit: Option<i64>,
     jitter_ns: i64,
 }
 
-impl Jitter {
+impl JitterEstimator {
     /// Take the transit time (receive time minus send time, in nanoseconds
     /// of two clocks that may be offset) of the next packet.
     pub fn update(&mut self, transit_ns: i64) {
@@ -522,8 +523,8 @@ pub struct PathMonitor {
     lost_in_row: u32,
     replies_in_row: u32,
     rtt: RttEstimator,
-    jitter_out: Jitter,
-    jitter_in: Jitter,
+    jitter_out: JitterEstimator,
+    jitter_in: JitterEstimator,
     owd_out: OwdVariation,
     owd_in: OwdVariation,
     loss: LossWindow,
@@ -549,8 +550,8 @@ impl PathMonitor {
             lost_in_row: 0,
             replies_in_row: 0,
             rtt: RttEstimator::default(),
-            jitter_out: Jitter::default(),
-            jitter_in: Jitter::default(),
+            jitter_out: JitterEstimator::default(),
+            jitter_in: JitterEstimator::default(),
             owd_out: OwdVariation::default(),
             owd_in: OwdVariation::default(),
             loss: LossWindow::default(),
@@ -656,6 +657,15 @@ impl PathMonitor {
     pub fn sent_probe(&mut self, now: Time) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.sent_probe_as(now, id);
+        id
+    }
+
+    /// A probe with `id` goes out now (ids given by the bundle, unique
+    /// across its paths, so a reply to a path that was replaced matches
+    /// nothing). The oldest outstanding one is given up (counted lost) if
+    /// all slots are taken.
+    pub fn sent_probe_as(&mut self, now: Time, id: u32) {
         self.last_probe = Some(now);
         self.probes_sent += 1;
         let slot = match self.outstanding.iter().position(Option::is_none) {
@@ -668,7 +678,6 @@ impl PathMonitor {
             }
         };
         self.outstanding[slot] = Some((id, now));
-        id
     }
 
     fn record_loss(&mut self) {
@@ -815,12 +824,13 @@ impl PathMonitor {
 struct Slot {
     seq: u64,
     first_at: Time,
-    mask: u16,
+    mask: u32,
     open: bool,
 }
 
 /// Which paths delivered each recent data packet of one session (paths by
-/// their index in the neighbour's path list; the first 16 are tracked).
+/// their slot in the bundle's path table, [`MAX_PATHS`] of them; a slot
+/// emptied is [`Passive::forget`]ten, so its bits never credit the next path).
 #[derive(Clone, Debug)]
 pub struct Passive {
     slots: Box<[Slot]>,
@@ -839,21 +849,23 @@ impl Default for Passive {
 }
 
 /// The per-path counts a [`Passive`] tracker credits, and which paths are
-/// expected to deliver (the others are not counted missing).
+/// expected to deliver (the others are not counted missing). Paths are
+/// named by slot.
 pub trait Credit {
-    /// Paths tracked.
-    fn paths(&self) -> usize;
-    /// Whether path `i` was expected to deliver at `now`.
-    fn expected(&self, i: usize, now: Time) -> bool;
-    /// Path `i`'s counts.
-    fn counts(&mut self, i: usize) -> &mut PassiveCounts;
+    /// Every path lives in a slot below this.
+    fn span(&self) -> usize;
+    /// Whether the path in `slot` was expected to deliver a packet whose
+    /// first copy came at `first_at`, judged at `now`.
+    fn expected(&self, slot: usize, first_at: Time, now: Time) -> bool;
+    /// The counts of the path in `slot` (`None`: the slot is empty).
+    fn counts(&mut self, slot: usize) -> Option<&mut PassiveCounts>;
 }
 
 impl Passive {
     /// Path `path` delivered data packet `seq` at `now`; `first`: it was
     /// the first copy. Late copies whose slot was reused are not credited.
     pub fn record(&mut self, now: Time, seq: u64, path: usize, first: bool, credit: &mut impl Credit) {
-        if path >= 16 || seq < self.settled {
+        if path >= MAX_PATHS || seq < self.settled {
             return;
         }
         let i = (seq % PASSIVE_SLOTS as u64) as usize;
@@ -871,17 +883,30 @@ impl Passive {
         self.slots[i] = Slot { seq, first_at: now, mask: 1 << path, open: true };
         self.oldest.get_or_insert(now);
         self.highest = self.highest.max(seq);
-        credit.counts(path).first += 1;
+        if let Some(c) = credit.counts(path) {
+            c.first += 1;
+        }
+    }
+
+    /// The path in `slot` is gone: no open packet credits that slot.
+    pub fn forget(&mut self, slot: usize) {
+        if slot >= MAX_PATHS {
+            return;
+        }
+        let bit = !(1u32 << slot);
+        for s in self.slots.iter_mut().filter(|s| s.open) {
+            s.mask &= bit;
+        }
     }
 
     fn settle_slot(slot: &mut Slot, now: Time, credit: &mut impl Credit) {
         slot.open = false;
-        let n = credit.paths().min(16);
-        let expected: u16 = (0..n).filter(|&p| credit.expected(p, now)).fold(0, |m, p| m | 1 << p);
+        let span = credit.span().min(MAX_PATHS);
+        let expected: u32 = (0..span).filter(|&p| credit.expected(p, slot.first_at, now)).fold(0, |m, p| m | 1 << p);
         let rescue = slot.mask.count_ones() == 1 && (expected & !slot.mask) != 0;
-        for p in 0..n {
-            let bit = 1u16 << p;
-            let c = credit.counts(p);
+        for p in 0..span {
+            let bit = 1u32 << p;
+            let Some(c) = credit.counts(p) else { continue };
             if slot.mask & bit != 0 {
                 c.delivered += 1;
                 if rescue {
@@ -946,7 +971,7 @@ mod tests {
 
     #[test]
     fn jitter_follows_rfc3550() {
-        let mut j = Jitter::default();
+        let mut j = JitterEstimator::default();
         // A constant offset (clock skew) gives no jitter.
         for _ in 0..10 {
             j.update(5_000_000_000);
@@ -961,7 +986,7 @@ mod tests {
         let _ = t;
         assert!(j.get().abs_diff(ms(16)) < ms(1), "{:?}", j.get());
         // One step of D = 32 ms from J = 0 gives 2 ms.
-        let mut j = Jitter::default();
+        let mut j = JitterEstimator::default();
         j.update(0);
         j.update(32_000_000);
         assert_eq!(j.get(), ms(2));
@@ -1122,14 +1147,14 @@ mod tests {
     }
 
     impl Credit for Paths {
-        fn paths(&self) -> usize {
+        fn span(&self) -> usize {
             self.counts.len()
         }
-        fn expected(&self, i: usize, _: Time) -> bool {
-            self.expected[i]
+        fn expected(&self, i: usize, _: Time, _: Time) -> bool {
+            self.expected.get(i).copied().unwrap_or(false)
         }
-        fn counts(&mut self, i: usize) -> &mut PassiveCounts {
-            &mut self.counts[i]
+        fn counts(&mut self, i: usize) -> Option<&mut PassiveCounts> {
+            self.counts.get_mut(i)
         }
     }
 

@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::monitor::Health;
+use super::path::{PathId, PathSet};
 
 /// A path must be this much cheaper (fraction) to overtake one ranked before it.
 pub const RERANK_MARGIN: f64 = 0.2;
@@ -44,8 +45,8 @@ pub enum Policy {
 /// What the policy knows about one usable path.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Candidate {
-    /// The path's index in its neighbour's list.
-    pub index: usize,
+    /// The path.
+    pub id: PathId,
     /// Its state.
     pub health: Health,
     /// Its cost (`None`: not measured yet).
@@ -55,10 +56,10 @@ pub struct Candidate {
 /// One neighbour's path ranking, kept between packets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ranking {
-    /// Path indices, best first (only paths not down).
-    pub order: Vec<usize>,
+    /// Paths, best first (only paths not down).
+    pub order: Vec<PathId>,
     /// The `failover` policy's active path.
-    pub active: Option<usize>,
+    pub active: Option<PathId>,
 }
 
 fn beats(a: Option<Duration>, b: Option<Duration>) -> bool {
@@ -75,11 +76,11 @@ impl Ranking {
     /// if it beats it clearly. Returns true if the `failover` active path changed.
     pub fn update(&mut self, candidates: &[Candidate]) -> bool {
         let alive: Vec<&Candidate> = candidates.iter().filter(|c| c.health != Health::Down).collect();
-        let find = |i: usize| alive.iter().find(|c| c.index == i).copied();
+        let find = |i: PathId| alive.iter().find(|c| c.id == i).copied();
         // Keep the old order of the paths still alive, then add new ones.
         let mut order: Vec<&Candidate> = self.order.iter().filter_map(|&i| find(i)).collect();
         for c in &alive {
-            if !order.iter().any(|o| o.index == c.index) {
+            if !order.iter().any(|o| o.id == c.id) {
                 order.push(c);
             }
         }
@@ -91,12 +92,12 @@ impl Ranking {
                 j -= 1;
             }
         }
-        self.order = order.iter().map(|c| c.index).collect();
+        self.order = order.iter().map(|c| c.id).collect();
         let keep = self.active.and_then(find).is_some_and(|c| c.health == Health::Up);
         if keep {
             return false;
         }
-        let next = order.iter().find(|c| c.health == Health::Up).or_else(|| order.first()).map(|c| c.index);
+        let next = order.iter().find(|c| c.health == Health::Up).or_else(|| order.first()).map(|c| c.id);
         let changed = next != self.active;
         self.active = next;
         changed
@@ -104,30 +105,22 @@ impl Ranking {
 }
 
 impl Policy {
-    /// Call `take` for each chosen path among `usable` (path indices in
-    /// order), given the neighbour's ranking.
-    pub fn select(self, usable: impl Iterator<Item = usize> + Clone, ranking: &Ranking, mut take: impl FnMut(usize)) {
-        let usable_has = |i: usize| usable.clone().any(|u| u == i);
+    /// The paths a packet is copied onto, among `usable` (the bundle's usable
+    /// paths; `is_usable` says whether a ranked id is one of them), given
+    /// the bundle's ranking.
+    pub fn select(self, usable: PathSet, is_usable: impl Fn(PathId) -> bool, ranking: &Ranking) -> PathSet {
         match self {
-            Policy::All => usable.for_each(&mut take),
+            Policy::All => usable,
             Policy::Best(n) => {
-                let mut taken = 0;
-                for &i in &ranking.order {
-                    if taken == usize::from(n) {
-                        break;
-                    }
-                    if usable_has(i) {
-                        take(i);
-                        taken += 1;
-                    }
+                let mut taken = PathSet::EMPTY;
+                for &id in ranking.order.iter().filter(|&&id| is_usable(id)).take(usize::from(n)) {
+                    taken.insert(id);
                 }
-                if taken == 0 {
-                    usable.for_each(&mut take);
-                }
+                if taken.is_empty() { usable } else { taken }
             }
-            Policy::Failover => match ranking.active.filter(|&a| usable_has(a)) {
-                Some(a) => take(a),
-                None => usable.for_each(&mut take),
+            Policy::Failover => match ranking.active.filter(|&a| is_usable(a)) {
+                Some(a) => PathSet::of(a),
+                None => usable,
             },
         }
     }
@@ -171,14 +164,22 @@ mod tests {
         Some(Duration::from_millis(n))
     }
 
+    fn id(i: usize) -> PathId {
+        PathId::new(i as u8, 1)
+    }
+
     fn c(index: usize, health: Health, cost: Option<Duration>) -> Candidate {
-        Candidate { index, health, cost }
+        Candidate { id: id(index), health, cost }
     }
 
     fn chosen(p: Policy, usable: &[usize], r: &Ranking) -> Vec<usize> {
-        let mut got = vec![];
-        p.select(usable.iter().copied(), r, |i| got.push(i));
-        got
+        let mut set = PathSet::EMPTY;
+        usable.iter().for_each(|&i| set.insert(id(i)));
+        p.select(set, |x| set.contains(x), r).slots().collect()
+    }
+
+    fn order(r: &Ranking) -> Vec<usize> {
+        r.order.iter().map(|i| i.slot()).collect()
     }
 
     #[test]
@@ -205,14 +206,14 @@ mod tests {
             c(2, Health::Up, ms(20)),
             c(3, Health::Down, ms(1)),
         ]);
-        assert_eq!(r.order, vec![1, 2, 0]);
+        assert_eq!(order(&r), vec![1, 2, 0]);
         assert_eq!(chosen(Policy::Best(2), &[0, 1, 2, 3], &r), vec![1, 2]);
         // Path 2 gets a little cheaper than 1: not enough to pass it.
         r.update(&[c(0, Health::Up, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Up, ms(9))]);
-        assert_eq!(r.order, vec![1, 2, 0]);
+        assert_eq!(order(&r), vec![1, 2, 0]);
         // Clearly cheaper: it passes.
         r.update(&[c(0, Health::Up, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Up, ms(5))]);
-        assert_eq!(r.order, vec![2, 1, 0]);
+        assert_eq!(order(&r), vec![2, 1, 0]);
         // A path that goes down leaves the ranking; with none alive, all go.
         r.update(&[c(0, Health::Down, ms(30)), c(1, Health::Up, ms(10)), c(2, Health::Down, ms(5))]);
         assert_eq!(chosen(Policy::Best(2), &[0, 1, 2], &r), vec![1]);

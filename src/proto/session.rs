@@ -112,19 +112,47 @@ pub struct Staged {
     pub packet: Vec<u8>,
 }
 
-/// Everything about the sessions with one neighbour.
+/// Everything about the sessions with one peer.
 #[derive(Debug, Default)]
 pub struct Sessions {
     slots: [Option<Session>; 2],
     current: Option<bool>,
     /// The handshake in progress, if this host started one.
-    pub pending: Option<Pending>,
-    /// Timestamp of the last initiation accepted from this neighbour.
-    pub last_init_timestamp: Option<u64>,
+    pending: Option<Pending>,
+    /// Timestamp of the last initiation accepted from this peer.
+    last_init_timestamp: Option<u64>,
     /// The response sent to it, with the slot of the session it made.
-    pub last_response: Option<(bool, [u8; super::handshake::RESPONSE_LEN])>,
+    last_response: Option<(bool, [u8; super::handshake::RESPONSE_LEN])>,
     /// Packets waiting for a session (oldest first).
-    pub staged: VecDeque<Staged>,
+    staged: VecDeque<Staged>,
+}
+
+/// What a session timer asks for ([`Sessions::on_timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionTimeout {
+    /// Nothing.
+    Nothing,
+    /// Send the initiation again (a new one, same attempt started at `started`).
+    Retry {
+        /// When the attempt began.
+        started: Time,
+    },
+    /// The attempt was given up; this many waiting packets were dropped.
+    GaveUp {
+        /// Packets dropped.
+        dropped: usize,
+    },
+}
+
+/// How an authenticated initiation's timestamp compares with the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitiationAge {
+    /// Newer: a new handshake.
+    New,
+    /// The same initiation again (a copy on another path, or sent again).
+    Repeat,
+    /// Older: a replay.
+    Replay,
 }
 
 impl Sessions {
@@ -239,6 +267,13 @@ impl Sessions {
         }
     }
 
+    /// The path in `slot` is gone: neither session's tracker credits it.
+    pub fn forget_path(&mut self, slot: usize) {
+        for s in self.slots.iter_mut().flatten() {
+            s.passive.forget(slot);
+        }
+    }
+
     /// When the oldest unsettled data packet settles.
     pub fn next_settle(&self) -> Option<Time> {
         self.slots.iter().flatten().filter_map(|s| s.passive.oldest_open()).map(|t| t + SETTLE_AFTER).min()
@@ -247,5 +282,82 @@ impl Sessions {
     /// Whether any session exists (for status).
     pub fn established(&self) -> bool {
         self.slots.iter().any(Option::is_some)
+    }
+
+    /// The handshake this host started, while it waits for an answer.
+    pub fn pending(&self) -> Option<&Pending> {
+        self.pending.as_ref()
+    }
+
+    /// A handshake starts (or is retried) with this initiation.
+    pub fn start_handshake(&mut self, p: Pending) {
+        self.pending = Some(p);
+    }
+
+    /// The handshake ended (answered, or superseded by the peer's).
+    pub fn end_handshake(&mut self) {
+        self.pending = None;
+    }
+
+    /// The key phase for a new initiation: the running attempt's, or a free slot.
+    pub fn initiation_phase(&self) -> bool {
+        self.pending.as_ref().map_or_else(|| self.free_slot(), |p| p.key_phase)
+    }
+
+    /// Hold a packet until a session exists; `false` if the queue is full.
+    pub fn stage(&mut self, hop_limit: u8, packet: &[u8]) -> bool {
+        if self.staged.len() >= MAX_STAGED {
+            return false;
+        }
+        self.staged.push_back(Staged { hop_limit, packet: packet.to_vec() });
+        true
+    }
+
+    /// Take the packets waiting for a session.
+    pub fn take_staged(&mut self) -> VecDeque<Staged> {
+        std::mem::take(&mut self.staged)
+    }
+
+    /// Packets waiting for a session.
+    pub fn staged(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Check an authenticated initiation's timestamp against the last one
+    /// accepted, and remember it if it is newer.
+    pub fn initiation_age(&mut self, timestamp: u64) -> InitiationAge {
+        match self.last_init_timestamp {
+            Some(last) if timestamp == last => InitiationAge::Repeat,
+            Some(last) if timestamp < last => InitiationAge::Replay,
+            _ => {
+                self.last_init_timestamp = Some(timestamp);
+                InitiationAge::New
+            }
+        }
+    }
+
+    /// Install the session an accepted initiation made (this host answered
+    /// it with `response`): the handshake this host started, if any, ends.
+    pub fn answered(&mut self, slot: bool, session: Session, response: [u8; super::handshake::RESPONSE_LEN]) {
+        self.pending = None;
+        self.install(slot, session);
+        self.last_response = Some((slot, response));
+    }
+
+    /// Run the session timers at `now`: forget sessions past their age,
+    /// give up or retry the handshake in progress.
+    pub fn on_timeout(&mut self, now: Time) -> SessionTimeout {
+        self.expire(now);
+        let Some(p) = &self.pending else { return SessionTimeout::Nothing };
+        if now - p.started >= REKEY_ATTEMPT_TIME {
+            self.pending = None;
+            let dropped = self.staged.len();
+            self.staged.clear();
+            SessionTimeout::GaveUp { dropped }
+        } else if now - p.last_sent >= REKEY_TIMEOUT {
+            SessionTimeout::Retry { started: p.started }
+        } else {
+            SessionTimeout::Nothing
+        }
     }
 }

@@ -31,7 +31,7 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    ConfigError, DropReason, Endpoint, LinkId, NeighbourConfig, NextHop, Node, NodeConfig, Received, Time, Transmits,
+    BundleConfig, DropReason, EndpointSpec, LinkId, NextHop, Node, NodeConfig, Received, SetupError, Time, Transmits,
 };
 
 /// Index of a host in the simulator.
@@ -134,7 +134,7 @@ struct SimHost {
     node: Node,
     /// What the node was built from, to build it again on a restart.
     cfg: NodeConfig,
-    neighbours: Vec<NeighbourConfig>,
+    neighbours: Vec<BundleConfig>,
     routes: Vec<(IpNet, NextHop)>,
     /// Link -> (wire, direction in which this host sends on it).
     links: HashMap<LinkId, (WireIx, Dir)>,
@@ -230,7 +230,7 @@ impl Sim {
     }
 
     /// Add a host running a node with `cfg`.
-    pub fn add_host(&mut self, cfg: NodeConfig) -> Result<HostIx, ConfigError> {
+    pub fn add_host(&mut self, cfg: NodeConfig) -> Result<HostIx, SetupError> {
         let node = Node::new(cfg.clone())?;
         self.hosts.push(SimHost {
             node,
@@ -287,7 +287,7 @@ impl Sim {
 
     /// Make `a` and `b` neighbours over every wire that joins them, each path
     /// pinned to its wire, each knowing the other's public key.
-    pub fn pair(&mut self, a: HostIx, b: HostIx) -> Result<(), ConfigError> {
+    pub fn pair(&mut self, a: HostIx, b: HostIx) -> Result<(), SetupError> {
         for (me, other) in [(a, b), (b, a)] {
             let endpoints = self
                 .wires
@@ -296,12 +296,12 @@ impl Sim {
                 .map(|w| {
                     let mine = w.ends.iter().find(|e| e.0 == me).expect("end");
                     let theirs = w.ends.iter().find(|e| e.0 == other).expect("end");
-                    Endpoint { remote: theirs.2, link: Some(mine.1) }
+                    EndpointSpec { remote: theirs.2, link: Some(mine.1) }
                 })
                 .collect();
             let (ho, public_key) = (self.node(other).host(), self.node(other).public_key());
-            let n = NeighbourConfig { host: ho, public_key, psk: None, endpoints };
-            self.node_mut(me).add_neighbour(n.clone())?;
+            let n = BundleConfig { host: ho, public_key, psk: None, endpoints };
+            self.node_mut(me).add_bundle(n.clone())?;
             self.hosts[me.0].neighbours.push(n);
             self.rearm(me);
         }
@@ -309,7 +309,7 @@ impl Sim {
     }
 
     /// Route `prefix` on host `h` to `next`.
-    pub fn route(&mut self, h: HostIx, prefix: IpNet, next: NextHop) -> Result<(), ConfigError> {
+    pub fn route(&mut self, h: HostIx, prefix: IpNet, next: NextHop) -> Result<(), SetupError> {
         self.node_mut(h).add_route(prefix, next)?;
         self.hosts[h.0].routes.push((prefix, next));
         Ok(())
@@ -481,7 +481,7 @@ impl Sim {
                     node.add_link(now, l);
                 }
                 for n in &sh.neighbours {
-                    node.add_neighbour(n.clone()).expect("the neighbours worked before");
+                    node.add_bundle(n.clone()).expect("the neighbours worked before");
                 }
                 for (p, next) in &sh.routes {
                     node.add_route(*p, *next).expect("the routes worked before");
@@ -662,6 +662,6 @@ pub fn shake_hands(
         }
     }
     let (ha, hb) = (a.host(), b.host());
-    assert!(a.neighbour(hb).is_some_and(|n| n.has_session()), "no session at {ha}");
-    assert!(b.neighbour(ha).is_some_and(|n| n.has_session()), "no session at {hb}");
+    assert!(a.bundle(hb).is_some_and(|n| n.has_session()), "no session at {ha}");
+    assert!(b.bundle(ha).is_some_and(|n| n.has_session()), "no session at {hb}");
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::Path;
 use crate::proto::monitor::PassiveCounts;
-use crate::proto::node::PathState;
 use crate::proto::stats::{Count, DropCounts};
 use crate::proto::{DropReason, LinkId, NextHop, Node, Time};
 
@@ -277,13 +277,7 @@ fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
     }
 }
 
-fn path_snap(
-    p: &PathState,
-    selected: bool,
-    now: Time,
-    name: &dyn Fn(LinkId) -> String,
-    firsts: (u64, u64),
-) -> PathSnap {
+fn path_snap(p: &Path, selected: bool, now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
     let m = &p.monitor;
     let rtt = m.rtt();
     let (sent, answered, lost) = m.probe_counts();
@@ -341,7 +335,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         })
         .collect();
     let peers = node
-        .neighbours()
+        .bundles()
         .map(|n| {
             let firsts_in: u64 = n.paths().iter().map(|p| p.monitor.local.first).sum();
             let firsts_out: u64 = n.paths().iter().map(|p| p.monitor.remote.first).sum();
@@ -362,8 +356,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 paths: n
                     .paths()
                     .iter()
-                    .enumerate()
-                    .map(|(i, p)| path_snap(p, chosen.contains(&i), now, name, (firsts_in, firsts_out)))
+                    .map(|p| path_snap(p, chosen.contains(&p.id()), now, name, (firsts_in, firsts_out)))
                     .collect(),
             }
         })
@@ -372,7 +365,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         .routes()
         .iter()
         .map(|(prefix, next)| {
-            let mesh = node.mesh_origin(prefix).and_then(|o| node.mesh().routes.get(&o));
+            let mesh = node.router().mesh_route(prefix);
             RouteSnap {
                 prefix: prefix.to_string(),
                 next_hop: match next {

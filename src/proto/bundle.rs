@@ -1,0 +1,334 @@
+//! A bundle: everything this host keeps toward one peer (a neighbour host):
+//! its keys, endpoints, paths, sessions, ranking and counters.
+//!
+//! The bundle owns its paths ([`Paths`], named by [`PathId`]) and decides
+//! which of them a packet goes on ([`Bundle::select`]); the node seals and
+//! fans the packet out. Paths come from endpoints crossed with local links
+//! ([`Bundle::link_changed`], [`Bundle::set_endpoints`]) or are learned from
+//! authenticated packets ([`Bundle::touch_path`]). Whenever a path is
+//! removed or replaced, its slot is forgotten by the passive trackers and
+//! the ranking is redone, so no credit or choice lands on another path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::ids::{HostId, LinkId, PathAddr};
+use super::monitor::{Change, Credit, EXPECT_WITHIN, Health, PassiveCounts};
+use super::path::{MAX_LEARNED_PATHS, Path, PathId, PathSet, Paths};
+use super::policy::{Candidate, Policy, Ranking};
+use super::session::Sessions;
+use super::stats::Count;
+use super::time::Time;
+
+/// A remote endpoint of a peer, optionally pinned to one local link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Where the peer listens.
+    pub remote: SocketAddr,
+    /// Reach it only from this local link (`None`: from every link).
+    pub link: Option<LinkId>,
+}
+
+impl EndpointSpec {
+    fn names(&self, addr: PathAddr) -> bool {
+        self.remote == addr.remote && self.link.is_none_or(|l| l == addr.link)
+    }
+}
+
+/// A peer to make a bundle for.
+#[derive(Clone, Debug)]
+pub struct BundleConfig {
+    /// Its host id.
+    pub host: HostId,
+    /// Its X25519 public key.
+    pub public_key: [u8; 32],
+    /// Optional pre-shared key mixed into every handshake with it.
+    pub psk: Option<[u8; 32]>,
+    /// Its endpoints; paths are these crossed with the local links.
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Per-bundle counters.
+#[derive(Clone, Debug, Default)]
+pub struct BundleStats {
+    /// Packets sealed for this peer (once each, whatever the copies).
+    pub sealed: Count,
+    /// Authenticated packets accepted from it (first copies).
+    pub accepted: Count,
+    /// Paths learned (or moved, when a NAT changed the source port) from
+    /// authenticated packets.
+    pub paths_learned: u64,
+    /// Handshakes completed (as initiator or responder).
+    pub handshakes: u64,
+}
+
+/// This host's state toward one peer.
+#[derive(Debug)]
+pub struct Bundle {
+    host: HostId,
+    pub(super) public_key: [u8; 32],
+    pub(super) psk: [u8; 32],
+    endpoints: Vec<EndpointSpec>,
+    pub(super) paths: Paths,
+    pub(super) sessions: Sessions,
+    pub(super) stats: BundleStats,
+    /// Its own policy, if not the node's.
+    policy: Option<Policy>,
+    /// Its paths ranked for `best:N` and `failover`.
+    ranking: Ranking,
+    /// It has been sent the whole route database on its current session.
+    pub(super) synced: bool,
+    /// Probe ids, unique across its paths.
+    next_probe_id: u32,
+}
+
+/// A bundle's paths as a passive tracker credits them.
+pub(super) struct PathCredit<'a>(pub(super) &'a mut Paths);
+
+impl Credit for PathCredit<'_> {
+    fn span(&self) -> usize {
+        self.0.span()
+    }
+
+    fn expected(&self, slot: usize, first_at: Time, now: Time) -> bool {
+        self.0
+            .at_slot(slot)
+            .is_some_and(|p| p.usable && p.created <= first_at && p.last_rx.is_some_and(|t| now - t < EXPECT_WITHIN))
+    }
+
+    fn counts(&mut self, slot: usize) -> Option<&mut PassiveCounts> {
+        self.0.at_slot_mut(slot).map(|p| &mut p.monitor.local)
+    }
+}
+
+impl Bundle {
+    /// A bundle with no paths and no session.
+    pub(super) fn new(c: BundleConfig) -> Bundle {
+        Bundle {
+            host: c.host,
+            public_key: c.public_key,
+            psk: c.psk.unwrap_or([0; 32]),
+            endpoints: c.endpoints,
+            paths: Paths::default(),
+            sessions: Sessions::default(),
+            stats: BundleStats::default(),
+            policy: None,
+            ranking: Ranking::default(),
+            synced: false,
+            next_probe_id: 1,
+        }
+    }
+
+    /// Its peer's host id.
+    pub fn host(&self) -> HostId {
+        self.host
+    }
+
+    /// Its paths, usable or not, by slot.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// One path, if `id` still names one.
+    pub fn path(&self, id: PathId) -> Option<&Path> {
+        self.paths.get(id)
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &BundleStats {
+        &self.stats
+    }
+
+    /// Whether a session with it exists.
+    pub fn has_session(&self) -> bool {
+        self.sessions.established()
+    }
+
+    /// Its paths ranked (for `best:N` and `failover`).
+    pub fn ranking(&self) -> &Ranking {
+        &self.ranking
+    }
+
+    /// Its policy, if set apart from the node's.
+    pub fn policy(&self) -> Option<Policy> {
+        self.policy
+    }
+
+    pub(super) fn set_policy(&mut self, policy: Option<Policy>) {
+        self.policy = policy;
+    }
+
+    /// The session being sent on: when it was made, and whether this host started it.
+    pub fn session(&self) -> Option<(Time, bool)> {
+        self.sessions.current().map(|s| (s.created, s.initiator))
+    }
+
+    /// A handshake this host started is waiting for an answer.
+    pub fn handshake_pending(&self) -> bool {
+        self.sessions.pending().is_some()
+    }
+
+    /// Packets waiting for a session with it.
+    pub fn staged(&self) -> usize {
+        self.sessions.staged()
+    }
+
+    /// The paths its policy (or `default`) copies a packet onto now.
+    /// `all` copies onto down paths too: a path that comes back carries
+    /// packets from its first moment, not only once probes have noticed.
+    pub fn select(&self, default: Policy) -> PathSet {
+        let usable = self.paths.usable();
+        let is_usable = |id| self.paths.get(id).is_some_and(|p| p.usable);
+        self.policy.unwrap_or(default).select(usable, is_usable, &self.ranking)
+    }
+
+    /// Every usable path (handshakes and adverts go on all of them).
+    pub fn usable(&self) -> PathSet {
+        self.paths.usable()
+    }
+
+    /// The usable paths nothing was sent on for `ka` (all usable if `None`).
+    pub fn quiet(&self, now: Time, ka: Option<Duration>) -> PathSet {
+        let mut set = PathSet::EMPTY;
+        for p in self.paths.iter().filter(|p| p.usable && ka.is_none_or(|ka| p.quiet(now, ka))) {
+            set.insert(p.id());
+        }
+        set
+    }
+
+    /// The usable path with this address, if known (never learned here).
+    pub fn known_path(&self, addr: PathAddr) -> Option<PathId> {
+        self.paths.find(addr).filter(|&id| self.paths.get(id).is_some_and(|p| p.usable))
+    }
+
+    /// Re-rank its paths from their states and costs.
+    pub(super) fn rerank(&mut self) {
+        let candidates: Vec<Candidate> = self
+            .paths
+            .iter()
+            .filter(|p| p.usable)
+            .map(|p| Candidate { id: p.id(), health: p.monitor.health(), cost: p.monitor.cost() })
+            .collect();
+        self.ranking.update(&candidates);
+    }
+
+    /// The cost of its best path that is not down, microseconds (for the mesh).
+    pub(super) fn best_cost(&self) -> Option<u32> {
+        let best = self
+            .paths
+            .iter()
+            .filter(|p| p.usable && p.monitor.health() != Health::Down)
+            .filter_map(|p| p.monitor.cost())
+            .min()?;
+        Some(u32::try_from(best.as_micros()).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// The next probe id.
+    pub(super) fn probe_id(&mut self) -> u32 {
+        let id = self.next_probe_id;
+        self.next_probe_id = self.next_probe_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// Note an authenticated datagram on the path it came from, learning the
+    /// path if it is new; `first` is its length when it was the first copy.
+    /// `None` only when the table is full of configured paths.
+    pub(super) fn touch_path(&mut self, now: Time, addr: PathAddr, first: Option<usize>) -> Option<PathId> {
+        let id = match self.paths.find(addr) {
+            Some(id) => id,
+            None => self.learn_path(now, addr)?,
+        };
+        let p = self.paths.get_mut(id)?;
+        if let Some(len) = first {
+            p.first.add(len);
+        }
+        p.last_rx = Some(now);
+        Some(id)
+    }
+
+    /// Remember a path an authenticated packet came from (a peer behind NAT,
+    /// or one that roamed). One learned path per (local link, remote IP): a
+    /// new port on the same pair moves it. At most [`MAX_LEARNED_PATHS`];
+    /// past that, or with the table full, the learned path heard from
+    /// longest ago is replaced.
+    fn learn_path(&mut self, now: Time, addr: PathAddr) -> Option<PathId> {
+        let same_pair = self
+            .paths
+            .iter()
+            .find(|p| p.learned && p.addr.link == addr.link && p.addr.remote.ip() == addr.remote.ip())
+            .map(Path::id);
+        let learned = self.paths.iter().filter(|p| p.learned).count();
+        let id = match same_pair {
+            Some(old) => self.replace_path(old, addr, now),
+            None if learned >= MAX_LEARNED_PATHS => {
+                let old = self.oldest_learned()?;
+                self.replace_path(old, addr, now)
+            }
+            None => match self.paths.insert(addr, true, now) {
+                Ok(id) => id,
+                Err(_) => {
+                    let old = self.oldest_learned()?;
+                    self.replace_path(old, addr, now)
+                }
+            },
+        };
+        self.stats.paths_learned += 1;
+        Some(id)
+    }
+
+    fn oldest_learned(&self) -> Option<PathId> {
+        self.paths.iter().filter(|p| p.learned).min_by_key(|p| p.last_rx).map(Path::id)
+    }
+
+    fn replace_path(&mut self, old: PathId, addr: PathAddr, now: Time) -> PathId {
+        self.sessions.forget_path(old.slot());
+        let id = self.paths.replace(old, addr, true, now);
+        self.rerank();
+        id
+    }
+
+    /// Add the paths `link` brings for its endpoints (when `up`), and mark
+    /// every path on `link` usable or not. Returns the paths that went
+    /// down, with their change. Past [`super::path::MAX_PATHS`] no path is added.
+    pub(super) fn link_changed(&mut self, now: Time, link: LinkId, up: bool) -> Vec<(PathId, Change)> {
+        if up {
+            for e in &self.endpoints {
+                if e.link.is_none_or(|l| l == link) {
+                    let addr = PathAddr { link, remote: e.remote };
+                    if self.paths.find(addr).is_none() {
+                        let _ = self.paths.insert(addr, false, now);
+                    }
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for p in self.paths.iter_mut().filter(|p| p.addr.link == link) {
+            p.usable = up;
+            if !up && let Some(c) = p.monitor.link_down(now) {
+                changes.push((p.id(), c));
+            }
+        }
+        changes
+    }
+
+    /// Replace its endpoints: paths no endpoint names any more are
+    /// forgotten (their slots too), paths that remain keep their counters,
+    /// and `links` (the local links up now) get the paths the new ones bring.
+    pub(super) fn set_endpoints(&mut self, now: Time, endpoints: Vec<EndpointSpec>, links: &[LinkId]) {
+        self.endpoints = endpoints;
+        let gone: Vec<PathId> = self
+            .paths
+            .iter()
+            .filter(|p| !p.learned && !self.endpoints.iter().any(|e| e.names(p.addr)))
+            .map(Path::id)
+            .collect();
+        for id in gone {
+            self.sessions.forget_path(id.slot());
+            self.paths.remove(id);
+        }
+        for &l in links {
+            self.link_changed(now, l, true);
+        }
+        self.rerank();
+    }
+}

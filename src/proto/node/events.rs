@@ -1,0 +1,94 @@
+//! What the node reports to the shell: [`Event`]s to log, and the recent
+//! path state changes status shows.
+
+use std::collections::VecDeque;
+
+use crate::proto::handshake::HandshakeError;
+use crate::proto::ids::{HostId, PathAddr};
+use crate::proto::monitor::Change;
+use crate::proto::time::Time;
+
+/// Most events kept for [`crate::proto::Node::poll_event`]; older ones are dropped.
+const MAX_EVENTS: usize = 256;
+/// Path state changes kept for [`crate::proto::Node::recent_changes`].
+pub const MAX_RECENT_CHANGES: usize = 64;
+
+/// Something the shell should log (rate-limited) or show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A handshake completed: a new session with `peer`.
+    SessionEstablished {
+        /// The peer.
+        peer: HostId,
+        /// This host started it.
+        initiator: bool,
+    },
+    /// An initiation claiming to be from `peer` was refused.
+    HandshakeRejected {
+        /// The host id it claimed.
+        peer: HostId,
+        /// Why.
+        reason: HandshakeError,
+    },
+    /// No answer to initiations for [`crate::proto::session::REKEY_ATTEMPT_TIME`]: waiting packets dropped.
+    HandshakeTimedOut {
+        /// The peer.
+        peer: HostId,
+    },
+    /// A path changed state.
+    PathChanged(PathChange),
+    /// The next hop toward a host changed (`None`: no mesh route any more).
+    RouteChanged {
+        /// The destination host.
+        dest: HostId,
+        /// Its next hop now.
+        next: Option<HostId>,
+        /// Cost through it, microseconds.
+        cost: u64,
+    },
+}
+
+/// A path's state change, kept by the node for status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathChange {
+    /// When.
+    pub at: Time,
+    /// The peer.
+    pub peer: HostId,
+    /// The path.
+    pub path: PathAddr,
+    /// From, to and why.
+    pub change: Change,
+}
+
+/// Events not yet taken, and the recent path changes.
+#[derive(Debug, Default)]
+pub(super) struct EventLog {
+    events: VecDeque<Event>,
+    recent: VecDeque<PathChange>,
+}
+
+impl EventLog {
+    pub(super) fn push(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    pub(super) fn path_changed(&mut self, pc: PathChange) {
+        if self.recent.len() >= MAX_RECENT_CHANGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(pc);
+        self.push(Event::PathChanged(pc));
+    }
+
+    pub(super) fn pop(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub(super) fn recent(&self) -> impl Iterator<Item = &PathChange> {
+        self.recent.iter()
+    }
+}

@@ -1,0 +1,417 @@
+//! The node: one host's protocol state machine, free of I/O and clocks.
+//!
+//! Inputs: packets read from the TUN ([`Node::handle_tun_packet`]), datagrams
+//! received on a link ([`Node::handle_datagram`]), timer expiry
+//! ([`Node::handle_timeout`]) and link changes ([`Node::add_link`],
+//! [`Node::remove_link`]), each with an explicit `now`. Outputs: datagrams to
+//! send, written into a caller-owned [`Transmits`] batch, plaintext to
+//! deliver, returned as a range of the caller's own receive buffer, and
+//! [`Event`]s ([`Node::poll_event`]). The shell (or the simulator) sends,
+//! delivers and arms the timer from [`Node::poll_timeout`]. There is no
+//! internal transmit queue to poll: outputs go straight into the caller's
+//! batch, which saves a copy per packet.
+//!
+//! The node is a dispatcher over parts that own their state:
+//! - a [`Bundle`] per peer: its paths ([`super::path`], named by stable
+//!   [`super::path::PathId`]s), sessions ([`super::session`]), ranking and
+//!   policy choice;
+//! - the [`Router`]: configured and mesh routes ([`super::mesh`]);
+//! - the handshake driver ([`handshake`]): identity, randomness, the
+//!   per-source rate limit;
+//! - the local [`Links`] and their counters, the [`NodeStats`], the event log.
+//!
+//! The packet path, one walk each way:
+//! - TUN -> [`Node::handle_tun_packet`] ([`send`]): destination, router
+//!   lookup, the bundle's policy picks a [`super::path::PathSet`], the
+//!   current session's next sequence number, sealed once, one datagram with
+//!   N paths in the batch. With no session yet the packet waits (bounded)
+//!   while a Noise IK handshake runs over every path.
+//! - link -> [`Node::handle_datagram`] ([`receive`]): header, for us and from
+//!   a peer, window check (cheap, before any crypto), open, mark the window
+//!   (only now), credit the path, then deliver to the TUN or, on a relay,
+//!   re-seal for the next hop through the same send path (hop by hop: every
+//!   hop deduplicates).
+//!
+//! Timers ([`timers`]): the link monitor probes every path (probes and
+//! replies are sealed like data, on that path only), follows its estimates
+//! and state, credits settled data and reports state changes as
+//! [`Event::PathChanged`]; sessions rekey and expire (WireGuard's timers);
+//! keepalives hold NAT mappings; the mesh advertises and ages its database.
+//!
+//! Guarantees: a packet is delivered at most once per session (first copy
+//! wins); nothing that fails authentication is delivered or changes the
+//! window, the paths or any other state but the drop counters; every input
+//! ends in a delivery, a transmission or exactly one counted [`DropReason`],
+//! never a panic. No allocation per packet once the batch has grown.
+
+mod events;
+mod handshake;
+mod receive;
+mod send;
+mod timers;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use events::{Event, MAX_RECENT_CHANGES, PathChange};
+
+use super::bundle::{Bundle, BundleConfig, EndpointSpec};
+use super::ids::{HostId, LinkId, Seq};
+use super::link::Links;
+use super::mesh::{Mesh, MeshConfig};
+use super::monitor::{Change, MonitorConfig, MonitorConfigError};
+use super::path::PathId;
+use super::policy::Policy;
+use super::route::{NextHop, RouteTable};
+use super::router::Router;
+use super::stats::{DropReason, LinkStats, NodeStats};
+use super::time::Time;
+use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
+use super::wire::{DEFAULT_HOP_LIMIT, OVERHEAD};
+
+/// Default interval after which a path that sent nothing gets a keepalive
+/// (holds NAT mappings; WireGuard's persistent-keepalive value).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(25);
+/// Largest inner packet that can be carried: a 65 535-byte IPv4 datagram
+/// minus IP (20) and UDP (8) headers minus our overhead.
+pub const MAX_PACKET_LIMIT: usize = 65_535 - 20 - 8 - OVERHEAD;
+/// Default rate limit of initiations per source address and second.
+pub const DEFAULT_HANDSHAKES_PER_SECOND: u32 = 10;
+/// Smallest maximum packet size accepted (IPv4's minimum MTU).
+pub const MIN_PACKET_LIMIT: usize = 68;
+
+/// Settings of one node, validated by [`Node::new`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This host.
+    pub host: HostId,
+    /// Packets the dedup / anti-replay window covers per session.
+    pub window_packets: u32,
+    /// Hop limit put on packets this host originates.
+    pub hop_limit: u8,
+    /// Keepalive interval per path; `None` disables keepalives.
+    pub keepalive: Option<Duration>,
+    /// Largest TUN packet accepted (the TUN MTU).
+    pub max_packet: usize,
+    /// Duplication policy.
+    pub policy: Policy,
+    /// This host's X25519 private key.
+    pub private_key: [u8; 32],
+    /// Seed of the node's random generator (handshake ephemeral keys). The
+    /// daemon takes it from the operating system; the simulator from its seed.
+    pub rng_seed: [u8; 32],
+    /// Wall-clock nanoseconds at `Time::ZERO`: handshake timestamps are
+    /// `wall_epoch_ns + now`, and must grow across restarts.
+    pub wall_epoch_ns: u64,
+    /// Initiations accepted per second from one source address (after a burst of twice that).
+    pub handshakes_per_second: u32,
+    /// Probes and path states.
+    pub monitor: MonitorConfig,
+    /// Route advertisements and computed routes (`None`: static routes only).
+    pub mesh: Option<MeshConfig>,
+}
+
+impl NodeConfig {
+    /// Defaults for `host` with `private_key`.
+    pub fn new(host: HostId, private_key: [u8; 32]) -> NodeConfig {
+        NodeConfig {
+            host,
+            private_key,
+            rng_seed: [0; 32],
+            wall_epoch_ns: 0,
+            handshakes_per_second: DEFAULT_HANDSHAKES_PER_SECOND,
+            window_packets: super::window::DEFAULT_WINDOW_PACKETS,
+            hop_limit: DEFAULT_HOP_LIMIT,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            max_packet: MAX_PACKET_LIMIT,
+            policy: Policy::All,
+            monitor: MonitorConfig::default(),
+            mesh: Some(MeshConfig::default()),
+        }
+    }
+
+    /// Check every setting; the one validation of them (the config file
+    /// maps these errors to its field names).
+    pub fn validate(&self) -> Result<(), SetupError> {
+        if !(MIN_WINDOW_PACKETS..=MAX_WINDOW_PACKETS).contains(&self.window_packets) {
+            return Err(SetupError::WindowOutOfRange(self.window_packets));
+        }
+        if self.hop_limit == 0 {
+            return Err(SetupError::ZeroHopLimit);
+        }
+        if !(MIN_PACKET_LIMIT..=MAX_PACKET_LIMIT).contains(&self.max_packet) {
+            return Err(SetupError::MaxPacketOutOfRange(self.max_packet));
+        }
+        if let Some(k) = self.keepalive
+            && k < Duration::from_secs(1)
+        {
+            return Err(SetupError::KeepaliveTooShort(k));
+        }
+        self.monitor.validate()?;
+        Ok(())
+    }
+}
+
+/// A setting or topology change that would make the node wrong. Nothing is
+/// changed when one is returned.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SetupError {
+    /// Window size out of range.
+    #[error("window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)")]
+    WindowOutOfRange(u32),
+    /// Hop limit 0.
+    #[error("hop limit 0 would drop every packet: use 1 to 255 (default {DEFAULT_HOP_LIMIT})")]
+    ZeroHopLimit,
+    /// Max packet size out of range.
+    #[error("maximum packet size {0} is out of range: use {MIN_PACKET_LIMIT} to {MAX_PACKET_LIMIT} bytes")]
+    MaxPacketOutOfRange(usize),
+    /// Keepalive shorter than a second.
+    #[error("keepalive interval {0:?} is too short: use at least 1 s, or disable keepalives")]
+    KeepaliveTooShort(Duration),
+    /// A peer with this host's own id.
+    #[error("{0} is this host itself and cannot be its own peer")]
+    PeerIsSelf(HostId),
+    /// The same peer twice.
+    #[error("{0} is already a peer")]
+    DuplicatePeer(HostId),
+    /// Probe or path-state settings that cannot work.
+    #[error(transparent)]
+    Monitor(#[from] MonitorConfigError),
+    /// A peer that was never added.
+    #[error("{0} is not a peer")]
+    UnknownPeer(HostId),
+    /// A route whose next hop is not a peer.
+    #[error("route {prefix} goes to {next}, which is not a peer: add it as a peer, or route via one")]
+    UnknownNextHop {
+        /// The route's prefix.
+        prefix: IpNet,
+        /// Its next hop.
+        next: HostId,
+    },
+}
+
+/// What [`Node::handle_tun_packet`] did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The peer it goes to.
+    pub next_hop: HostId,
+    /// Its sequence number in the current session; `None` when it waits for
+    /// a session (then it is sealed when the handshake completes).
+    pub seq: Option<Seq>,
+    /// How many copies were queued (0 while it waits).
+    pub copies: usize,
+}
+
+/// What [`Node::handle_datagram`] did with a datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Write these bytes of the caller's buffer (the decrypted IP packet) to the TUN.
+    Deliver(Range<usize>),
+    /// Relayed: re-sealed for `next_hop` and queued on its paths.
+    Forwarded {
+        /// The peer it goes to.
+        next_hop: HostId,
+        /// Copies queued.
+        copies: usize,
+    },
+    /// A keepalive: it refreshed its path, nothing to deliver.
+    Keepalive,
+    /// A probe (answered) or a probe reply (measured).
+    Probe,
+    /// A handshake message, handled (a session may have been established).
+    Handshake,
+    /// A route advertisement, taken (and flooded on) or already known.
+    Advert,
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// One host's protocol state.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    links: Links,
+    bundles: Vec<Bundle>,
+    index: HashMap<HostId, usize>,
+    router: Router,
+    handshakes: handshake::Handshakes,
+    events: events::EventLog,
+    stats: NodeStats,
+    /// The latest `now` any entry point was given (for link changes, which come without one).
+    clock: Time,
+}
+
+impl Node {
+    /// A node with no links, peers or routes.
+    pub fn new(cfg: NodeConfig) -> Result<Node, SetupError> {
+        cfg.validate()?;
+        Ok(Node {
+            links: Links::default(),
+            bundles: Vec::new(),
+            index: HashMap::new(),
+            router: Router::new(cfg.host, cfg.mesh),
+            handshakes: handshake::Handshakes::new(&cfg),
+            events: events::EventLog::default(),
+            stats: NodeStats::default(),
+            clock: Time::ZERO,
+            cfg,
+        })
+    }
+
+    /// This host.
+    pub fn host(&self) -> HostId {
+        self.cfg.host
+    }
+
+    /// This host's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.handshakes.public_key()
+    }
+
+    /// The oldest event not yet taken.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// The last [`MAX_RECENT_CHANGES`] path state changes, oldest first.
+    pub fn recent_changes(&self) -> impl Iterator<Item = &PathChange> {
+        self.events.recent()
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Node-wide counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Local links that are up, with their counters.
+    pub fn links(&self) -> impl Iterator<Item = (LinkId, &LinkStats)> {
+        self.links.iter()
+    }
+
+    /// The bundles, one per peer, in the order the peers were added.
+    pub fn bundles(&self) -> impl Iterator<Item = &Bundle> {
+        self.bundles.iter()
+    }
+
+    /// The bundle toward one peer.
+    pub fn bundle(&self, peer: HostId) -> Option<&Bundle> {
+        self.index.get(&peer).map(|&i| &self.bundles[i])
+    }
+
+    /// The route table in use.
+    pub fn routes(&self) -> &RouteTable {
+        self.router.table()
+    }
+
+    /// The router: configured and mesh routes.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The mesh (route database and computed next hops), if enabled.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.router.mesh()
+    }
+
+    /// The host that advertised `prefix`, if the route to it came from the mesh.
+    pub fn mesh_origin(&self, prefix: IpNet) -> Option<HostId> {
+        self.router.mesh_origin(prefix)
+    }
+
+    /// The paths toward `peer` a packet would be copied onto now.
+    pub fn chosen_paths(&self, peer: HostId) -> Vec<PathId> {
+        let Some(b) = self.bundle(peer) else { return Vec::new() };
+        let set = b.select(self.cfg.policy);
+        b.paths().iter().filter(|p| set.contains(p.id())).map(|p| p.id()).collect()
+    }
+
+    fn tick(&mut self, now: Time) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Record and announce state changes of bundle `idx`'s paths.
+    fn announce(&mut self, idx: usize, changes: Vec<(PathId, Change)>) {
+        let b = &self.bundles[idx];
+        for (id, change) in changes {
+            let Some(p) = b.path(id) else { continue };
+            self.events.path_changed(PathChange { at: self.clock, peer: b.host(), path: p.addr, change });
+        }
+    }
+
+    /// Add a peer: a bundle with its paths over the links that are up now.
+    pub fn add_bundle(&mut self, c: BundleConfig) -> Result<(), SetupError> {
+        if c.host == self.cfg.host {
+            return Err(SetupError::PeerIsSelf(c.host));
+        }
+        if self.index.contains_key(&c.host) {
+            return Err(SetupError::DuplicatePeer(c.host));
+        }
+        let mut b = Bundle::new(c);
+        for l in self.links.ids() {
+            b.link_changed(self.clock, l, true);
+        }
+        self.index.insert(b.host(), self.bundles.len());
+        self.bundles.push(b);
+        Ok(())
+    }
+
+    /// Replace a peer's endpoints. Paths that remain keep their counters
+    /// and ids; paths no endpoint names any more are forgotten.
+    pub fn set_endpoints(&mut self, peer: HostId, endpoints: Vec<EndpointSpec>) -> Result<(), SetupError> {
+        let idx = *self.index.get(&peer).ok_or(SetupError::UnknownPeer(peer))?;
+        let links = self.links.ids();
+        self.bundles[idx].set_endpoints(self.clock, endpoints, &links);
+        Ok(())
+    }
+
+    /// Give `peer` its own policy (`None`: the node's).
+    pub fn set_policy(&mut self, peer: HostId, policy: Option<Policy>) -> Result<(), SetupError> {
+        let idx = *self.index.get(&peer).ok_or(SetupError::UnknownPeer(peer))?;
+        self.bundles[idx].set_policy(policy);
+        Ok(())
+    }
+
+    /// Route `prefix` to `next`: this host, or a peer.
+    pub fn add_route(&mut self, prefix: IpNet, next: NextHop) -> Result<Option<NextHop>, SetupError> {
+        if let NextHop::Host(h) = next
+            && !self.index.contains_key(&h)
+        {
+            return Err(SetupError::UnknownNextHop { prefix, next: h });
+        }
+        Ok(self.router.add(prefix, next))
+    }
+
+    /// Remove the route for exactly `prefix`.
+    pub fn remove_route(&mut self, prefix: IpNet) -> Option<NextHop> {
+        self.router.remove(prefix)
+    }
+
+    /// A local link came up at `now` (idempotent): paths over it are used from now on.
+    pub fn add_link(&mut self, now: Time, link: LinkId) {
+        self.tick(now);
+        self.links.add(link);
+        for b in &mut self.bundles {
+            b.link_changed(self.clock, link, true);
+        }
+    }
+
+    /// A local link went down or away at `now`: its paths get no more copies. Its
+    /// paths keep their counters and are used again if it comes back.
+    pub fn remove_link(&mut self, now: Time, link: LinkId) {
+        self.tick(now);
+        self.links.remove(link);
+        for idx in 0..self.bundles.len() {
+            let changes = self.bundles[idx].link_changed(self.clock, link, false);
+            self.bundles[idx].rerank();
+            self.announce(idx, changes);
+        }
+    }
+}

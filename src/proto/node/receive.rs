@@ -1,0 +1,226 @@
+//! The receive path: from a datagram on a link to a delivery, a relay hop,
+//! or a control message handled. Security order is visible here: header,
+//! peer, cheap window check, open, and only then any state change.
+
+use std::net::SocketAddr;
+
+use super::send::Kind;
+use super::{Event, Node, Received};
+use crate::proto::bundle::PathCredit;
+use crate::proto::ids::{LinkId, PathAddr};
+use crate::proto::ip;
+use crate::proto::mesh::{Advert, Heard};
+use crate::proto::monitor::{ProbeBody, ReplyBody};
+use crate::proto::path::{PathId, PathSet};
+use crate::proto::route::NextHop;
+use crate::proto::stats::DropReason;
+use crate::proto::time::Time;
+use crate::proto::transmit::Transmits;
+use crate::proto::window::Verdict;
+use crate::proto::wire::{HEADER_LEN, Header, MessageType, Packet, TAG_LEN, WireError};
+
+fn wire_drop(e: WireError) -> DropReason {
+    match e {
+        WireError::Truncated => DropReason::Truncated,
+        WireError::BadVersion(_) => DropReason::BadVersion,
+        WireError::UnknownType(_) => DropReason::UnknownType,
+        WireError::BadFlags(_) => DropReason::BadFlags,
+        WireError::ZeroHostId => DropReason::ZeroHostId,
+    }
+}
+
+impl Node {
+    /// A datagram received on `link` from `from`. `datagram` is opened in
+    /// place; on [`Received::Deliver`] the IP packet is the returned range of it.
+    pub fn handle_datagram(
+        &mut self,
+        now: Time,
+        link: LinkId,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        out: &mut Transmits,
+    ) -> Received {
+        self.tick(now);
+        self.stats.datagrams_in.add(datagram.len());
+        let Some(ls) = self.links.stats_mut(link) else {
+            self.stats.drops.add(DropReason::UnknownLink);
+            return Received::Dropped(DropReason::UnknownLink);
+        };
+        ls.rx.add(datagram.len());
+        match self.receive(now, PathAddr { link, remote: from }, datagram, out) {
+            Ok(r) => r,
+            Err(reason) => {
+                self.stats.drops.add(reason);
+                if let Some(ls) = self.links.stats_mut(link) {
+                    ls.drops.add(reason);
+                }
+                Received::Dropped(reason)
+            }
+        }
+    }
+
+    fn receive(
+        &mut self,
+        now: Time,
+        addr: PathAddr,
+        datagram: &mut [u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let wire_len = datagram.len();
+        let mut packet = Packet::new_checked(&mut *datagram).map_err(wire_drop)?;
+        let header = Header::parse(&packet).map_err(wire_drop)?;
+        if header.msg_type == MessageType::Cookie {
+            return Err(DropReason::Unsupported);
+        }
+        if header.receiver != self.cfg.host {
+            return Err(DropReason::WrongReceiver);
+        }
+        let idx = *self.index.get(&header.sender).ok_or(DropReason::UnknownSender)?;
+        match header.msg_type {
+            MessageType::HandshakeInit => return self.on_initiation(now, idx, addr, packet.payload(), out),
+            MessageType::HandshakeResponse => return self.on_response(now, idx, addr, packet.payload(), out),
+            _ => {}
+        }
+        let is_data = header.msg_type == MessageType::Data;
+        let b = &mut self.bundles[idx];
+        let session = b.sessions.receiving(header.key_phase, now).ok_or(DropReason::NoSession)?;
+        // Cheap replay/duplicate check before any cryptography.
+        let fresh = match session.window.check(header.seq) {
+            Verdict::Fresh => true,
+            Verdict::TooOld => return Err(DropReason::TooOld),
+            Verdict::Duplicate => false,
+        };
+        // A later copy is authenticated too (one more open per copy): only
+        // an authenticated copy may credit its path or teach a new one (the
+        // peer moved, and its copies there lose the race).
+        let (head, sealed) = packet.split_mut();
+        let plain_len = session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
+        // Authenticated: only now may state change.
+        if fresh {
+            session.window.mark(header.seq);
+        }
+        let first = fresh.then_some(HEADER_LEN + plain_len + TAG_LEN);
+        let path = b.touch_path(now, addr, first);
+        if let Some(id) = path {
+            if let Some(p) = b.paths.get_mut(id) {
+                if !fresh {
+                    p.later.add(wire_len);
+                }
+                if is_data {
+                    p.last_data = Some(now);
+                }
+            }
+            // The path may have been learned just now (which can replace
+            // another and so touch the sessions): the session is looked up
+            // again for its tracker.
+            if is_data && let Some(session) = b.sessions.receiving(header.key_phase, now) {
+                session.passive.record(now, header.seq.0, id.slot(), fresh, &mut PathCredit(&mut b.paths));
+            }
+        }
+        if !fresh {
+            return Err(DropReason::Duplicate);
+        }
+        b.stats.accepted.add(HEADER_LEN + plain_len + TAG_LEN);
+        if b.sessions.confirm(header.key_phase) {
+            // The initiator used the session: it is ours to send on now.
+            self.events.push(Event::SessionEstablished { peer: header.sender, initiator: false });
+            self.flush_staged(now, idx, out);
+        }
+        let plain = HEADER_LEN..HEADER_LEN + plain_len;
+        match header.msg_type {
+            MessageType::Keepalive => {
+                self.stats.keepalives_in += 1;
+                Ok(Received::Keepalive)
+            }
+            MessageType::Probe => self.on_probe(now, idx, path, &datagram[plain], out),
+            MessageType::ProbeReply => self.on_probe_reply(now, idx, addr.link, &datagram[plain]),
+            MessageType::RouteAdvert => self.on_advert(now, idx, &datagram[plain], out),
+            _ => self.deliver_or_forward(now, header, &datagram[plain.clone()], plain, out),
+        }
+    }
+
+    /// An authenticated data packet: to the TUN, or on toward its next hop.
+    fn deliver_or_forward(
+        &mut self,
+        now: Time,
+        header: Header,
+        packet: &[u8],
+        plain: std::ops::Range<usize>,
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let dst = ip::destination(packet).map_err(|_| DropReason::MalformedIp)?;
+        match self.router.lookup(dst) {
+            None | Some(NextHop::Local) => {
+                self.stats.tun_out.add(packet.len());
+                Ok(Received::Deliver(plain))
+            }
+            Some(NextHop::Host(next)) => {
+                if next == header.sender {
+                    return Err(DropReason::Bounce);
+                }
+                if header.hop_limit <= 1 {
+                    return Err(DropReason::HopLimit);
+                }
+                let next_idx = self.index[&next];
+                let sent = self.send_data(now, next_idx, header.hop_limit - 1, packet, out)?;
+                self.stats.forwarded.add(packet.len());
+                Ok(Received::Forwarded { next_hop: next, copies: sent.map_or(0, |(_, c)| c) })
+            }
+        }
+    }
+
+    /// An authenticated probe came on `path` of bundle `idx`: answer it on
+    /// that path, with this end's counts for the path.
+    fn on_probe(
+        &mut self,
+        now: Time,
+        idx: usize,
+        path: Option<PathId>,
+        body: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let probe = ProbeBody::decode(body).ok_or(DropReason::BadProbe)?;
+        let (b, mut tx) = self.tx(idx);
+        let Some(p) = path.and_then(|id| b.paths.get(id)) else { return Err(DropReason::NoPath) };
+        let mut reply = [0u8; ReplyBody::LEN];
+        ReplyBody { probe, received: now.as_nanos(), counts: p.monitor.local }.encode(&mut reply);
+        tx.seal(b, now, PathSet::of(p.id()), Kind::control(MessageType::ProbeReply), &reply, out)?;
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated probe reply: measure the path its probe went on.
+    fn on_probe_reply(&mut self, now: Time, idx: usize, link: LinkId, body: &[u8]) -> Result<Received, DropReason> {
+        let reply = ReplyBody::decode(body).ok_or(DropReason::BadProbe)?;
+        let cfg = self.cfg.monitor;
+        let b = &mut self.bundles[idx];
+        // The reply comes back on the link its probe left from; probe ids
+        // are unique in the bundle, so a reply for a path since replaced
+        // answers nothing.
+        let Some(p) = b.paths.at_slot_mut(usize::from(reply.probe.path)).filter(|p| p.addr.link == link && p.usable)
+        else {
+            return Ok(Received::Probe);
+        };
+        if p.monitor.on_reply(now, &reply)
+            && let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx)
+        {
+            let id = p.id();
+            b.rerank();
+            self.announce(idx, vec![(id, c)]);
+        }
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated advert from bundle `idx`: take it if newer, flood
+    /// it on to the other peers, recompute the routes.
+    fn on_advert(&mut self, now: Time, idx: usize, body: &[u8], out: &mut Transmits) -> Result<Received, DropReason> {
+        let advert = Advert::decode(body).map_err(|_| DropReason::BadAdvert)?;
+        self.stats.adverts_in += 1;
+        let direct = self.direct_costs();
+        if let Heard::New { route_changes } = self.router.receive(advert.clone(), now, &direct) {
+            let from = self.bundles[idx].host();
+            self.flood(now, &advert, Some(from), out);
+            self.route_events(route_changes);
+        }
+        Ok(Received::Advert)
+    }
+}

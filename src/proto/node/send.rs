@@ -1,0 +1,215 @@
+//! The send path: from a TUN packet (or a relayed one) to the transmit
+//! batch. [`Tx::seal`] is the one place a sequence number is taken, and
+//! [`fan_out`] the one place a copy is accounted to its path and link.
+
+use super::{Node, Sent};
+use crate::proto::bundle::Bundle;
+use crate::proto::ids::{HostId, Seq};
+use crate::proto::ip;
+use crate::proto::link::Links;
+use crate::proto::path::{PathSet, Paths};
+use crate::proto::route::NextHop;
+use crate::proto::stats::{DropReason, NodeStats};
+use crate::proto::time::Time;
+use crate::proto::transmit::Transmits;
+use crate::proto::wire::{HEADER_LEN, Header, MessageType, OVERHEAD};
+
+/// What sending needs besides the bundle: this host's id and the counters
+/// of the links and the node.
+pub(super) struct Tx<'a> {
+    pub(super) me: HostId,
+    pub(super) links: &'a mut Links,
+    pub(super) stats: &'a mut NodeStats,
+}
+
+/// What is sealed: the message type and the hop limit it carries (1 for
+/// everything but data, which counts down across relays).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Kind {
+    msg_type: MessageType,
+    hop_limit: u8,
+}
+
+impl Kind {
+    /// A data packet with `hop_limit` hops left.
+    pub(super) fn data(hop_limit: u8) -> Kind {
+        Kind { msg_type: MessageType::Data, hop_limit }
+    }
+
+    /// A control message for the next hop only.
+    pub(super) fn control(msg_type: MessageType) -> Kind {
+        Kind { msg_type, hop_limit: 1 }
+    }
+}
+
+/// Account one copy of `wire_len` bytes to every path in `set` and its link,
+/// and stage the paths for the next datagram of `out`.
+fn fan_out(paths: &mut Paths, links: &mut Links, now: Time, set: PathSet, wire_len: usize, out: &mut Transmits) {
+    for slot in set.slots() {
+        let Some(p) = paths.at_slot_mut(slot) else { continue };
+        p.last_tx = Some(now);
+        p.tx.add(wire_len);
+        out.add_path(p.addr);
+        if let Some(l) = links.stats_mut(p.addr.link) {
+            l.tx.add(wire_len);
+        }
+    }
+}
+
+impl Tx<'_> {
+    /// Seal `payload` once for bundle `b` with its current session and queue
+    /// it on the paths in `set`.
+    pub(super) fn seal(
+        &mut self,
+        b: &mut Bundle,
+        now: Time,
+        set: PathSet,
+        kind: Kind,
+        payload: &[u8],
+        out: &mut Transmits,
+    ) -> Result<(Seq, usize), DropReason> {
+        if set.is_empty() {
+            return Err(DropReason::NoPath);
+        }
+        let receiver = b.host();
+        let (key_phase, session) = b.sessions.sending(now).ok_or(DropReason::NoSession)?;
+        let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
+        let wire_len = OVERHEAD + payload.len();
+        fan_out(&mut b.paths, self.links, now, set, wire_len, out);
+        let Kind { msg_type, hop_limit } = kind;
+        let header = Header { msg_type, hop_limit, key_phase, sender: self.me, receiver, seq };
+        let copies = out.push_sealed(&header, payload, &session.keys);
+        b.stats.sealed.add(wire_len);
+        self.stats.sealed.add(wire_len);
+        self.count_copies(copies, wire_len);
+        Ok((seq, copies))
+    }
+
+    /// Queue an unsealed (handshake) message for bundle `b` on the paths in `set`.
+    pub(super) fn plain(
+        &mut self,
+        b: &mut Bundle,
+        now: Time,
+        set: PathSet,
+        msg_type: MessageType,
+        payload: &[u8],
+        out: &mut Transmits,
+    ) {
+        if set.is_empty() {
+            return;
+        }
+        let wire_len = HEADER_LEN + payload.len();
+        fan_out(&mut b.paths, self.links, now, set, wire_len, out);
+        let header =
+            Header { msg_type, hop_limit: 1, key_phase: false, sender: self.me, receiver: b.host(), seq: Seq(0) };
+        let copies = out.push_plain(&header, payload);
+        self.count_copies(copies, wire_len);
+    }
+
+    fn count_copies(&mut self, copies: usize, wire_len: usize) {
+        self.stats.copies_out.packets += copies as u64;
+        self.stats.copies_out.bytes += (copies * wire_len) as u64;
+    }
+}
+
+impl Node {
+    /// Bundle `idx` and what sending to it needs.
+    pub(super) fn tx(&mut self, idx: usize) -> (&mut Bundle, Tx<'_>) {
+        let tx = Tx { me: self.cfg.host, links: &mut self.links, stats: &mut self.stats };
+        (&mut self.bundles[idx], tx)
+    }
+
+    /// A packet read from the TUN: route it, seal it once, queue a copy on
+    /// every path the policy picks.
+    pub fn handle_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
+        self.tick(now);
+        self.stats.tun_in.add(packet.len());
+        let r = self.route_tun_packet(now, packet, out);
+        if let Err(reason) = r {
+            self.stats.drops.add(reason);
+        }
+        r
+    }
+
+    fn route_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
+        if packet.len() > self.cfg.max_packet {
+            return Err(DropReason::TooBig);
+        }
+        let dst = ip::destination(packet).map_err(|_| DropReason::MalformedIp)?;
+        let next = match self.router.lookup(dst) {
+            None => return Err(DropReason::NoRoute),
+            Some(NextHop::Local) => return Err(DropReason::LocalDestination),
+            Some(NextHop::Host(h)) => h,
+        };
+        let idx = self.index[&next];
+        let sent = self.send_data(now, idx, self.cfg.hop_limit, packet, out)?;
+        Ok(Sent { next_hop: next, seq: sent.map(|(seq, _)| seq), copies: sent.map_or(0, |(_, c)| c) })
+    }
+
+    /// Seal `packet` for bundle `idx` on the paths the policy picks, or,
+    /// with no session yet, hold it and start a handshake. `Ok(None)`: held.
+    pub(super) fn send_data(
+        &mut self,
+        now: Time,
+        idx: usize,
+        hop_limit: u8,
+        packet: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Option<(Seq, usize)>, DropReason> {
+        let policy = self.cfg.policy;
+        let set = self.bundles[idx].select(policy);
+        if set.is_empty() {
+            return Err(DropReason::NoPath);
+        }
+        if self.bundles[idx].sessions.sending(now).is_some() {
+            let (b, mut tx) = self.tx(idx);
+            let r = tx.seal(b, now, set, Kind::data(hop_limit), packet, out).map(Some);
+            self.maybe_rekey(now, idx, out);
+            return r;
+        }
+        if !self.bundles[idx].sessions.stage(hop_limit, packet) {
+            return Err(DropReason::NoSession);
+        }
+        self.maybe_rekey(now, idx, out);
+        Ok(None)
+    }
+
+    /// Seal and send the packets waiting for a session with bundle `idx`.
+    /// False if there were none.
+    pub(super) fn flush_staged(&mut self, now: Time, idx: usize, out: &mut Transmits) -> bool {
+        let staged = self.bundles[idx].sessions.take_staged();
+        let any = !staged.is_empty();
+        let policy = self.cfg.policy;
+        for s in staged {
+            let (b, mut tx) = self.tx(idx);
+            let set = b.select(policy);
+            if let Err(reason) = tx.seal(b, now, set, Kind::data(s.hop_limit), &s.packet, out) {
+                tx.stats.drops.add(reason);
+            }
+        }
+        any
+    }
+
+    /// Send a keepalive to bundle `idx` on its paths quiet for `ka` (all
+    /// usable paths if `None`). With no session: start a handshake instead,
+    /// or send the running one's initiation on those paths.
+    pub(super) fn keepalive(&mut self, now: Time, idx: usize, ka: Option<std::time::Duration>, out: &mut Transmits) {
+        let set = self.bundles[idx].quiet(now, ka);
+        if set.is_empty() {
+            return;
+        }
+        let (b, mut tx) = self.tx(idx);
+        if b.sessions.sending(now).is_none() {
+            match b.sessions.pending().map(|p| p.init) {
+                None => self.initiate(now, idx, None, out),
+                // A handshake runs: its initiation goes on these paths too
+                // (a link that just came up), which also resets their timer.
+                Some(init) => tx.plain(b, now, set, MessageType::HandshakeInit, &init, out),
+            }
+            return;
+        }
+        if tx.seal(b, now, set, Kind::control(MessageType::Keepalive), &[], out).is_ok() {
+            tx.stats.keepalives_out += 1;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Timer work: handshake retries and give-ups, rekeying, session expiry,
+//! the link monitor's probes and state machine, keepalives, and the mesh.
+//!
+//! Each part reports when it next has work ([`crate::proto::session::Sessions::next_timer`],
+//! the paths' probe, loss and silence deadlines, the keepalive of the
+//! quietest path, [`crate::proto::router::Router::next_timeout`]) and the
+//! node takes the earliest: deadlines follow from state that changes with
+//! every packet (a path's last send, say), so they are computed when asked
+//! rather than kept in a table that every packet would have to update.
+
+use super::send::Kind;
+use super::{Event, Node};
+use crate::proto::bundle::{Bundle, PathCredit};
+use crate::proto::ids::HostId;
+use crate::proto::mesh::{Advert, RouteChange};
+use crate::proto::monitor::{MonitorConfig, ProbeBody};
+use crate::proto::path::PathSet;
+use crate::proto::session::SessionTimeout;
+use crate::proto::stats::DropReason;
+use crate::proto::time::Time;
+use crate::proto::transmit::Transmits;
+use crate::proto::wire::{MessageType, OVERHEAD};
+
+/// Only the first 256 slots fit a probe's path byte (all of them do today).
+const PROBED_SLOTS: usize = u8::MAX as usize + 1;
+
+/// When the link monitor of bundle `b` wants to run next.
+fn next_monitor_timer(b: &Bundle, cfg: &MonitorConfig, clock: Time) -> Option<Time> {
+    let can_send = b.sessions.can_send();
+    b.paths()
+        .iter()
+        .filter(|p| p.usable && p.id().slot() < PROBED_SLOTS)
+        .flat_map(|p| {
+            let probe = can_send.then(|| p.monitor.next_probe(cfg, p.busy(clock, cfg.interval)));
+            [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx)]
+        })
+        .flatten()
+        .chain(b.sessions.next_settle())
+        .min()
+}
+
+impl Node {
+    /// When [`Node::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let keepalive = self.cfg.keepalive.and_then(|ka| {
+            self.bundles
+                .iter()
+                .flat_map(|b| b.paths().iter())
+                .filter(|p| p.usable)
+                .map(|p| p.last_tx.map_or(Time::ZERO, |t| t + ka))
+                .min()
+        });
+        let sessions = self.bundles.iter().filter_map(|b| b.sessions.next_timer()).min();
+        let monitor = self.bundles.iter().filter_map(|b| next_monitor_timer(b, &self.cfg.monitor, self.clock)).min();
+        [keepalive, sessions, monitor, self.router.next_timeout()].into_iter().flatten().min()
+    }
+
+    /// Run timers due at `now`: handshake retries and give-ups, rekeying,
+    /// session expiry, the link monitor, keepalives (one per peer, sealed
+    /// once and sent on each of its paths quiet for the keepalive interval;
+    /// with no session, a handshake instead) and the mesh.
+    pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
+        self.tick(now);
+        for idx in 0..self.bundles.len() {
+            match self.bundles[idx].sessions.on_timeout(now) {
+                SessionTimeout::Nothing => {}
+                SessionTimeout::Retry { started } => self.initiate(now, idx, Some(started), out),
+                SessionTimeout::GaveUp { dropped } => {
+                    for _ in 0..dropped {
+                        self.stats.drops.add(DropReason::NoSession);
+                    }
+                    let peer = self.bundles[idx].host();
+                    self.events.push(Event::HandshakeTimedOut { peer });
+                }
+            }
+            self.maybe_rekey(now, idx, out);
+            self.monitor_paths(now, idx, out);
+            if let Some(ka) = self.cfg.keepalive {
+                self.keepalive(now, idx, Some(ka), out);
+            }
+        }
+        self.mesh_tick(now, out);
+    }
+
+    /// Probe the paths of bundle `idx` that are due, give up probes
+    /// unanswered too long, credit settled data, and run the state machine.
+    fn monitor_paths(&mut self, now: Time, idx: usize, out: &mut Transmits) {
+        let cfg = self.cfg.monitor;
+        let mut changes = Vec::new();
+        let (b, mut tx) = self.tx(idx);
+        let can_send = b.sessions.can_send();
+        b.sessions.settle(now, &mut PathCredit(&mut b.paths));
+        for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
+            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
+            p.monitor.expire(now);
+            if can_send && p.monitor.next_probe(&cfg, p.busy(now, cfg.interval)) <= now {
+                let id = p.id();
+                let probe_id = b.probe_id();
+                if let Some(p) = b.paths.get_mut(id) {
+                    p.monitor.sent_probe_as(now, probe_id);
+                }
+                let mut body = [0u8; ProbeBody::LEN];
+                ProbeBody { id: probe_id, path: slot as u8, sent: now.as_nanos() }.encode(&mut body);
+                if let Err(reason) = tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::Probe), &body, out) {
+                    tx.stats.drops.add(reason);
+                }
+            }
+            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
+            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
+                changes.push((p.id(), c));
+            }
+        }
+        b.rerank();
+        self.announce(idx, changes);
+    }
+
+    /// The peers reachable now, with the cost of their best path that is
+    /// not down (microseconds), by host id.
+    pub(super) fn direct_costs(&self) -> Vec<(HostId, u32)> {
+        let mut v: Vec<(HostId, u32)> = self
+            .bundles
+            .iter()
+            .filter(|b| b.sessions.can_send())
+            .filter_map(|b| Some((b.host(), b.best_cost()?)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Seal the encoded advert `body` for bundle `idx` on all its usable paths.
+    fn send_advert(&mut self, now: Time, idx: usize, body: &[u8], out: &mut Transmits) {
+        let (b, mut tx) = self.tx(idx);
+        let set = b.usable();
+        if tx.seal(b, now, set, Kind::control(MessageType::RouteAdvert), body, out).is_ok() {
+            tx.stats.adverts_out.add(OVERHEAD + body.len());
+        }
+    }
+
+    /// Send `advert` to every synced peer but `except`.
+    pub(super) fn flood(&mut self, now: Time, advert: &Advert, except: Option<HostId>, out: &mut Transmits) {
+        let mut body = Vec::new();
+        advert.encode(&mut body);
+        for idx in 0..self.bundles.len() {
+            let b = &self.bundles[idx];
+            if Some(b.host()) != except && b.sessions.can_send() && b.synced {
+                self.send_advert(now, idx, &body, out);
+            }
+        }
+    }
+
+    /// Announce next-hop changes.
+    pub(super) fn route_events(&mut self, changes: Vec<RouteChange>) {
+        for c in changes {
+            self.events.push(Event::RouteChanged { dest: c.dest, next: c.next, cost: c.cost });
+        }
+    }
+
+    /// The mesh's timer work: send the whole database to peers with a new
+    /// session, advertise this host when due, recompute the routes.
+    fn mesh_tick(&mut self, now: Time, out: &mut Transmits) {
+        let Some(mesh) = self.router.mesh() else { return };
+        let mut body = Vec::new();
+        let mut new_session = Vec::new();
+        for (idx, b) in self.bundles.iter_mut().enumerate() {
+            if !b.sessions.can_send() {
+                b.synced = false;
+            } else if !b.synced {
+                b.synced = true;
+                new_session.push(idx);
+            }
+        }
+        if !new_session.is_empty() {
+            let adverts: Vec<Advert> = mesh.others().cloned().collect();
+            for idx in new_session {
+                for a in &adverts {
+                    a.encode(&mut body);
+                    self.send_advert(now, idx, &body, out);
+                }
+            }
+            // And this host's own, fresh, to everyone.
+            self.router.readvertise();
+        }
+        let direct = self.direct_costs();
+        let wall_ms = self.cfg.wall_epoch_ns.saturating_add(now.as_nanos()) / 1_000_000;
+        let Some((advert, changes)) = self.router.tick(now, wall_ms, &direct) else { return };
+        if let Some(a) = advert {
+            self.flood(now, &a, None, out);
+        }
+        self.route_events(changes);
+    }
+}

@@ -1,0 +1,148 @@
+//! The router: the configured routes, the mesh's, and the table composed of
+//! both that every packet is looked up in.
+//!
+//! The table in use is the configured routes with, for every host the mesh
+//! reaches, that host's advertised prefixes through the mesh's next hop on
+//! top (never over one of this host's own prefixes). It is rebuilt when a
+//! configured route or the mesh changes, never per packet.
+//!
+//! The router validates nothing about next hops: the node checks that a
+//! configured next hop is a peer before it calls [`Router::add`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::ids::HostId;
+use super::mesh::{Heard, Mesh, MeshConfig, MeshRoute, RouteChange};
+use super::route::{NextHop, RouteTable};
+use super::time::Time;
+
+/// Configured and mesh routes of one host.
+#[derive(Debug)]
+pub struct Router {
+    /// The routes in use: the configured ones, with the mesh's on top.
+    table: RouteTable,
+    /// The configured routes.
+    configured: RouteTable,
+    /// Prefixes routed by the mesh, with the host that advertised them.
+    mesh_prefixes: BTreeMap<IpNet, HostId>,
+    /// Route advertisements (`None`: configured routes only).
+    mesh: Option<Mesh>,
+}
+
+impl Router {
+    /// A router for host `me` with no routes.
+    pub fn new(me: HostId, mesh: Option<MeshConfig>) -> Router {
+        Router {
+            table: RouteTable::new(),
+            configured: RouteTable::new(),
+            mesh_prefixes: BTreeMap::new(),
+            mesh: mesh.map(|cfg| Mesh::new(me, cfg)),
+        }
+    }
+
+    /// The next hop toward `dst`.
+    pub fn lookup(&self, dst: IpAddr) -> Option<NextHop> {
+        self.table.lookup(dst)
+    }
+
+    /// The table in use.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The mesh, if enabled.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
+    }
+
+    /// The host that advertised `prefix`, if the route to it came from the mesh.
+    pub fn mesh_origin(&self, prefix: IpNet) -> Option<HostId> {
+        self.mesh_prefixes.get(&prefix.trunc()).copied()
+    }
+
+    /// The mesh route behind `prefix`, if it came from the mesh.
+    pub fn mesh_route(&self, prefix: IpNet) -> Option<&MeshRoute> {
+        let origin = self.mesh_origin(prefix)?;
+        self.mesh.as_ref()?.routes().get(&origin)
+    }
+
+    /// Route `prefix` to `next`; returns the configured route it replaced.
+    pub fn add(&mut self, prefix: IpNet, next: NextHop) -> Option<NextHop> {
+        let old = self.configured.insert(prefix, next);
+        self.rebuild();
+        old
+    }
+
+    /// Remove the configured route for exactly `prefix`.
+    pub fn remove(&mut self, prefix: IpNet) -> Option<NextHop> {
+        let old = self.configured.remove(prefix);
+        self.rebuild();
+        old
+    }
+
+    /// This host's own prefixes (what it advertises).
+    pub fn local_prefixes(&self) -> Vec<IpNet> {
+        self.configured.iter().filter(|(_, n)| *n == NextHop::Local).map(|(p, _)| p).collect()
+    }
+
+    /// Ask the mesh to advertise this host at its next tick.
+    pub fn readvertise(&mut self) {
+        if let Some(m) = &mut self.mesh {
+            m.readvertise();
+        }
+    }
+
+    /// The mesh's timer work (see [`Mesh::tick`]); `None` with no mesh.
+    /// Returns this host's advert to flood, if one is due, and the next
+    /// hops that changed.
+    pub fn tick(
+        &mut self,
+        now: Time,
+        wall_ms: u64,
+        direct: &[(HostId, u32)],
+    ) -> Option<(Option<super::mesh::Advert>, Vec<RouteChange>)> {
+        let prefixes = self.local_prefixes();
+        let t = self.mesh.as_mut()?.tick(now, wall_ms, &prefixes, direct);
+        if t.changed {
+            self.rebuild();
+        }
+        Some((t.advert, t.route_changes))
+    }
+
+    /// An authenticated advert; what the mesh made of it (always
+    /// [`Heard::Known`] with no mesh).
+    pub fn receive(&mut self, advert: super::mesh::Advert, now: Time, direct: &[(HostId, u32)]) -> Heard {
+        let Some(m) = &mut self.mesh else { return Heard::Known };
+        let heard = m.receive(advert, now, direct);
+        if matches!(heard, Heard::New { .. }) {
+            self.rebuild();
+        }
+        heard
+    }
+
+    /// When the mesh's timer work is due.
+    pub fn next_timeout(&self) -> Option<Time> {
+        self.mesh.as_ref()?.next_timeout()
+    }
+
+    fn rebuild(&mut self) {
+        let mut t = self.configured.clone();
+        self.mesh_prefixes.clear();
+        if let Some(mesh) = &self.mesh {
+            for (origin, r) in mesh.routes() {
+                let Some(adv) = mesh.advert(*origin) else { continue };
+                for p in &adv.prefixes {
+                    if self.configured.get(*p) == Some(NextHop::Local) {
+                        continue;
+                    }
+                    t.insert(*p, NextHop::Host(r.next));
+                    self.mesh_prefixes.insert(p.trunc(), *origin);
+                }
+            }
+        }
+        self.table = t;
+    }
+}
