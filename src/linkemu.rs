@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::proto::Time;
 use crate::sim::LinkModel;
-use crate::sim::link::{Channel, Delivery};
+use crate::sim::link::{Channel, Handover};
 use crate::sys::packet::PacketSocket;
 use crate::units::parse_duration;
 
@@ -129,7 +129,7 @@ fn spawn_direction(
         move || {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let mut buf = vec![0u8; FRAME_MAX];
-            let mut copies: Vec<Delivery> = Vec::new();
+            let mut copies: Vec<Handover> = Vec::new();
             let mut order = 0u64;
             loop {
                 let n = match input.recv(&mut buf) {

@@ -8,13 +8,14 @@
 //! simulator ([`crate::sim`]) drive the same [`Node`].
 //!
 //! Words (DESIGN.md's, one name per concept in code, config, status and docs):
-//! - host: one mpvr daemon ([`HostId`]); a peer is a host this one has a
-//!   session with (config `[[peer]]`, events and status `peer`);
+//! - host: one mpvr daemon ([`HostId`]); a peer is a remote host in this
+//!   host's config (`[[peer]]`), and a neighbour is a peer reached directly,
+//!   with a session of its own (events and status call it `peer`);
 //! - link: a local NIC ([`LinkId`]); endpoint: a peer's UDP address
 //!   ([`EndpointSpec`] when pinned to a link);
 //! - path: one (link, endpoint) pair ([`path::Path`], named by a stable
 //!   [`path::PathId`]);
-//! - bundle: all paths and sessions toward one peer ([`bundle::Bundle`]);
+//! - bundle: all paths and sessions toward one neighbour ([`bundle::Bundle`]);
 //! - route: prefix -> next hop ([`route`], composed by [`router::Router`]
 //!   from the configured routes and the [`mesh`]);
 //! - policy: which paths a packet is copied onto ([`Policy`]).

@@ -37,8 +37,7 @@ drop_reasons! {
     BadFlags => "bad_flags",
     /// Sender or receiver host id 0.
     ZeroHostId => "zero_host_id",
-    /// A known message type this version does not handle yet (probes,
-    /// handshakes, route advertisements).
+    /// A known message type this version does not handle (a cookie reply).
     Unsupported => "unsupported_type",
     /// Addressed to another host.
     WrongReceiver => "wrong_receiver",

@@ -37,7 +37,10 @@
 //! a 1500-byte link the TUN MTU is therefore 1436 over an IPv4 underlay and
 //! 1416 over an IPv6 underlay; see [`tun_mtu`].
 //!
-//! Message types 1 (data) and 2 (keepalive) are handled by this version.
+//! Every [`MessageType`] but 7 (cookie reply) is handled by this version:
+//! data, keepalive, probe and probe reply, handshake initiation and
+//! response, route advertisement. A cookie reply is dropped as
+//! `unsupported_type`.
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
 //! sessions), route advertisement (mesh).

@@ -151,7 +151,7 @@ pub struct ChannelStats {
 
 /// One copy the link will hand over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delivery {
+pub struct Handover {
     /// When it arrives.
     pub at: Time,
     /// Flip this bit (index into the datagram's bits) before handing it over.
@@ -178,7 +178,7 @@ impl Channel {
 
     /// Offer a packet of `len` bytes at `now`; push the copies that will
     /// arrive (none if lost) onto `out`.
-    pub fn transit(&mut self, rng: &mut ChaCha8Rng, now: Time, len: usize, out: &mut Vec<Delivery>) {
+    pub fn transit(&mut self, rng: &mut ChaCha8Rng, now: Time, len: usize, out: &mut Vec<Handover>) {
         let m = &self.model;
         self.stats.offered += 1;
         if m.blackouts.iter().any(|&(s, e)| s <= now && now < e) {
@@ -231,16 +231,16 @@ impl Channel {
         } else {
             None
         };
-        out.push(Delivery { at, flip_bit });
+        out.push(Handover { at, flip_bit });
         self.stats.arrived += 1;
         if m.duplicate > 0.0 && rng.random_bool(m.duplicate.clamp(0.0, 1.0)) {
             let extra = Duration::from_micros(rng.random_range(0..1000));
-            out.push(Delivery { at: at + extra, flip_bit });
+            out.push(Handover { at: at + extra, flip_bit });
             self.stats.duplicated += 1;
             self.stats.arrived += 1;
         }
         if m.replay > 0.0 && rng.random_bool(m.replay.clamp(0.0, 1.0)) {
-            out.push(Delivery { at: at + m.replay_after, flip_bit: None });
+            out.push(Handover { at: at + m.replay_after, flip_bit: None });
             self.stats.replayed += 1;
             self.stats.arrived += 1;
         }
@@ -252,7 +252,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn run(model: LinkModel, n: usize, gap: Duration) -> (Channel, Vec<Delivery>) {
+    fn run(model: LinkModel, n: usize, gap: Duration) -> (Channel, Vec<Handover>) {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut ch = Channel::new(model);
         let mut out = Vec::new();

@@ -185,7 +185,7 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<Event>>,
     order: u64,
     out: Transmits,
-    copies: Vec<link::Delivery>,
+    copies: Vec<link::Handover>,
     /// Record every datagram arrival in [`Sim::arrivals`].
     pub record_arrivals: bool,
     deliveries: Vec<Delivery>,
