@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::proto::{self, BundleConfig, Event, HostId, LinkId, NextHop, Node, NodeConfig, Received, Time, Transmits};
+use crate::proto::{self, BundleConfig, Event, HostId, LinkId, NextHop, Node, Received, Time, Transmits};
 use crate::status;
 use crate::sys::LinkIo;
 use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
@@ -314,18 +314,11 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The node with neighbours and routes from the config. `wall_epoch_ns`
 /// is the wall clock at the node's time zero (handshake timestamps).
 fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Node, RunError> {
-    let mut nc = NodeConfig::new(cfg.host, cfg.private_key);
-    nc.window_packets = cfg.window;
-    nc.hop_limit = cfg.hop_limit;
-    nc.keepalive = cfg.keepalive;
-    nc.max_packet = max_packet;
-    nc.policy = cfg.policy;
-    nc.monitor = cfg.monitor;
-    nc.mesh = cfg.mesh;
-    nc.wall_epoch_ns = wall_epoch_ns;
+    let mut rng_seed = [0u8; 32];
     SystemRandom::new()
-        .fill(&mut nc.rng_seed)
+        .fill(&mut rng_seed)
         .map_err(|_| RunError::Fatal("the system random generator failed".into()))?;
+    let nc = cfg.node_config(max_packet, wall_epoch_ns, rng_seed);
     let mut node = Node::new(nc)?;
     for p in cfg.peers.iter().filter(|p| p.via.is_none()) {
         let public_key = p.public_key.expect("config check: a neighbour has a public key");

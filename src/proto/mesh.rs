@@ -61,6 +61,46 @@ impl Default for MeshConfig {
     }
 }
 
+/// Shortest and longest refresh interval (and age limit).
+pub const REFRESH_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// Mesh settings that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MeshConfigError {
+    /// Refresh interval out of range.
+    #[error("mesh refresh {0:?} is not a duration from 1s to 1h, such as \"10s\"")]
+    Refresh(Duration),
+    /// Age limit out of range.
+    #[error("mesh max_age {0:?} is not a duration from 1s to 1h, such as \"45s\"")]
+    MaxAge(Duration),
+    /// Age limit under three refreshes.
+    #[error(
+        "mesh max_age {max_age:?} must be at least 3 x refresh ({refresh:?}): one lost advert must not drop a host's routes"
+    )]
+    MaxAgeShort {
+        /// The age limit.
+        max_age: Duration,
+        /// The refresh interval.
+        refresh: Duration,
+    },
+}
+
+impl MeshConfig {
+    /// Check the settings; nothing uses them until they pass.
+    pub fn validate(&self) -> Result<(), MeshConfigError> {
+        if !REFRESH_RANGE.contains(&self.refresh) {
+            return Err(MeshConfigError::Refresh(self.refresh));
+        }
+        if !REFRESH_RANGE.contains(&self.max_age) {
+            return Err(MeshConfigError::MaxAge(self.max_age));
+        }
+        if self.max_age < self.refresh * 3 {
+            return Err(MeshConfigError::MaxAgeShort { max_age: self.max_age, refresh: self.refresh });
+        }
+        Ok(())
+    }
+}
+
 /// One host's advertisement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advert {

@@ -11,6 +11,25 @@ pub mod udp;
 use std::io;
 use std::net::SocketAddr;
 
+/// How datagrams travel between hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// In UDP (the default; works through NAT).
+    Udp,
+    /// Directly in IP packets of this protocol number (no UDP header; no NAT).
+    Ip(u8),
+}
+
+impl Transport {
+    /// Bytes the transport adds inside the IP packet.
+    pub const fn header_len(self) -> usize {
+        match self {
+            Transport::Udp => crate::proto::wire::UDP_HEADER_LEN,
+            Transport::Ip(_) => 0,
+        }
+    }
+}
+
 /// A link's socket, whichever the transport.
 #[derive(Debug)]
 pub enum LinkIo {
@@ -22,10 +41,10 @@ pub enum LinkIo {
 
 impl LinkIo {
     /// Open the socket of NIC `ifname` for `transport`.
-    pub fn bind(ifname: &str, port: u16, transport: crate::config::Transport) -> io::Result<LinkIo> {
+    pub fn bind(ifname: &str, port: u16, transport: Transport) -> io::Result<LinkIo> {
         match transport {
-            crate::config::Transport::Udp => udp::LinkSocket::bind(ifname, port).map(LinkIo::Udp),
-            crate::config::Transport::Ip(p) => raw::RawLinkSocket::bind(ifname, p).map(LinkIo::Ip),
+            Transport::Udp => udp::LinkSocket::bind(ifname, port).map(LinkIo::Udp),
+            Transport::Ip(p) => raw::RawLinkSocket::bind(ifname, p).map(LinkIo::Ip),
         }
     }
 

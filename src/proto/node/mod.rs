@@ -61,7 +61,7 @@ pub use events::{Event, MAX_RECENT_CHANGES, PathChange};
 use super::bundle::{Bundle, BundleConfig, EndpointSpec};
 use super::ids::{HostId, LinkId, Seq};
 use super::link::Links;
-use super::mesh::{Mesh, MeshConfig};
+use super::mesh::{Mesh, MeshConfig, MeshConfigError};
 use super::monitor::{Change, MonitorConfig, MonitorConfigError};
 use super::path::PathId;
 use super::policy::Policy;
@@ -69,7 +69,7 @@ use super::route::{NextHop, RouteTable};
 use super::router::Router;
 use super::stats::{DropReason, LinkStats, NodeStats};
 use super::time::Time;
-use super::window::{MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
+use super::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
 use super::wire::{DEFAULT_HOP_LIMIT, OVERHEAD};
 
 /// Default interval after which a path that sent nothing gets a keepalive
@@ -123,7 +123,7 @@ impl NodeConfig {
             rng_seed: [0; 32],
             wall_epoch_ns: 0,
             handshakes_per_second: DEFAULT_HANDSHAKES_PER_SECOND,
-            window_packets: super::window::DEFAULT_WINDOW_PACKETS,
+            window_packets: DEFAULT_WINDOW_PACKETS,
             hop_limit: DEFAULT_HOP_LIMIT,
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
@@ -134,24 +134,48 @@ impl NodeConfig {
     }
 
     /// Check every setting; the one validation of them (the config file
-    /// maps these errors to its field names).
+    /// checks each through the same functions and names its field).
     pub fn validate(&self) -> Result<(), SetupError> {
-        if !(MIN_WINDOW_PACKETS..=MAX_WINDOW_PACKETS).contains(&self.window_packets) {
-            return Err(SetupError::WindowOutOfRange(self.window_packets));
-        }
-        if self.hop_limit == 0 {
-            return Err(SetupError::ZeroHopLimit);
-        }
-        if !(MIN_PACKET_LIMIT..=MAX_PACKET_LIMIT).contains(&self.max_packet) {
-            return Err(SetupError::MaxPacketOutOfRange(self.max_packet));
-        }
-        if let Some(k) = self.keepalive
-            && k < Duration::from_secs(1)
-        {
-            return Err(SetupError::KeepaliveTooShort(k));
-        }
+        check_window(self.window_packets)?;
+        check_hop_limit(self.hop_limit)?;
+        check_max_packet(self.max_packet)?;
+        check_keepalive(self.keepalive)?;
         self.monitor.validate()?;
+        if let Some(m) = &self.mesh {
+            m.validate()?;
+        }
         Ok(())
+    }
+}
+
+/// A dedup / anti-replay window size the node accepts.
+pub fn check_window(packets: u32) -> Result<u32, SetupError> {
+    if (MIN_WINDOW_PACKETS..=MAX_WINDOW_PACKETS).contains(&packets) {
+        Ok(packets)
+    } else {
+        Err(SetupError::WindowOutOfRange(packets))
+    }
+}
+
+/// A hop limit the node accepts.
+pub fn check_hop_limit(hops: u8) -> Result<u8, SetupError> {
+    if hops == 0 { Err(SetupError::ZeroHopLimit) } else { Ok(hops) }
+}
+
+/// A largest TUN packet the node accepts.
+pub fn check_max_packet(bytes: usize) -> Result<usize, SetupError> {
+    if (MIN_PACKET_LIMIT..=MAX_PACKET_LIMIT).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(SetupError::MaxPacketOutOfRange(bytes))
+    }
+}
+
+/// A keepalive interval the node accepts (`None`: off).
+pub fn check_keepalive(k: Option<Duration>) -> Result<Option<Duration>, SetupError> {
+    match k {
+        Some(k) if k < Duration::from_secs(1) => Err(SetupError::KeepaliveTooShort(k)),
+        _ => Ok(k),
     }
 }
 
@@ -160,7 +184,9 @@ impl NodeConfig {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum SetupError {
     /// Window size out of range.
-    #[error("window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default 50000)")]
+    #[error(
+        "window of {0} packets is out of range: use {MIN_WINDOW_PACKETS} to {MAX_WINDOW_PACKETS} (default {DEFAULT_WINDOW_PACKETS}: 100 000 packets/s with 500 ms of skew)"
+    )]
     WindowOutOfRange(u32),
     /// Hop limit 0.
     #[error("hop limit 0 would drop every packet: use 1 to 255 (default {DEFAULT_HOP_LIMIT})")]
@@ -169,7 +195,7 @@ pub enum SetupError {
     #[error("maximum packet size {0} is out of range: use {MIN_PACKET_LIMIT} to {MAX_PACKET_LIMIT} bytes")]
     MaxPacketOutOfRange(usize),
     /// Keepalive shorter than a second.
-    #[error("keepalive interval {0:?} is too short: use at least 1 s, or disable keepalives")]
+    #[error("keepalive interval {0:?} is too short: use \"off\" or a duration of at least 1s, such as \"25s\"")]
     KeepaliveTooShort(Duration),
     /// A peer with this host's own id.
     #[error("{0} is this host itself and cannot be its own peer")]
@@ -180,6 +206,9 @@ pub enum SetupError {
     /// Probe or path-state settings that cannot work.
     #[error(transparent)]
     Monitor(#[from] MonitorConfigError),
+    /// Mesh settings that cannot work.
+    #[error(transparent)]
+    Mesh(#[from] MeshConfigError),
     /// A peer that was never added.
     #[error("{0} is not a peer")]
     UnknownPeer(HostId),
