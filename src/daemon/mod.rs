@@ -799,7 +799,7 @@ fn log_summary(shared: &Shared, links: &Links) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::EndpointSpec;
+    use crate::proto::{EndpointSpec, NodeConfig};
     use crate::sim::traffic::udp_packet;
 
     #[test]
