@@ -1,0 +1,98 @@
+//! The bodies of probes and probe replies (sealed like data).
+
+use super::PassiveCounts;
+
+/// A probe's body (sealed like data): its id on the sender's path, the
+/// sender's path index and send time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeBody {
+    /// Probe id on its path.
+    pub id: u32,
+    /// The sender's index of the path (echoed back).
+    pub path: u8,
+    /// Sender's clock at sending, in nanoseconds.
+    pub sent: u64,
+}
+
+impl ProbeBody {
+    /// Encoded length.
+    pub const LEN: usize = 13;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.id.to_be_bytes());
+        out[4] = self.path;
+        out[5..13].copy_from_slice(&self.sent.to_be_bytes());
+    }
+
+    /// Decode; `None` if it is not exactly [`ProbeBody::LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<ProbeBody> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(ProbeBody {
+            id: u32::from_be_bytes(b[..4].try_into().ok()?),
+            path: b[4],
+            sent: u64::from_be_bytes(b[5..13].try_into().ok()?),
+        })
+    }
+}
+
+/// A reply's body: the probe echoed, the replier's clock when it received
+/// (and answered) it, and the replier's passive counts for the path the
+/// probe came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyBody {
+    /// The probe answered.
+    pub probe: ProbeBody,
+    /// Replier's clock at receipt, in nanoseconds.
+    pub received: u64,
+    /// The replier's counts of data that came to it on this path.
+    pub counts: PassiveCounts,
+}
+
+impl ReplyBody {
+    /// Encoded length.
+    pub const LEN: usize = ProbeBody::LEN + 8 + PassiveCounts::LEN;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        self.probe.encode(out);
+        out[13..21].copy_from_slice(&self.received.to_be_bytes());
+        self.counts.encode(&mut out[21..Self::LEN]);
+    }
+
+    /// Decode; `None` if it is not exactly [`ReplyBody::LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<ReplyBody> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(ReplyBody {
+            probe: ProbeBody::decode(&b[..13])?,
+            received: u64::from_be_bytes(b[13..21].try_into().ok()?),
+            counts: PassiveCounts::decode(&b[21..]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_reject_bad_lengths() {
+        let p = ProbeBody { id: 7, path: 2, sent: 123_456_789 };
+        let mut b = [0u8; ReplyBody::LEN];
+        p.encode(&mut b);
+        assert_eq!(ProbeBody::decode(&b[..ProbeBody::LEN]), Some(p));
+        assert_eq!(ProbeBody::decode(&b[..ProbeBody::LEN - 1]), None);
+        let r = ReplyBody {
+            probe: p,
+            received: 99,
+            counts: PassiveCounts { delivered: 1, missing: 2, first: 3, rescues: 4 },
+        };
+        r.encode(&mut b);
+        assert_eq!(ReplyBody::decode(&b), Some(r));
+        assert_eq!(ReplyBody::decode(&b[1..]), None);
+    }
+}
