@@ -5,7 +5,7 @@
 //! to fix it; all problems are collected, not just the first. Loading a
 //! config changes nothing on the system. See `examples/` for documented files.
 //!
-//! [`file`] is the file's shape (serde), [`check`] checks it section by
+//! `file` is the file's shape (serde), `check` checks it section by
 //! section; settings the core defines are validated by the core's own
 //! functions, so a range is checked in one place.
 

@@ -1,14 +1,31 @@
 //! Decisions the daemon takes from the NIC list and the config, as pure
 //! functions: which NICs are links, which link reaches which endpoint, the
-//! TUN MTU, and which NIC names in the config do not exist.
+//! TUN MTU, which NIC names in the config do not exist, and which
+//! prefixes learned from the mesh get a kernel route on the TUN.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::config::{Config, Mtu, PeerConfig};
-use crate::proto::EndpointSpec;
 use crate::proto::LinkId;
 use crate::proto::wire::{Family, UDP_HEADER_LEN, tun_mtu};
+use crate::proto::{EndpointSpec, NextHop};
 use crate::sys::netlink::Nic;
+
+/// The prefixes that need a kernel route on the TUN among `mesh_routes`
+/// (those the mesh routes, with their next hop): a prefix the kernel sends
+/// to the TUN already (a TUN subnet, a configured peer prefix) needs none,
+/// and neither does one routed here.
+pub fn mesh_kernel_routes(mesh_routes: impl Iterator<Item = (IpNet, NextHop)>, cfg: &Config) -> BTreeSet<IpNet> {
+    mesh_routes
+        .filter(|(_, n)| *n != NextHop::Local)
+        .map(|(p, _)| p)
+        .filter(|p| !cfg.addresses.iter().any(|a| a.trunc().contains(p)))
+        .filter(|p| !cfg.peers.iter().any(|peer| peer.prefixes.contains(p)))
+        .collect()
+}
 
 /// Why a NIC is not a link (for logs and status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

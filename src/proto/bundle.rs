@@ -4,8 +4,8 @@
 //! The bundle owns its paths ([`Paths`], named by [`PathId`]) and decides
 //! which of them a packet goes on ([`Bundle::select`]); the node seals and
 //! fans the packet out. Paths come from endpoints crossed with local links
-//! ([`Bundle::link_changed`], [`Bundle::set_endpoints`]) or are learned from
-//! authenticated packets ([`Bundle::touch_path`]). Whenever a path is
+//! (`Bundle::link_changed`, `Bundle::set_endpoints`) or are learned from
+//! authenticated packets (`Bundle::touch_path`). Whenever a path is
 //! removed or replaced, its slot is forgotten by the passive trackers and
 //! the ranking is redone, so no credit or choice lands on another path.
 

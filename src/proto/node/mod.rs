@@ -4,7 +4,7 @@
 //! received on a link ([`Node::handle_datagram`]), timer expiry
 //! ([`Node::handle_timeout`]) and link changes ([`Node::add_link`],
 //! [`Node::remove_link`]), each with an explicit `now`. Outputs: datagrams to
-//! send, written into a caller-owned [`Transmits`] batch, plaintext to
+//! send, written into a caller-owned [`super::Transmits`] batch, plaintext to
 //! deliver, returned as a range of the caller's own receive buffer, and
 //! [`Event`]s ([`Node::poll_event`]). The shell (or the simulator) sends,
 //! delivers and arms the timer from [`Node::poll_timeout`]. There is no
@@ -16,23 +16,23 @@
 //!   [`super::path::PathId`]s), sessions ([`super::session`]), ranking and
 //!   policy choice;
 //! - the [`Router`]: configured and mesh routes ([`super::mesh`]);
-//! - the handshake driver ([`handshake`]): identity, randomness, the
+//! - the handshake driver (`handshake`): identity, randomness, the
 //!   per-source rate limit;
 //! - the local [`Links`] and their counters, the [`NodeStats`], the event log.
 //!
 //! The packet path, one walk each way:
-//! - TUN -> [`Node::handle_tun_packet`] ([`send`]): destination, router
+//! - TUN -> [`Node::handle_tun_packet`] (`send`): destination, router
 //!   lookup, the bundle's policy picks a [`super::path::PathSet`], the
 //!   current session's next sequence number, sealed once, one datagram with
 //!   N paths in the batch. With no session yet the packet waits (bounded)
 //!   while a Noise IK handshake runs over every path.
-//! - link -> [`Node::handle_datagram`] ([`receive`]): header, for us and from
+//! - link -> [`Node::handle_datagram`] (`receive`): header, for us and from
 //!   a peer, window check (cheap, before any crypto), open, mark the window
 //!   (only now), credit the path, then deliver to the TUN or, on a relay,
 //!   re-seal for the next hop through the same send path (hop by hop: every
 //!   hop deduplicates).
 //!
-//! Timers ([`timers`]): the link monitor probes every path (probes and
+//! Timers (`timers`): the link monitor probes every path (probes and
 //! replies are sealed like data, on that path only), follows its estimates
 //! and state, credits settled data and reports state changes as
 //! [`Event::PathChanged`]; sessions rekey and expire (WireGuard's timers);

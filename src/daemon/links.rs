@@ -1,0 +1,172 @@
+//! The links in use: reconciling them with the NIC list (sockets, readers,
+//! per-link policy routing), and the endpoints each peer is reached at
+//! over the links that are up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::readers::read_link;
+use super::shared::Shared;
+use super::{RULE_PRIORITY, TABLE_BASE, plan};
+use crate::config::Config;
+use crate::proto::LinkId;
+use crate::sys::LinkIo;
+use crate::sys::netlink::{Installed, Netlink, NetlinkError, Nic};
+
+pub(super) struct LinkEntry {
+    pub(super) nic: Nic,
+    pub(super) reader: JoinHandle<()>,
+    pub(super) installed: Vec<Installed>,
+}
+
+/// The links in use and how to change them.
+pub(super) struct Links {
+    pub(super) cfg: Arc<Config>,
+    pub(super) nl: Netlink,
+    pub(super) shared: Arc<Shared>,
+    pub(super) tun_index: u32,
+    pub(super) up: BTreeMap<u32, LinkEntry>,
+    pub(super) fatal: mpsc::UnboundedSender<String>,
+}
+
+impl Links {
+    /// Bring the links in line with `nics`, then the neighbours' endpoints.
+    pub(super) async fn reconcile(&mut self, nics: Vec<Nic>) {
+        let wanted: BTreeMap<u32, Nic> = nics
+            .into_iter()
+            .filter(|n| plan::classify(n, &self.cfg, Some(self.tun_index)).is_ok())
+            .map(|n| (n.index, n))
+            .collect();
+        let gone: Vec<u32> = self.up.keys().filter(|i| !wanted.contains_key(i)).copied().collect();
+        for index in gone {
+            if let Some(entry) = self.up.remove(&index) {
+                self.remove_link(entry).await;
+            }
+        }
+        for (index, nic) in wanted {
+            match self.up.get_mut(&index) {
+                Some(entry) if entry.nic == nic => {}
+                Some(entry) => {
+                    info!(link = %nic.name, addrs = ?nic.addrs, "link changed");
+                    let old = std::mem::take(&mut entry.installed);
+                    entry.nic = nic.clone();
+                    for i in &old {
+                        let _ = self.nl.remove(i).await;
+                    }
+                    let installed = self.policy_routes(&nic).await;
+                    if let Some(entry) = self.up.get_mut(&index) {
+                        entry.installed = installed;
+                    }
+                }
+                None => self.add_link(nic).await,
+            }
+        }
+        self.update_endpoints();
+    }
+
+    /// Give the neighbours the endpoints the links up now reach.
+    fn update_endpoints(&self) {
+        let nics: Vec<&Nic> = self.up.values().map(|e| &e.nic).collect();
+        let mut node = self.shared.node();
+        for p in self.cfg.peers.iter().filter(|p| p.via.is_none()) {
+            let _ = node.set_endpoints(p.id, plan::endpoints(p, &self.cfg, &nics));
+        }
+    }
+
+    async fn add_link(&mut self, nic: Nic) {
+        let socket = match LinkIo::bind(&nic.name, self.cfg.listen_port, self.cfg.transport) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!(link = %nic.name, error = %e, port = self.cfg.listen_port, "cannot open the link's socket; will retry on the next change");
+                return;
+            }
+        };
+        let link = LinkId(nic.index);
+        self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
+        self.shared.names.write().unwrap_or_else(|e| e.into_inner()).insert(link, nic.name.clone());
+        self.shared.node().add_link(self.shared.now(), link);
+        let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
+        let installed = self.policy_routes(&nic).await;
+        info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
+        self.up.insert(nic.index, LinkEntry { nic, reader, installed });
+        // Its paths at once: its socket already reads, and an answer to a
+        // handshake goes on every path known when it is sent.
+        self.update_endpoints();
+    }
+
+    async fn remove_link(&mut self, entry: LinkEntry) {
+        entry.reader.abort();
+        let link = LinkId(entry.nic.index);
+        self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).remove(&link);
+        self.shared.node().remove_link(self.shared.now(), link);
+        for i in &entry.installed {
+            if let Err(e) = self.nl.remove(i).await {
+                warn!(link = %entry.nic.name, error = %e, "cannot remove a policy route");
+            }
+        }
+        info!(link = %entry.nic.name, index = entry.nic.index, "link down");
+    }
+
+    /// A link with a `gateway` gets its own table (its subnets and a default
+    /// route through the gateway) and a rule sending its socket's packets
+    /// there: without it the kernel would find no route for a link that has
+    /// no default route of its own.
+    async fn policy_routes(&self, nic: &Nic) -> Vec<Installed> {
+        let Some(gw) = self.cfg.links.options.get(&nic.name).and_then(|o| o.gateway) else {
+            return Vec::new();
+        };
+        let table = TABLE_BASE + nic.index;
+        let mut done = Vec::new();
+        let default: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("literal");
+        let subnets = nic.addrs.iter().filter(|a| plan::usable_addr(&a.addr())).map(|a| a.trunc());
+        let mut result: Result<(), NetlinkError> = Ok(());
+        for s in subnets {
+            match self.nl.add_route(s, nic.index, None, Some(table)).await {
+                Ok(i) => done.push(i),
+                Err(e) => result = Err(e),
+            }
+        }
+        match self.nl.add_route(default, nic.index, Some(gw), Some(table)).await {
+            Ok(i) => done.push(i),
+            Err(e) => result = Err(e),
+        }
+        match self.nl.add_oif_rule(&nic.name, table, RULE_PRIORITY).await {
+            Ok(is) => done.extend(is),
+            Err(e) => result = Err(e),
+        }
+        match result {
+            Ok(()) => info!(link = %nic.name, gateway = %gw, table, "policy routing installed"),
+            Err(e) => {
+                warn!(link = %nic.name, gateway = %gw, error = %e, "policy routing incomplete")
+            }
+        }
+        if rp_filter_strict(&nic.name) {
+            warn!(
+                link = %nic.name,
+                "rp_filter is strict (1) on this link: replies arriving on it may be dropped; set it to 2 (loose): \
+                 sysctl -w net.ipv4.conf.{}.rp_filter=2",
+                nic.name
+            );
+        }
+        done
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        let entries: Vec<LinkEntry> = std::mem::take(&mut self.up).into_values().collect();
+        for e in entries {
+            self.remove_link(e).await;
+        }
+    }
+}
+
+fn rp_filter_strict(ifname: &str) -> bool {
+    let read = |p: String| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u8>().ok()).unwrap_or(0);
+    let all = read("/proc/sys/net/ipv4/conf/all/rp_filter".into());
+    let one = read(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"));
+    all.max(one) == 1
+}

@@ -1,0 +1,178 @@
+//! What the daemon's tasks share: the node behind its lock, the link
+//! sockets, the TUN, the shell's own I/O counters, and the rate-limited
+//! logging of what the core reports.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::links::Links;
+use crate::proto::{Event, HostId, LinkId, Node, Time};
+use crate::status;
+use crate::sys::LinkIo;
+use crate::sys::tun::AsyncDevice;
+
+/// I/O outcomes the core cannot see, counted by the shell.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Copies not sent because the link's socket buffer was full.
+    pub send_would_block: AtomicU64,
+    /// Copies the kernel refused (no route, link gone, ...).
+    pub send_errors: AtomicU64,
+    /// Copies for a link that has no socket (removed meanwhile).
+    pub send_no_socket: AtomicU64,
+    /// Packets the TUN refused.
+    pub tun_write_errors: AtomicU64,
+    /// Socket receive errors.
+    pub recv_errors: AtomicU64,
+}
+
+impl IoCounters {
+    /// Every counter by name, for status and the exit summary.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("send_would_block", self.send_would_block.load(Ordering::Relaxed)),
+            ("send_errors", self.send_errors.load(Ordering::Relaxed)),
+            ("send_no_socket", self.send_no_socket.load(Ordering::Relaxed)),
+            ("recv_errors", self.recv_errors.load(Ordering::Relaxed)),
+            ("tun_write_errors", self.tun_write_errors.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// A log line at most once per [`LOG_INTERVAL`] per key: a dead link fails
+/// every copy, a wrong key every initiation, and logs are per state
+/// change, not per packet.
+pub(super) struct LogLimiter<K> {
+    last: Mutex<HashMap<K, Instant>>,
+}
+
+impl<K> Default for LogLimiter<K> {
+    fn default() -> LogLimiter<K> {
+        LogLimiter { last: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> LogLimiter<K> {
+    /// Whether a line for `key` may be logged now (then it is counted as logged).
+    pub(super) fn ready(&self, key: K) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.get(&key).is_some_and(|t| now.duration_since(*t) < LOG_INTERVAL) {
+            return false;
+        }
+        last.insert(key, now);
+        true
+    }
+}
+
+/// How often a repeated failure is logged.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the tasks share.
+pub(super) struct Shared {
+    pub(super) node: Mutex<Node>,
+    pub(super) sockets: RwLock<HashMap<LinkId, Arc<LinkIo>>>,
+    pub(super) tun: Arc<AsyncDevice>,
+    pub(super) epoch: std::time::Instant,
+    pub(super) io: IoCounters,
+    /// Send errors are logged once per interval and link.
+    pub(super) send_error_log: LogLimiter<LinkId>,
+    /// Refused handshakes are logged once per interval and peer.
+    pub(super) rejection_log: LogLimiter<HostId>,
+    /// Interface names of the links seen (kept after a link goes, for logs and status).
+    pub(super) names: RwLock<HashMap<LinkId, String>>,
+    /// The TUN's name.
+    pub(super) tun_name: String,
+}
+
+impl Shared {
+    pub(super) fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    /// Log what the core reports: new sessions (one line each), refused
+    /// handshakes (at most once per interval and peer), given-up handshakes.
+    pub(super) fn log_events(&self, node: &mut Node) {
+        while let Some(e) = node.poll_event() {
+            match e {
+                Event::SessionEstablished { peer, initiator } => {
+                    info!(
+                        peer = peer.get(),
+                        role = if initiator { "initiator" } else { "responder" },
+                        "session established"
+                    )
+                }
+                Event::HandshakeRejected { peer, reason } => {
+                    if self.rejection_log.ready(peer) {
+                        warn!(peer = peer.get(), %reason, "handshake refused (check the peer's public key in the config and its private key); counted as handshake_* drops");
+                    }
+                }
+                Event::HandshakeTimedOut { peer } => {
+                    warn!(peer = peer.get(), "no answer to handshakes for 90 s; waiting packets dropped, still trying")
+                }
+                Event::RouteChanged { dest, next, cost } => match next {
+                    Some(n) => {
+                        info!("route to host {}: via host {} (cost {:.1} ms)", dest.get(), n.get(), cost as f64 / 1e3)
+                    }
+                    None => info!("route to host {}: none from the mesh (configured routes apply)", dest.get()),
+                },
+                Event::PathChanged(pc) => {
+                    let link = self.link_name(pc.path.link);
+                    let (peer, remote, to, reason) = (pc.peer.get(), pc.path.remote, pc.change.to, pc.change.reason);
+                    info!("path {link} -> host {peer} ({remote}): {to}, {reason}");
+                }
+            }
+        }
+    }
+
+    /// What `mpvr status` shows, now.
+    pub(super) fn snapshot(&self) -> status::Snapshot {
+        let io = &self.io;
+        let shell = status::ShellInfo {
+            tun: &self.tun_name,
+            uptime: self.epoch.elapsed(),
+            link_name: &|l| self.link_name(l),
+            io: io.named(),
+        };
+        let now = self.now();
+        let node = self.node();
+        status::snapshot(&node, now, &shell)
+    }
+
+    /// The interface name of `link` (its index if never seen).
+    pub(super) fn link_name(&self, link: LinkId) -> String {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        names.get(&link).cloned().unwrap_or_else(|| format!("#{}", link.0))
+    }
+
+    pub(super) fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+        // A panic while holding the lock is a bug; the state is still the
+        // last consistent one, so keep going rather than cascade.
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The counters, logged once at exit: node totals, then one line per link.
+pub(super) fn log_summary(shared: &Shared, links: &Links) {
+    let node = shared.node();
+    for (id, l) in node.links() {
+        let name = links.up.get(&id.0).map_or("?", |e| e.nic.name.as_str());
+        let drops: Vec<String> = l.drops.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
+        info!(link = name, rx = l.rx.packets, tx = l.tx.packets, drops = %drops.join(" "), "link totals");
+    }
+    let s = node.stats();
+    let drops: Vec<String> = s.drops.nonzero().map(|(r, n)| format!("{r}={n}")).collect();
+    info!(
+        tun_in = s.tun_in.packets,
+        tun_out = s.tun_out.packets,
+        copies_out = s.copies_out.packets,
+        datagrams_in = s.datagrams_in.packets,
+        drops = %drops.join(" "),
+        io = %shared.io.named().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        "totals"
+    );
+}
