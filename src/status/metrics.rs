@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn every_path_has_its_series() {
-        let s = super::super::tests::simulated();
+        let s = super::super::build::simulated();
         let text = render(&s);
         for needle in [
             "mpvr_path_state{peer=\"2\",link=\"wan1\",remote=\"172.16.0.2:51820\",state=\"up\"} 1",

@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn the_view_shows_every_path_and_its_state() {
-        let s = super::super::tests::simulated();
+        let s = super::super::build::simulated();
         let mut h = History::default();
         for _ in 0..5 {
             h.push(&s);

@@ -1,0 +1,198 @@
+//! Building a [`Snapshot`] from a node and what the shell knows.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::snapshot::*;
+use crate::proto::Path;
+use crate::proto::monitor::PassiveCounts;
+use crate::proto::stats::DropCounts;
+use crate::proto::{DropReason, LinkId, NextHop, Node, Time};
+
+fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
+    DropReason::ALL.iter().map(|r| (r.name().to_string(), d.get(*r))).collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
+    DataSnap {
+        delivered: c.delivered,
+        missing: c.missing,
+        first: c.first,
+        rescues: c.rescues,
+        loss: c.loss(),
+        first_share: if firsts == 0 { 0.0 } else { c.first as f64 / firsts as f64 },
+    }
+}
+
+fn path_snap(p: &Path, selected: bool, now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
+    let m = &p.monitor;
+    let rtt = m.rtt();
+    let (sent, answered, lost) = m.probe_counts();
+    PathSnap {
+        link: name(p.addr.link),
+        link_index: p.addr.link.0,
+        remote: p.addr.remote.to_string(),
+        learned: p.learned,
+        usable: p.usable,
+        selected,
+        state: m.health().name().to_string(),
+        state_for_s: (now - m.since()).as_secs_f64(),
+        reason: m.reason().to_string(),
+        rtt_ms: rtt.srtt().map(ms),
+        rttvar_ms: rtt.srtt().map(|_| ms(rtt.rttvar())),
+        rtt_min_ms: rtt.min().map(ms),
+        jitter_out_ms: ms(m.jitter_out()),
+        jitter_in_ms: ms(m.jitter_in()),
+        owd_var_out_ms: m.owd_out().map(ms),
+        owd_var_in_ms: m.owd_in().map(ms),
+        probe_loss: m.loss().ratio(),
+        probes: ProbeSnap { sent, answered, lost },
+        tx: p.tx.into(),
+        rx_first: p.first.into(),
+        rx_later: p.later.into(),
+        last_rx_s_ago: p.last_rx.map(|t| (now - t).as_secs_f64()),
+        inbound: data(&m.local, firsts.0),
+        outbound: data(&m.remote, firsts.1),
+    }
+}
+
+/// What the shell adds to the core's state.
+pub struct ShellInfo<'a> {
+    /// TUN name.
+    pub tun: &'a str,
+    /// Time since start.
+    pub uptime: Duration,
+    /// Interface name of a link.
+    pub link_name: &'a dyn Fn(LinkId) -> String,
+    /// I/O counters by name.
+    pub io: Vec<(&'static str, u64)>,
+}
+
+/// The snapshot of `node` at `now`.
+pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
+    let name = shell.link_name;
+    let links = node
+        .links()
+        .map(|(id, l)| LinkSnap {
+            name: name(id),
+            index: id.0,
+            rx: l.rx.into(),
+            tx: l.tx.into(),
+            drops: drops_map(&l.drops),
+        })
+        .collect();
+    let peers = node
+        .bundles()
+        .map(|n| {
+            let firsts_in: u64 = n.paths().iter().map(|p| p.monitor.local.first).sum();
+            let firsts_out: u64 = n.paths().iter().map(|p| p.monitor.remote.first).sum();
+            let s = n.stats();
+            let chosen = node.chosen_paths(n.host());
+            PeerSnap {
+                id: n.host().get(),
+                policy: n.policy().unwrap_or(node.config().policy).to_string(),
+                session: n
+                    .session()
+                    .map(|(created, initiator)| SessionSnap { age_s: (now - created).as_secs_f64(), initiator }),
+                handshake_pending: n.handshake_pending(),
+                handshakes: s.handshakes,
+                staged: n.staged(),
+                sealed: s.sealed.into(),
+                accepted: s.accepted.into(),
+                paths_learned: s.paths_learned,
+                paths: n
+                    .paths()
+                    .iter()
+                    .map(|p| path_snap(p, chosen.contains(&p.id()), now, name, (firsts_in, firsts_out)))
+                    .collect(),
+            }
+        })
+        .collect();
+    let routes = node
+        .routes()
+        .iter()
+        .map(|(prefix, next)| {
+            let mesh = node.router().mesh_route(prefix);
+            RouteSnap {
+                prefix: prefix.to_string(),
+                next_hop: match next {
+                    NextHop::Local => "local".to_string(),
+                    NextHop::Host(h) => h.get().to_string(),
+                },
+                source: match (next, mesh) {
+                    (NextHop::Local, _) => "local",
+                    (_, Some(_)) => "mesh",
+                    _ => "config",
+                }
+                .to_string(),
+                origin: mesh.map(|r| r.origin.get()),
+                metric_ms: mesh.map(|r| r.cost as f64 / 1e3),
+                held_s: mesh.map(|r| (now - r.since).as_secs_f64()),
+            }
+        })
+        .collect();
+    let changes = node
+        .recent_changes()
+        .map(|c| ChangeSnap {
+            ago_s: (now - c.at).as_secs_f64(),
+            peer: c.peer.get(),
+            link: name(c.path.link),
+            remote: c.path.remote.to_string(),
+            from: c.change.from.name().to_string(),
+            to: c.change.to.name().to_string(),
+            reason: c.change.reason.to_string(),
+        })
+        .collect();
+    let s = node.stats();
+    let totals = Totals {
+        tun_in: s.tun_in.into(),
+        tun_out: s.tun_out.into(),
+        sealed: s.sealed.into(),
+        copies_out: s.copies_out.into(),
+        datagrams_in: s.datagrams_in.into(),
+        forwarded: s.forwarded.into(),
+        duplicates: s.drops.get(DropReason::Duplicate),
+        too_old: s.drops.get(DropReason::TooOld),
+        auth_failed: s.drops.get(DropReason::AuthFailed),
+        drops: drops_map(&s.drops),
+        io: shell.io.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    };
+    Snapshot {
+        version: SNAPSHOT_VERSION,
+        host: node.host().get(),
+        tun: shell.tun.to_string(),
+        policy: node.config().policy.to_string(),
+        uptime_s: shell.uptime.as_secs_f64(),
+        probe_interval_ms: ms(node.config().monitor.interval),
+        links,
+        peers,
+        routes,
+        changes,
+        totals,
+    }
+}
+
+/// A snapshot of host 1 of a simulated pair after a cut on its second link.
+#[cfg(test)]
+pub(crate) fn simulated() -> Snapshot {
+    use crate::sim::scenario;
+    use crate::sim::{Jitter, LinkModel};
+    let ms = Duration::from_millis;
+    let link = LinkModel::delay(ms(10)).with_jitter(Jitter::Uniform(ms(2))).with_loss(0.01);
+    let mut p = scenario::pair(5, &[link.clone(), link], &|_| {});
+    p.sim.blackout(p.wires[1], Time::ZERO + ms(2_000), Time::ZERO + ms(4_000));
+    p.stream(ms(100), ms(2), 2_000, 300);
+    p.sim.run_until(Time::ZERO + ms(3_000));
+    let node = p.sim.node(p.a);
+    let shell = ShellInfo {
+        tun: "mpvr0",
+        uptime: ms(3_000),
+        link_name: &|l: LinkId| format!("wan{}", l.0),
+        io: vec![("send_errors", 0)],
+    };
+    snapshot(node, p.sim.now(), &shell)
+}

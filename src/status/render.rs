@@ -1,0 +1,239 @@
+//! The text table of `mpvr status`, and the human-readable units it and
+//! the live view share.
+
+use std::fmt::Write as _;
+
+use super::snapshot::*;
+
+/// "3.2s", "4m05s", "2h07m", "3d04h".
+pub fn human_duration(s: f64) -> String {
+    let s = s.max(0.0);
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else if s < 86_400.0 {
+        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    } else {
+        format!("{}d{:02}h", (s / 86_400.0) as u64, ((s % 86_400.0) / 3600.0) as u64)
+    }
+}
+
+/// "20.3 ms", or "-".
+pub fn human_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| if v < 10.0 { format!("{v:.2} ms") } else { format!("{v:.1} ms") })
+}
+
+/// "1.25 %".
+pub fn human_pct(f: f64) -> String {
+    format!("{:.2} %", f * 100.0)
+}
+
+/// "12.3 MiB".
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+/// The columns of a path row, shared by the table and the live view.
+pub const PATH_COLUMNS: [&str; 11] =
+    ["path", "state", "data", "for", "rtt", "jitter", "probe loss", "data loss in/out", "first", "rescues", "reason"];
+
+/// A path's cells, in [`PATH_COLUMNS`] order.
+pub fn path_cells(p: &PathSnap) -> [String; 11] {
+    [
+        format!("{} -> {}", p.link, p.remote),
+        p.state.clone(),
+        if p.selected { "yes" } else { "-" }.to_string(),
+        human_duration(p.state_for_s),
+        human_ms(p.rtt_ms),
+        human_ms(Some(p.jitter_out_ms.max(p.jitter_in_ms))),
+        human_pct(p.probe_loss),
+        format!("{} / {}", human_pct(p.inbound.loss), human_pct(p.outbound.loss)),
+        format!("{:.1} %", p.inbound.first_share * 100.0),
+        p.inbound.rescues.to_string(),
+        p.reason.clone(),
+    ]
+}
+
+fn table(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::from(indent);
+        for (i, c) in cells.enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            l.push_str(c);
+            if i + 1 < widths.len() {
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(out, &mut header.iter().copied());
+    for r in rows {
+        line(out, &mut r.iter().map(String::as_str));
+    }
+}
+
+/// The table `mpvr status` prints.
+pub fn render_text(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "host {}  tun {}  policy {}  up {}  probes every {:.0} ms",
+        s.host,
+        s.tun,
+        s.policy,
+        human_duration(s.uptime_s),
+        s.probe_interval_ms
+    );
+    let t = &s.totals;
+    let _ = writeln!(
+        o,
+        "  tun in {} pkts ({}), out {} pkts ({}); copies sent {}, received {}; duplicates dropped {}, too old {}, auth failed {}",
+        t.tun_in.packets,
+        human_bytes(t.tun_in.bytes),
+        t.tun_out.packets,
+        human_bytes(t.tun_out.bytes),
+        t.copies_out.packets,
+        t.datagrams_in.packets,
+        t.duplicates,
+        t.too_old,
+        t.auth_failed
+    );
+    let other: Vec<String> = t
+        .drops
+        .iter()
+        .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "duplicate" | "too_old" | "auth_failed"))
+        .map(|(k, v)| format!("{k} {v}"))
+        .chain(t.io.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")))
+        .collect();
+    if !other.is_empty() {
+        let _ = writeln!(o, "  other drops: {}", other.join(", "));
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "links:");
+    let rows: Vec<Vec<String>> = s
+        .links
+        .iter()
+        .map(|l| {
+            let drops: u64 = l.drops.values().sum();
+            vec![
+                l.name.clone(),
+                format!("{} pkts ({})", l.rx.packets, human_bytes(l.rx.bytes)),
+                format!("{} pkts ({})", l.tx.packets, human_bytes(l.tx.bytes)),
+                drops.to_string(),
+            ]
+        })
+        .collect();
+    table(&mut o, "  ", &["link", "received", "sent", "dropped"], &rows);
+    for p in &s.peers {
+        let _ = writeln!(o);
+        let session = match &p.session {
+            Some(ss) => format!(
+                "session {} old ({})",
+                human_duration(ss.age_s),
+                if ss.initiator { "initiator" } else { "responder" }
+            ),
+            None if p.handshake_pending => "no session: handshake in progress".to_string(),
+            None => "no session".to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "peer {}: {session}, policy {}, {} handshakes; sent {} pkts ({}), received {} pkts ({})",
+            p.id,
+            p.policy,
+            p.handshakes,
+            p.sealed.packets,
+            human_bytes(p.sealed.bytes),
+            p.accepted.packets,
+            human_bytes(p.accepted.bytes)
+        );
+        let rows: Vec<Vec<String>> = p.paths.iter().map(|x| path_cells(x).to_vec()).collect();
+        table(&mut o, "  ", &PATH_COLUMNS, &rows);
+    }
+    if !s.routes.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "routes:");
+        let rows: Vec<Vec<String>> = s
+            .routes
+            .iter()
+            .map(|r| {
+                let next = if r.next_hop == "local" { "local".to_string() } else { format!("host {}", r.next_hop) };
+                let origin = r.origin.map_or_else(String::new, |o| format!("host {o}"));
+                let held = r.held_s.map_or_else(String::new, human_duration);
+                vec![r.prefix.clone(), next, r.source.clone(), origin, human_ms(r.metric_ms), held]
+            })
+            .collect();
+        table(&mut o, "  ", &["prefix", "next hop", "from", "origin", "metric", "held"], &rows);
+    }
+    if !s.changes.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "recent path changes:");
+        for c in s.changes.iter().rev().take(10) {
+            let _ = writeln!(
+                o,
+                "  {} ago  {} -> host {} ({}): {} -> {}, {}",
+                human_duration(c.ago_s),
+                c.link,
+                c.peer,
+                c.remote,
+                c.from,
+                c.to,
+                c.reason
+            );
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DropReason;
+    use crate::status::build::simulated;
+
+    #[test]
+    fn snapshot_and_table_show_every_path_and_the_cut() {
+        let s = simulated();
+        assert_eq!(s.peers.len(), 1);
+        let paths = &s.peers[0].paths;
+        assert_eq!(paths.len(), 2);
+        assert_eq!(paths[0].state, "up");
+        assert_eq!(paths[1].state, "down");
+        assert!(paths[0].rtt_ms.unwrap() > 20.0 && paths[0].rtt_ms.unwrap() < 25.0);
+        // Equal links share first arrivals until the cut; then the first wins them all.
+        assert!(paths[0].outbound.first_share > 0.6, "{:?}", paths[0].outbound);
+        assert_eq!(s.totals.drops.len(), DropReason::COUNT);
+        let text = render_text(&s);
+        for needle in ["host 1", "peer 2", "wan1 -> 172.16.0.2:51820", "wan2 -> 172.16.1.2:51820", "probes lost"] {
+            assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+        }
+        // JSON round trip: what scripts read is what the table shows.
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_duration(3.24), "3.2s");
+        assert_eq!(human_duration(125.0), "2m05s");
+        assert_eq!(human_duration(7500.0), "2h05m");
+        assert_eq!(human_ms(Some(20.26)), "20.3 ms");
+        assert_eq!(human_ms(None), "-");
+        assert_eq!(human_pct(0.0125), "1.25 %");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+}

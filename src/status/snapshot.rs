@@ -1,0 +1,245 @@
+//! The snapshot's types: the JSON layout of `mpvr status --json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::stats::Count;
+
+/// Version of the snapshot's layout.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Packets (or datagrams).
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl From<Count> for Counter {
+    fn from(c: Count) -> Counter {
+        Counter { packets: c.packets, bytes: c.bytes }
+    }
+}
+
+/// Everything `mpvr status` shows, at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Layout version ([`SNAPSHOT_VERSION`]).
+    pub version: u32,
+    /// This host's id.
+    pub host: u32,
+    /// The TUN interface.
+    pub tun: String,
+    /// Duplication policy.
+    pub policy: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: f64,
+    /// Probe interval per path, in milliseconds.
+    pub probe_interval_ms: f64,
+    /// Local links in use.
+    pub links: Vec<LinkSnap>,
+    /// Neighbours, with their sessions and paths.
+    pub peers: Vec<PeerSnap>,
+    /// The route table.
+    pub routes: Vec<RouteSnap>,
+    /// Recent path state changes, oldest first.
+    pub changes: Vec<ChangeSnap>,
+    /// Host-wide counters.
+    pub totals: Totals,
+}
+
+/// One local link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkSnap {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Datagrams received.
+    pub rx: Counter,
+    /// Copies sent.
+    pub tx: Counter,
+    /// Datagrams received on it and dropped, by reason (every reason).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One neighbour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerSnap {
+    /// Its host id.
+    pub id: u32,
+    /// The duplication policy toward it.
+    pub policy: String,
+    /// The session being sent on.
+    pub session: Option<SessionSnap>,
+    /// A handshake this host started waits for an answer.
+    pub handshake_pending: bool,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Packets waiting for a session.
+    pub staged: usize,
+    /// Packets sealed for it (once each, whatever the copies).
+    pub sealed: Counter,
+    /// Packets accepted from it (first copies).
+    pub accepted: Counter,
+    /// Paths learned from authenticated packets.
+    pub paths_learned: u64,
+    /// Its paths.
+    pub paths: Vec<PathSnap>,
+}
+
+/// A session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSnap {
+    /// Seconds since its handshake.
+    pub age_s: f64,
+    /// This host started the handshake.
+    pub initiator: bool,
+}
+
+/// Passive counts of one direction of a path.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataSnap {
+    /// Data packets this path delivered.
+    pub delivered: u64,
+    /// Data packets another path delivered and this one did not.
+    pub missing: u64,
+    /// Data packets whose first copy came on this path.
+    pub first: u64,
+    /// Data packets only this path delivered.
+    pub rescues: u64,
+    /// missing / (delivered + missing).
+    pub loss: f64,
+    /// This path's share of the bundle's first arrivals.
+    pub first_share: f64,
+}
+
+/// Probe counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSnap {
+    /// Probes sent.
+    pub sent: u64,
+    /// Probes answered.
+    pub answered: u64,
+    /// Probes given up.
+    pub lost: u64,
+}
+
+/// One path: a local link toward one endpoint of a neighbour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathSnap {
+    /// Local link name.
+    pub link: String,
+    /// Local link index.
+    pub link_index: u32,
+    /// Remote endpoint.
+    pub remote: String,
+    /// Learned from authenticated packets rather than configured.
+    pub learned: bool,
+    /// Its local link is up.
+    pub usable: bool,
+    /// The policy copies data onto it now.
+    pub selected: bool,
+    /// "up", "degraded" or "down".
+    pub state: String,
+    /// Seconds in that state.
+    pub state_for_s: f64,
+    /// Why it is in that state.
+    pub reason: String,
+    /// Smoothed RTT (RFC 6298), ms.
+    pub rtt_ms: Option<f64>,
+    /// RTT variation, ms.
+    pub rttvar_ms: Option<f64>,
+    /// Smallest RTT seen, ms.
+    pub rtt_min_ms: Option<f64>,
+    /// Jitter toward the peer (RFC 3550), ms.
+    pub jitter_out_ms: f64,
+    /// Jitter from the peer, ms.
+    pub jitter_in_ms: f64,
+    /// One-way delay variation toward the peer (above its recent minimum), ms.
+    pub owd_var_out_ms: Option<f64>,
+    /// One-way delay variation from the peer, ms.
+    pub owd_var_in_ms: Option<f64>,
+    /// Lost fraction of the last probes.
+    pub probe_loss: f64,
+    /// Probe counts.
+    pub probes: ProbeSnap,
+    /// Copies sent on it.
+    pub tx: Counter,
+    /// Authenticated first copies received on it.
+    pub rx_first: Counter,
+    /// Authenticated later copies received on it.
+    pub rx_later: Counter,
+    /// Seconds since its last authenticated packet.
+    pub last_rx_s_ago: Option<f64>,
+    /// Data from the peer on this path (counted here).
+    pub inbound: DataSnap,
+    /// Data to the peer on this path (counted by the peer, from its probe replies).
+    pub outbound: DataSnap,
+}
+
+/// One route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteSnap {
+    /// Destination prefix.
+    pub prefix: String,
+    /// "local", or the next hop's host id.
+    pub next_hop: String,
+    /// "local" (this host's), "config" (from the config file) or "mesh" (from advertisements).
+    pub source: String,
+    /// The host that advertised it (mesh routes).
+    pub origin: Option<u32>,
+    /// Cost of the route through its next hop, ms (mesh routes).
+    pub metric_ms: Option<f64>,
+    /// Seconds since this next hop was chosen (mesh routes).
+    pub held_s: Option<f64>,
+}
+
+/// One path state change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeSnap {
+    /// Seconds ago.
+    pub ago_s: f64,
+    /// The neighbour.
+    pub peer: u32,
+    /// Local link name.
+    pub link: String,
+    /// Remote endpoint.
+    pub remote: String,
+    /// State before.
+    pub from: String,
+    /// State after.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Host-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Packets read from the TUN.
+    pub tun_in: Counter,
+    /// Packets written to the TUN.
+    pub tun_out: Counter,
+    /// Packets sealed (once each).
+    pub sealed: Counter,
+    /// Copies sent (datagrams x paths).
+    pub copies_out: Counter,
+    /// Datagrams received.
+    pub datagrams_in: Counter,
+    /// Packets relayed to another neighbour.
+    pub forwarded: Counter,
+    /// Later copies dropped (each a packet delivered earlier by another path).
+    pub duplicates: u64,
+    /// Copies behind the window.
+    pub too_old: u64,
+    /// Copies that failed authentication.
+    pub auth_failed: u64,
+    /// Every drop, by reason (every reason, zeros included).
+    pub drops: BTreeMap<String, u64>,
+    /// I/O outcomes only the shell sees (send errors, full buffers, ...).
+    pub io: BTreeMap<String, u64>,
+}
