@@ -182,12 +182,12 @@ impl Default for Paths {
 impl Paths {
     /// Every path, by slot.
     pub fn iter(&self) -> impl Iterator<Item = &Path> {
-        self.slots.iter().filter_map(|s| s.path.as_ref())
+        self.slots[..self.span].iter().filter_map(|s| s.path.as_ref())
     }
 
     /// Every path, by slot, to change.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Path> {
-        self.slots.iter_mut().filter_map(|s| s.path.as_mut())
+        self.slots[..self.span].iter_mut().filter_map(|s| s.path.as_mut())
     }
 
     /// Every path is in a slot below this.
