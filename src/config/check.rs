@@ -103,6 +103,7 @@ pub(super) fn probe(c: &mut Checker, p: &ProbeSection) -> MonitorConfig {
     };
     duration(c, "interval", &p.interval, &mut m.interval);
     duration(c, "busy_interval", &p.busy_interval, &mut m.busy_interval);
+    duration(c, "fast_interval", &p.fast_interval, &mut m.fast_interval);
     duration(c, "silence", &p.silence, &mut m.silence);
     for (field, v, out) in [
         ("degraded_rtt", &p.degraded_rtt, &mut m.degraded_rtt),

@@ -42,6 +42,7 @@ pub(super) struct MeshSection {
 pub(super) struct ProbeSection {
     pub(super) interval: Option<String>,
     pub(super) busy_interval: Option<String>,
+    pub(super) fast_interval: Option<String>,
     pub(super) down_after: Option<i64>,
     pub(super) up_after: Option<i64>,
     pub(super) silence: Option<String>,

@@ -133,6 +133,12 @@ pub struct Path {
     pub later: Count,
     /// Last time a data packet (first or later copy) arrived on it.
     pub last_data: Option<Time>,
+    /// Last time a data packet was sent on it.
+    pub last_data_tx: Option<Time>,
+    /// Since when data has been sent on it without a pause of a second.
+    pub data_tx_since: Option<Time>,
+    /// The peer's slot for this path, from the path byte of its probes.
+    pub peer_slot: Option<u8>,
     /// Probes, estimates, passive counts and state.
     pub monitor: PathMonitor,
 }
@@ -146,6 +152,23 @@ impl Path {
     /// Whether it delivered data within `interval` of `now` (then it is probed less).
     pub fn busy(&self, now: Time, interval: Duration) -> bool {
         self.last_data.is_some_and(|t| now - t < interval)
+    }
+
+    /// A data packet goes out on it at `now`.
+    pub fn sent_data(&mut self, now: Time) {
+        if self.last_data_tx.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+            self.data_tx_since = Some(now);
+        }
+        self.last_data_tx = Some(now);
+    }
+
+    /// Whether this end sent data on it steadily enough that the peer must
+    /// have heard some of it within the last `silent`, given that copies
+    /// take up to `transit` to arrive: it sent from before `now - transit`
+    /// until after `now - silent`.
+    pub fn sent_data_through(&self, now: Time, silent: Duration, transit: Duration) -> bool {
+        let (Some(since), Some(last)) = (self.data_tx_since, self.last_data_tx) else { return false };
+        since + transit <= now && last + silent >= now
     }
 
     /// Whether nothing was sent on it for `ka` (or ever).
@@ -279,6 +302,9 @@ impl Paths {
             first: Count::default(),
             later: Count::default(),
             last_data: None,
+            last_data_tx: None,
+            data_tx_since: None,
+            peer_slot: None,
             monitor: PathMonitor::new(now),
         });
         id

@@ -5,12 +5,13 @@
 //!   latency is the minimum over the paths and the loss the product of
 //!   their losses.
 //! - `best:N`: the N best paths by cost ([`super::monitor::PathMonitor::cost`])
-//!   among those not down. The ranking is redone once per probe interval,
-//!   not per packet, and a path already ranked keeps its place unless
+//!   among those up or degraded (a suspect or down path is left out). The
+//!   ranking is redone once per probe interval and whenever a path changes
+//!   state, not per packet, and a path already ranked keeps its place unless
 //!   another is clearly better (by [`RERANK_MARGIN`]), so the choice does not
 //!   flap on noise.
-//! - `failover`: one path, kept while it is up; when it degrades or goes
-//!   down, the best path that is up (else degraded) takes over.
+//! - `failover`: one path, kept while it is up; when it degrades, turns
+//!   suspect or goes down, the best path that is up (else degraded) takes over.
 //!
 //! Before any path has answered a probe (all down), every policy copies onto
 //! every usable path: nothing is known yet, and a copy too many costs less
@@ -36,7 +37,7 @@ pub enum Policy {
     /// A copy on every usable path.
     #[default]
     All,
-    /// A copy on each of the N best paths that are not down.
+    /// A copy on each of the N best paths that are up or degraded.
     Best(u8),
     /// One path, changed when it degrades.
     Failover,
@@ -56,7 +57,7 @@ pub struct Candidate {
 /// One neighbour's path ranking, kept between packets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ranking {
-    /// Paths, best first (only paths not down).
+    /// Paths, best first (only paths up or degraded).
     pub order: Vec<PathId>,
     /// The `failover` policy's active path.
     pub active: Option<PathId>,
@@ -75,7 +76,7 @@ impl Ranking {
     /// order is the starting point, and a path moves ahead of another only
     /// if it beats it clearly. Returns true if the `failover` active path changed.
     pub fn update(&mut self, candidates: &[Candidate]) -> bool {
-        let alive: Vec<&Candidate> = candidates.iter().filter(|c| c.health != Health::Down).collect();
+        let alive: Vec<&Candidate> = candidates.iter().filter(|c| c.health.is_alive()).collect();
         let find = |i: PathId| alive.iter().find(|c| c.id == i).copied();
         // Keep the old order of the paths still alive, then add new ones.
         let mut order: Vec<&Candidate> = self.order.iter().filter_map(|&i| find(i)).collect();

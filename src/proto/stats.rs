@@ -78,6 +78,8 @@ drop_reasons! {
     HandshakeWrongKey => "handshake_wrong_key",
     /// An authenticated probe or probe reply of the wrong size.
     BadProbe => "bad_probe",
+    /// An authenticated path notice of the wrong size.
+    BadNotice => "bad_notice",
     /// An authenticated route advertisement that does not decode.
     BadAdvert => "bad_advert",
     /// An initiation no newer than the last one accepted: a replay, or a

@@ -39,7 +39,7 @@
 //!
 //! Every [`MessageType`] but 7 (cookie reply) is handled by this version:
 //! data, keepalive, probe and probe reply, handshake initiation and
-//! response, route advertisement. A cookie reply is dropped as
+//! response, route advertisement, path notice. A cookie reply is dropped as
 //! `unsupported_type`.
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
@@ -123,6 +123,9 @@ pub enum MessageType {
     Cookie = 7,
     /// Route advertisement (mesh).
     RouteAdvert = 8,
+    /// Path notice (link monitor): data sent on one of the receiver's paths
+    /// stopped arriving here.
+    PathNotice = 9,
 }
 
 impl MessageType {
@@ -137,6 +140,7 @@ impl MessageType {
             6 => MessageType::HandshakeResponse,
             7 => MessageType::Cookie,
             8 => MessageType::RouteAdvert,
+            9 => MessageType::PathNotice,
             _ => return None,
         })
     }

@@ -75,6 +75,35 @@ impl ReplyBody {
     }
 }
 
+/// A path notice's body: the receiver's slot of the path (as its probes
+/// named it) and how long no data had arrived on it here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoticeBody {
+    /// The receiver's path slot (from its probes' path byte).
+    pub path: u8,
+    /// Microseconds without data on the path at the sender of the notice.
+    pub silent_us: u32,
+}
+
+impl NoticeBody {
+    /// Encoded length.
+    pub const LEN: usize = 5;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        out[0] = self.path;
+        out[1..5].copy_from_slice(&self.silent_us.to_be_bytes());
+    }
+
+    /// Decode; `None` if it is not exactly [`NoticeBody::LEN`] bytes.
+    pub fn decode(b: &[u8]) -> Option<NoticeBody> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(NoticeBody { path: b[0], silent_us: u32::from_be_bytes(b[1..5].try_into().ok()?) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +123,9 @@ mod tests {
         r.encode(&mut b);
         assert_eq!(ReplyBody::decode(&b), Some(r));
         assert_eq!(ReplyBody::decode(&b[1..]), None);
+        let n = NoticeBody { path: 3, silent_us: 86_000 };
+        n.encode(&mut b);
+        assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN]), Some(n));
+        assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN + 1]), None);
     }
 }

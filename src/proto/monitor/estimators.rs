@@ -145,6 +145,19 @@ impl LossWindow {
         if self.len == 0 { 0.0 } else { f64::from(self.lost()) / f64::from(self.len) }
     }
 
+    /// Lost fraction of the window without its newest `n` probes (the loss
+    /// a path had before a run of `n` losses; 0 when nothing is left).
+    pub fn ratio_before(&self, n: u32) -> f64 {
+        let n = n.min(self.len);
+        let len = self.len - n;
+        if len == 0 {
+            return 0.0;
+        }
+        let older = if n >= 64 { 0 } else { self.lost >> n };
+        let mask = if len >= 64 { u64::MAX } else { (1u64 << len) - 1 };
+        f64::from((older & mask).count_ones()) / f64::from(len)
+    }
+
     /// Forget everything.
     pub fn clear(&mut self) {
         *self = LossWindow::default();
@@ -229,5 +242,12 @@ mod tests {
             l.push(false);
         }
         assert_eq!(l.lost(), 0);
+        // Four losses after 60 clean probes: before them, nothing was lost.
+        for _ in 0..4 {
+            l.push(true);
+        }
+        assert_eq!(l.ratio_before(4), 0.0);
+        assert!((l.ratio_before(2) - 2.0 / 62.0).abs() < 1e-9);
+        assert_eq!(l.ratio_before(100), 0.0);
     }
 }

@@ -34,15 +34,20 @@ use std::time::Duration;
 mod body;
 mod estimators;
 mod passive;
+mod stall;
 
-pub use body::{ProbeBody, ReplyBody};
+pub use body::{NoticeBody, ProbeBody, ReplyBody};
 pub use estimators::{JitterEstimator, LOSS_WINDOW, LossWindow, OwdVariation, RttEstimator};
 pub use passive::{Credit, PASSIVE_SLOTS, Passive, PassiveCounts, SETTLE_AFTER};
+pub use stall::{DataGaps, chance_run};
 
 use super::time::Time;
 
 /// Probes awaiting a reply at once per path.
 const OUTSTANDING: usize = 8;
+/// A path that turned suspect or down is probed at the fast interval for
+/// this long (then at the usual one, so a dead link costs little).
+pub const FAST_FOR: Duration = Duration::from_secs(10);
 /// A path not heard from for this long is not expected to deliver data (a
 /// stale path learned from an old NAT mapping, a link long dead): it is not
 /// counted missing.
@@ -55,6 +60,8 @@ pub struct MonitorConfig {
     pub interval: Duration,
     /// Probe interval on a path that delivered data within the last `interval`.
     pub busy_interval: Duration,
+    /// Probe interval on a path that is suspect, or went down within [`FAST_FOR`].
+    pub fast_interval: Duration,
     /// Probes lost in a row that take a path down.
     pub down_after: u32,
     /// No authenticated packet for this long takes a path down.
@@ -74,6 +81,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             interval: Duration::from_millis(200),
             busy_interval: Duration::from_secs(1),
+            fast_interval: Duration::from_millis(50),
             down_after: 3,
             silence: Duration::from_millis(1500),
             up_after: 3,
@@ -95,6 +103,14 @@ pub enum MonitorConfigError {
     BusyInterval {
         /// The busy interval.
         busy: Duration,
+        /// The interval.
+        interval: Duration,
+    },
+    /// Fast interval too short, or longer than the interval.
+    #[error("probe fast_interval {fast:?} is out of range: use 10 ms up to the interval ({interval:?}); default 50 ms")]
+    FastInterval {
+        /// The fast interval.
+        fast: Duration,
         /// The interval.
         interval: Duration,
     },
@@ -123,6 +139,9 @@ impl MonitorConfig {
         if self.busy_interval < self.interval {
             return Err(MonitorConfigError::BusyInterval { busy: self.busy_interval, interval: self.interval });
         }
+        if self.fast_interval < Duration::from_millis(10) || self.fast_interval > self.interval {
+            return Err(MonitorConfigError::FastInterval { fast: self.fast_interval, interval: self.interval });
+        }
         if !(1..=100).contains(&self.down_after) {
             return Err(MonitorConfigError::Count("down_after"));
         }
@@ -146,6 +165,10 @@ pub enum Health {
     Up,
     /// Answering, but loss, RTT or jitter past a threshold.
     Degraded,
+    /// Was up or degraded, and the data says it may be dead: it stopped
+    /// delivering while its pace said it should, or the peer says so.
+    /// Policies treat it as down while fast probes decide.
+    Suspect,
     /// Not answering (or its link is down).
     Down,
 }
@@ -156,8 +179,14 @@ impl Health {
         match self {
             Health::Up => "up",
             Health::Degraded => "degraded",
+            Health::Suspect => "suspect",
             Health::Down => "down",
         }
+    }
+
+    /// Up or degraded: policies may use it.
+    pub const fn is_alive(self) -> bool {
+        matches!(self, Health::Up | Health::Degraded)
     }
 }
 
@@ -215,6 +244,21 @@ pub enum Reason {
     },
     /// The local link went down or away.
     LinkDown,
+    /// Data stopped arriving on it, for longer than its pace, loss and
+    /// jitter explain.
+    Stalled {
+        /// Since its last data packet.
+        silent: Duration,
+        /// Its usual gap between data packets.
+        gap: Duration,
+    },
+    /// The peer says our data stopped arriving on it.
+    PeerSilent {
+        /// How long the peer had heard nothing on it.
+        silent: Duration,
+    },
+    /// A suspect path delivered data again.
+    DataAgain,
 }
 
 fn ms(d: Duration) -> String {
@@ -242,6 +286,12 @@ impl fmt::Display for Reason {
                 write!(f, "recovered: probe loss {:.1} %, rtt {}", f64::from(permille) / 10.0, ms(rtt))
             }
             Reason::LinkDown => f.write_str("local link down"),
+            Reason::Stalled { silent, gap } => {
+                let missed = (silent.as_nanos() / gap.as_nanos().max(1)) as u64;
+                write!(f, "0 of the last {missed} packets, {} silent, usual gap {}", ms(silent), ms(gap))
+            }
+            Reason::PeerSilent { silent } => write!(f, "the peer received none of our data on it for {}", ms(silent)),
+            Reason::DataAgain => f.write_str("data arriving again"),
         }
     }
 }
@@ -277,6 +327,14 @@ pub struct PathMonitor {
     probes_sent: u64,
     replies: u64,
     lost: u64,
+    /// The state a suspect path returns to when its suspicion clears.
+    before_suspect: Health,
+    /// Send time of the newest probe answered.
+    last_answered: Option<Time>,
+    /// Probes sent when a degraded path's quality last became clearly good.
+    clear_since: Option<u64>,
+    /// Gaps between data arrivals (passive failure detection).
+    gaps: DataGaps,
     /// This end's passive counts (data that came in on this path).
     pub local: PassiveCounts,
     /// The other end's counts (data this end sent on this path), from its replies.
@@ -291,6 +349,10 @@ impl PathMonitor {
             since: now,
             reason: Reason::NotProbed,
             next_id: 1,
+            before_suspect: Health::Up,
+            last_answered: None,
+            clear_since: None,
+            gaps: DataGaps::default(),
             outstanding: [None; OUTSTANDING],
             last_probe: None,
             lost_in_row: 0,
@@ -382,9 +444,69 @@ impl PathMonitor {
     }
 
     /// When the next probe is due; `busy`: the path delivered data lately.
+    /// A path suspect, or down for less than [`FAST_FOR`], is probed at
+    /// `fast_interval` whatever its traffic.
     pub fn next_probe(&self, cfg: &MonitorConfig, busy: bool) -> Time {
-        let every = if busy { cfg.busy_interval } else { cfg.interval };
-        self.last_probe.map_or(Time::ZERO, |t| t + every)
+        let Some(last) = self.last_probe else { return Time::ZERO };
+        let fast = match self.health {
+            Health::Suspect => true,
+            Health::Down => last < self.since + FAST_FOR,
+            Health::Up | Health::Degraded => false,
+        };
+        let every = if fast {
+            cfg.fast_interval
+        } else if busy {
+            cfg.busy_interval
+        } else {
+            cfg.interval
+        };
+        last + every
+    }
+
+    /// The path is suspect for `reason` (if it was up or degraded).
+    pub fn suspect(&mut self, now: Time, reason: Reason) -> Option<Change> {
+        if !self.health.is_alive() {
+            return None;
+        }
+        self.before_suspect = self.health;
+        self.set(now, Health::Suspect, reason)
+    }
+
+    /// A data packet (first or later copy) arrived on the path at `now`. A
+    /// path suspect because its data had stalled is itself again.
+    pub fn on_data(&mut self, now: Time) -> Option<Change> {
+        self.gaps.on_data(now);
+        if self.health == Health::Suspect && matches!(self.reason, Reason::Stalled { .. }) {
+            let to = self.before_suspect;
+            return self.set(now, to, Reason::DataAgain);
+        }
+        None
+    }
+
+    /// The loss the stall detector allows for: the probes' round-trip loss.
+    fn loss_estimate(&self) -> f64 {
+        self.loss.ratio()
+    }
+
+    /// When the path's data would have stalled (`None`: it carries no
+    /// steady data, is not up or degraded, or the stall was reported).
+    pub fn next_stall(&self) -> Option<Time> {
+        self.health.is_alive().then(|| self.gaps.deadline(self.loss_estimate())).flatten()
+    }
+
+    /// Whether data arrived on it within its allowance of `now`.
+    pub fn data_active(&self, now: Time) -> bool {
+        self.gaps.active(now, self.loss_estimate())
+    }
+
+    /// A stall of its data at `now`, reported once: the silence and the usual gap.
+    pub fn stalled(&mut self, now: Time) -> Option<(Duration, Duration)> {
+        if !self.health.is_alive() {
+            return None;
+        }
+        let p = self.loss_estimate();
+        let silent = self.gaps.stalled(now, p)?;
+        Some((silent, self.gaps.gap().unwrap_or_default()))
     }
 
     /// When the oldest unanswered probe times out.
@@ -459,6 +581,7 @@ impl PathMonitor {
             return false;
         }
         self.rtt.update(now - sent);
+        self.last_answered = Some(self.last_answered.map_or(sent, |t| t.max(sent)));
         let out = reply.received as i64 - sent.as_nanos() as i64;
         let back = now.as_nanos() as i64 - reply.received as i64;
         self.jitter_out.update(out);
@@ -492,6 +615,7 @@ impl PathMonitor {
         let from = self.health;
         self.health = to;
         self.since = now;
+        self.clear_since = None;
         self.reason = reason;
         Some(Change { from, to, reason })
     }
@@ -523,19 +647,31 @@ impl PathMonitor {
     pub fn evaluate(&mut self, now: Time, cfg: &MonitorConfig, last_rx: Option<Time>) -> Option<Change> {
         let last_packet = last_rx.map(|t| now - t);
         match self.health {
-            Health::Up | Health::Degraded => {
+            Health::Up | Health::Degraded | Health::Suspect => {
                 // A path the peer is still heard on needs twice the evidence:
                 // on a lossy path a few probes lost in a row are chance (at
                 // 10 % round-trip loss, 3 in a row happen once per 1000
                 // probes), while a dead one also falls silent. One-way
                 // failures, where only probes tell, are still caught.
                 let heard = last_rx.is_some_and(|t| now - t < cfg.interval * 2);
-                let needed = if heard { cfg.down_after * 2 } else { cfg.down_after };
+                // And on a path that loses probes by chance, at least as
+                // many in a row as its loss before this run makes a
+                // one-in-a-million run.
+                let by_chance = chance_run(self.loss.ratio_before(self.lost_in_row));
+                let needed = if heard { cfg.down_after * 2 } else { cfg.down_after }.max(by_chance);
                 if self.lost_in_row >= needed {
                     return self.set(now, Health::Down, Reason::ProbesLost { lost: self.lost_in_row, last_packet });
                 }
                 if last_rx.unwrap_or(self.since) + cfg.silence <= now {
                     return self.set(now, Health::Down, Reason::Silent { last_packet });
+                }
+                if self.health == Health::Suspect {
+                    // A probe sent since the suspicion was answered: the path works.
+                    if self.last_answered.is_some_and(|t| t >= self.since) {
+                        let (to, rtt) = (self.before_suspect, self.rtt.srtt().unwrap_or_default());
+                        return self.set(now, to, Reason::Answering { replies: self.replies_in_row, rtt });
+                    }
+                    return None;
                 }
                 // Up and degraded swap only after half a loss window in the
                 // state: loss near the threshold does not make it flap.
@@ -546,10 +682,18 @@ impl PathMonitor {
                     let bad = self.quality(cfg, false)?;
                     self.set(now, Health::Degraded, bad)
                 } else if self.quality(cfg, true).is_none() {
+                    // Clearly below the thresholds, and for a whole loss
+                    // window of probes: on a path whose loss sits above the
+                    // threshold a clean window is chance, two in a row are not.
+                    let clear = *self.clear_since.get_or_insert(self.probes_sent);
+                    if self.probes_sent - clear < u64::from(LOSS_WINDOW) {
+                        return None;
+                    }
                     let permille = (self.loss.ratio() * 1000.0).round() as u32;
                     let rtt = self.rtt.srtt().unwrap_or_default();
                     self.set(now, Health::Up, Reason::Recovered { permille, rtt })
                 } else {
+                    self.clear_since = None;
                     None
                 }
             }
@@ -648,17 +792,21 @@ mod tests {
         let ch = drive(&mut m, &cfg, Time::ZERO + ms(1000), 64, ms(20), |i| i % 10 == 3);
         assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Degraded]);
         assert!(matches!(ch[0].1.reason, Reason::Loss { .. }));
-        // Loss back to 0: up again once the window holds less than 1.25 %.
+        // Loss back to 0: up again once the window has held less than
+        // 1.25 % for a whole window of probes (a clean window alone is not
+        // enough: on a lossy path it happens by chance).
         let ch = drive(&mut m, &cfg, Time::ZERO + ms(20_000), 64, ms(20), |_| false);
+        assert!(ch.is_empty(), "{ch:?}");
+        let ch = drive(&mut m, &cfg, Time::ZERO + ms(40_000), 64, ms(20), |_| false);
         assert_eq!(ch.iter().map(|c| c.1.to).collect::<Vec<_>>(), vec![Health::Up]);
         assert!(m.loss().ratio() < 0.0125);
         // RTT past 100 ms: degraded; 90 ms is not clearly below: stays.
-        drive(&mut m, &cfg, Time::ZERO + ms(40_000), 40, ms(120), |_| false);
+        drive(&mut m, &cfg, Time::ZERO + ms(60_000), 40, ms(120), |_| false);
         assert_eq!(m.health(), Health::Degraded);
         assert!(matches!(m.reason(), Reason::Rtt { .. }));
-        drive(&mut m, &cfg, Time::ZERO + ms(60_000), 40, ms(90), |_| false);
+        drive(&mut m, &cfg, Time::ZERO + ms(80_000), 80, ms(90), |_| false);
         assert_eq!(m.health(), Health::Degraded);
-        drive(&mut m, &cfg, Time::ZERO + ms(80_000), 40, ms(50), |_| false);
+        drive(&mut m, &cfg, Time::ZERO + ms(100_000), 80, ms(50), |_| false);
         assert_eq!(m.health(), Health::Up);
     }
 

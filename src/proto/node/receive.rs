@@ -3,6 +3,7 @@
 //! peer, cheap window check, open, and only then any state change.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::send::Kind;
 use super::{Event, Node, Received};
@@ -10,7 +11,7 @@ use crate::proto::bundle::PathCredit;
 use crate::proto::ids::{LinkId, PathAddr};
 use crate::proto::ip;
 use crate::proto::mesh::{Advert, Heard};
-use crate::proto::monitor::{ProbeBody, ReplyBody};
+use crate::proto::monitor::{NoticeBody, ProbeBody, Reason, ReplyBody};
 use crate::proto::path::{PathId, PathSet};
 use crate::proto::route::NextHop;
 use crate::proto::stats::DropReason;
@@ -101,6 +102,7 @@ impl Node {
         }
         let first = fresh.then_some(HEADER_LEN + plain_len + TAG_LEN);
         let path = b.touch_path(now, addr, first);
+        let mut change = None;
         if let Some(id) = path {
             if let Some(p) = b.paths.get_mut(id) {
                 if !fresh {
@@ -108,6 +110,7 @@ impl Node {
                 }
                 if is_data {
                     p.last_data = Some(now);
+                    change = p.monitor.on_data(now).map(|c| (id, c));
                 }
             }
             // The path may have been learned just now (which can replace
@@ -117,6 +120,11 @@ impl Node {
                 session.passive.record(now, header.seq.0, id.slot(), fresh, &mut PathCredit(&mut b.paths));
             }
         }
+        if let Some(c) = change {
+            b.rerank();
+            self.announce(idx, vec![c]);
+        }
+        let b = &mut self.bundles[idx];
         if !fresh {
             return Err(DropReason::Duplicate);
         }
@@ -134,6 +142,7 @@ impl Node {
             }
             MessageType::Probe => self.on_probe(now, idx, path, &datagram[plain], out),
             MessageType::ProbeReply => self.on_probe_reply(now, idx, addr.link, &datagram[plain]),
+            MessageType::PathNotice => self.on_notice(now, idx, &datagram[plain]),
             MessageType::RouteAdvert => self.on_advert(now, idx, &datagram[plain], out),
             _ => self.deliver_or_forward(now, header, &datagram[plain.clone()], plain, out),
         }
@@ -181,10 +190,14 @@ impl Node {
     ) -> Result<Received, DropReason> {
         let probe = ProbeBody::decode(body).ok_or(DropReason::BadProbe)?;
         let (b, mut tx) = self.tx(idx);
-        let Some(p) = path.and_then(|id| b.paths.get(id)) else { return Err(DropReason::NoPath) };
+        let Some(p) = path.and_then(|id| b.paths.get_mut(id)) else { return Err(DropReason::NoPath) };
+        // The peer names this path by its slot in its probes: a notice about
+        // it names it so too.
+        p.peer_slot = Some(probe.path);
+        let (id, counts) = (p.id(), p.monitor.local);
         let mut reply = [0u8; ReplyBody::LEN];
-        ReplyBody { probe, received: now.as_nanos(), counts: p.monitor.local }.encode(&mut reply);
-        tx.seal(b, now, PathSet::of(p.id()), Kind::control(MessageType::ProbeReply), &reply, out)?;
+        ReplyBody { probe, received: now.as_nanos(), counts }.encode(&mut reply);
+        tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::ProbeReply), &reply, out)?;
         Ok(Received::Probe)
     }
 
@@ -202,6 +215,29 @@ impl Node {
         };
         if p.monitor.on_reply(now, &reply)
             && let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx)
+        {
+            let id = p.id();
+            b.rerank();
+            self.announce(idx, vec![(id, c)]);
+        }
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated path notice: the peer says our data on one of our
+    /// paths stopped arriving. If this end did send data on it all through
+    /// that silence, the path is suspect (and probed fast).
+    fn on_notice(&mut self, now: Time, idx: usize, body: &[u8]) -> Result<Received, DropReason> {
+        let notice = NoticeBody::decode(body).ok_or(DropReason::BadNotice)?;
+        let silent = Duration::from_micros(u64::from(notice.silent_us));
+        let b = &mut self.bundles[idx];
+        let Some(p) = b.paths.at_slot_mut(usize::from(notice.path)).filter(|p| p.usable) else {
+            return Ok(Received::Probe);
+        };
+        // The notice took a one-way trip on another path, our copies one on
+        // this path: a round trip (and its variation) covers both.
+        let transit = p.monitor.rtt().srtt().unwrap_or(silent) + p.monitor.rtt().rttvar() * 2;
+        if p.sent_data_through(now, silent, transit)
+            && let Some(c) = p.monitor.suspect(now, Reason::PeerSilent { silent })
         {
             let id = p.id();
             b.rerank();

@@ -42,12 +42,23 @@ impl Kind {
     }
 }
 
-/// Account one copy of `wire_len` bytes to every path in `set` and its link,
-/// and stage the paths for the next datagram of `out`.
-fn fan_out(paths: &mut Paths, links: &mut Links, now: Time, set: PathSet, wire_len: usize, out: &mut Transmits) {
+/// Account one copy of `wire_len` bytes to every path in `set` and its link
+/// (`data`: a data packet), and stage the paths for the next datagram of `out`.
+fn fan_out(
+    paths: &mut Paths,
+    links: &mut Links,
+    now: Time,
+    set: PathSet,
+    data: bool,
+    wire_len: usize,
+    out: &mut Transmits,
+) {
     for slot in set.slots() {
         let Some(p) = paths.at_slot_mut(slot) else { continue };
         p.last_tx = Some(now);
+        if data {
+            p.sent_data(now);
+        }
         p.tx.add(wire_len);
         out.add_path(p.addr);
         if let Some(l) = links.stats_mut(p.addr.link) {
@@ -75,8 +86,8 @@ impl Tx<'_> {
         let (key_phase, session) = b.sessions.sending(now).ok_or(DropReason::NoSession)?;
         let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
         let wire_len = OVERHEAD + payload.len();
-        fan_out(&mut b.paths, self.links, now, set, wire_len, out);
         let Kind { msg_type, hop_limit } = kind;
+        fan_out(&mut b.paths, self.links, now, set, msg_type == MessageType::Data, wire_len, out);
         let header = Header { msg_type, hop_limit, key_phase, sender: self.me, receiver, seq };
         let copies = out.push_sealed(&header, payload, &session.keys);
         b.stats.sealed.add(wire_len);
@@ -99,7 +110,7 @@ impl Tx<'_> {
             return;
         }
         let wire_len = HEADER_LEN + payload.len();
-        fan_out(&mut b.paths, self.links, now, set, wire_len, out);
+        fan_out(&mut b.paths, self.links, now, set, false, wire_len, out);
         let header =
             Header { msg_type, hop_limit: 1, key_phase: false, sender: self.me, receiver: b.host(), seq: Seq(0) };
         let copies = out.push_plain(&header, payload);

@@ -13,7 +13,7 @@ use super::{Event, Node};
 use crate::proto::bundle::{Bundle, PathCredit};
 use crate::proto::ids::HostId;
 use crate::proto::mesh::{Advert, RouteChange};
-use crate::proto::monitor::{MonitorConfig, ProbeBody};
+use crate::proto::monitor::{MonitorConfig, NoticeBody, ProbeBody, Reason};
 use crate::proto::path::PathSet;
 use crate::proto::session::SessionTimeout;
 use crate::proto::stats::DropReason;
@@ -32,7 +32,7 @@ fn next_monitor_timer(b: &Bundle, cfg: &MonitorConfig, clock: Time) -> Option<Ti
         .filter(|p| p.usable && p.id().slot() < PROBED_SLOTS)
         .flat_map(|p| {
             let probe = can_send.then(|| p.monitor.next_probe(cfg, p.busy(clock, cfg.interval)));
-            [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx)]
+            [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx), p.monitor.next_stall()]
         })
         .flatten()
         .chain(b.sessions.next_settle())
@@ -87,12 +87,31 @@ impl Node {
     fn monitor_paths(&mut self, now: Time, idx: usize, out: &mut Transmits) {
         let cfg = self.cfg.monitor;
         let mut changes = Vec::new();
+        let mut stalls = Vec::new();
         let (b, mut tx) = self.tx(idx);
         let can_send = b.sessions.can_send();
         b.sessions.settle(now, &mut PathCredit(&mut b.paths));
         for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             p.monitor.expire(now);
+            if let Some((silent, gap)) = p.monitor.stalled(now) {
+                let id = p.id();
+                stalls.push((id, p.peer_slot, silent));
+                // Its siblings still deliver: the sender still sends, so
+                // this path is the one that failed.
+                let siblings = b.paths.iter().any(|q| q.usable && q.id() != id && q.monitor.data_active(now));
+                if let Some(p) = b.paths.get_mut(id)
+                    && siblings
+                    && let Some(c) = p.monitor.suspect(now, Reason::Stalled { silent, gap })
+                {
+                    changes.push((id, c));
+                }
+            }
+            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
+            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
+                changes.push((p.id(), c));
+            }
+            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             if can_send && p.monitor.next_probe(&cfg, p.busy(now, cfg.interval)) <= now {
                 let id = p.id();
                 let probe_id = b.probe_id();
@@ -105,9 +124,21 @@ impl Node {
                     tx.stats.drops.add(reason);
                 }
             }
-            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
-            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
-                changes.push((p.id(), c));
+        }
+        // Tell the peer on the other paths: it knows whether it was sending.
+        for (id, peer_slot, silent) in stalls {
+            let Some(path) = peer_slot else { continue };
+            let mut set = PathSet::EMPTY;
+            for q in b.paths.iter().filter(|q| q.usable && q.id() != id) {
+                set.insert(q.id());
+            }
+            let silent_us = u32::try_from(silent.as_micros()).unwrap_or(u32::MAX);
+            let mut body = [0u8; NoticeBody::LEN];
+            NoticeBody { path, silent_us }.encode(&mut body);
+            if !set.is_empty()
+                && let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out)
+            {
+                tx.stats.drops.add(reason);
             }
         }
         b.rerank();
