@@ -197,9 +197,10 @@ fn check(config: &Path) -> Result<bool> {
     println!("  tun {} with {:?}, mtu {:?}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
     let m = &cfg.monitor;
     println!(
-        "  probes every {} ({} with data), down after {} lost or {} silent, up after {} answered, degraded at {}% loss",
+        "  probes every {} ({} with data, {} while suspect or just down), down after {} lost or {} silent, up after {} answered, degraded at {}% loss",
         mpvr::units::format_duration(m.interval),
         mpvr::units::format_duration(m.busy_interval),
+        mpvr::units::format_duration(m.fast_interval),
         m.down_after,
         mpvr::units::format_duration(m.silence),
         m.up_after,

@@ -122,7 +122,7 @@ pub fn render(s: &Snapshot) -> String {
         );
         for x in &p.paths {
             let l = [("peer", peer.as_str()), ("link", x.link.as_str()), ("remote", x.remote.as_str())];
-            for state in ["up", "degraded", "down"] {
+            for state in ["up", "degraded", "suspect", "down"] {
                 let v = f64::from(u8::from(x.state == state));
                 let ls = [l[0], l[1], l[2], ("state", state)];
                 b.gauge("mpvr_path_state", "1 for the path's current state", &ls, v);

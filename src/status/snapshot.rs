@@ -143,7 +143,7 @@ pub struct PathSnap {
     pub usable: bool,
     /// The policy copies data onto it now.
     pub selected: bool,
-    /// "up", "degraded" or "down".
+    /// "up", "degraded", "suspect" or "down".
     pub state: String,
     /// Seconds in that state.
     pub state_for_s: f64,

@@ -58,6 +58,7 @@ fn state_style(state: &str) -> Style {
     match state {
         "up" => Style::default().fg(Color::Green),
         "degraded" => Style::default().fg(Color::Yellow),
+        "suspect" => Style::default().fg(Color::Magenta).add_modifier(Modifier::BOLD),
         _ => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
     }
 }

@@ -95,11 +95,17 @@ impl Node {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             p.monitor.expire(now);
             if let Some((silent, gap)) = p.monitor.stalled(now) {
-                let id = p.id();
+                let (id, last) = (p.id(), p.last_data);
                 stalls.push((id, p.peer_slot, silent));
-                // Its siblings still deliver: the sender still sends, so
-                // this path is the one that failed.
-                let siblings = b.paths.iter().any(|q| q.usable && q.id() != id && q.monitor.data_active(now));
+                // Its siblings delivered well after it fell silent (more
+                // than jitter explains) and still do: the sender still
+                // sends, so this path is the one that failed. At the end of
+                // a stream every path falls silent at about the same time.
+                let after = last.map(|t| t + silent / 2);
+                let siblings = b
+                    .paths
+                    .iter()
+                    .any(|q| q.usable && q.id() != id && q.monitor.data_active(now) && q.last_data > after);
                 if let Some(p) = b.paths.get_mut(id)
                     && siblings
                     && let Some(c) = p.monitor.suspect(now, Reason::Stalled { silent, gap })
