@@ -14,7 +14,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -209,6 +209,107 @@ fn a_link_cut_mid_stream_loses_nothing() {
     }
     let text = t.da.status(&[]);
     assert!(text.contains("peer 2: session") && text.contains("a0 -> 10.20.0.2:51820"), "{text}");
+    let _ = (&t.db, &t.dir);
+}
+
+/// One sample of a path's state, read from a daemon's control socket.
+struct Seen {
+    at: std::time::Instant,
+    path: String,
+    state: String,
+    /// When it entered that state (the sample time less `state_for_s`).
+    since: std::time::Instant,
+}
+
+/// Poll both daemons' status every 10 ms until `stop` is set.
+fn poll_paths(
+    sockets: [PathBuf; 2],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<[Vec<Seen>; 2]> {
+    std::thread::spawn(move || {
+        let mut seen: [Vec<Seen>; 2] = [Vec::new(), Vec::new()];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (i, s) in sockets.iter().enumerate() {
+                let at = std::time::Instant::now();
+                let Ok(snap) = mpvr::status::fetch(s) else { continue };
+                for p in snap.peers.iter().flat_map(|p| &p.paths) {
+                    let since = at.checked_sub(Duration::from_secs_f64(p.state_for_s)).unwrap_or(at);
+                    seen[i].push(Seen {
+                        at,
+                        path: format!("{} -> {}", p.link, p.remote),
+                        state: p.state.clone(),
+                        since,
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen
+    })
+}
+
+/// How long after `t` the first path matching `which` was seen entering a
+/// state `is` accepts.
+fn entered(
+    seen: &[Seen],
+    which: impl Fn(&str) -> bool,
+    is: impl Fn(&str) -> bool,
+    t: std::time::Instant,
+) -> Option<Duration> {
+    seen.iter().find(|s| s.at > t && which(&s.path) && is(&s.state)).map(|s| s.since.saturating_duration_since(t))
+}
+
+#[test]
+fn a_blackout_is_known_within_300_ms_and_the_path_is_back_within_500_ms() {
+    if !root_or_skip("a_blackout_is_known_within_300_ms_and_the_path_is_back_within_500_ms") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts();
+    t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
+    let t0 = std::time::Instant::now();
+    while !t.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.da.snapshot().peers[0].paths);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_paths([t.da.socket.clone(), t.db.socket.clone()], stop.clone());
+    let m = t.m.name.clone();
+    let times = std::sync::Arc::new(std::sync::Mutex::new((None, None)));
+    let mark = times.clone();
+    // 2 000 packets/s for 5 s; a0 cut in the router (both ways) from 1 s to 3 s.
+    let r = stream(&t, 10_000, move |i| {
+        if i == 2000 {
+            nsh(&m, &["nft", "add table inet cut"]);
+            nsh(&m, &["nft", "add chain inet cut f { type filter hook forward priority 0; }"]);
+            nsh(&m, &["nft", "add rule inet cut f iifname ma0 counter drop"]);
+            nsh(&m, &["nft", "add rule inet cut f oifname ma0 counter drop"]);
+            mark.lock().unwrap().0 = Some(std::time::Instant::now());
+        }
+        if i == 6000 {
+            nsh(&m, &["nft", "delete table inet cut"]);
+            mark.lock().unwrap().1 = Some(std::time::Instant::now());
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let [at_a, at_b] = poller.join().unwrap();
+    assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+    let (cut, heal) = *times.lock().unwrap();
+    let (cut, heal) = (cut.unwrap(), heal.unwrap());
+    let dead = |s: &str| s == "suspect" || s == "down";
+    // A's paths over a0; B's paths toward A's a0 address.
+    let a0 = |p: &str| p.starts_with("a0 ");
+    let to_a0 = |p: &str| p.ends_with("10.10.0.2:51820");
+    for (who, seen, which) in [("A", &at_a, &a0 as &dyn Fn(&str) -> bool), ("B", &at_b, &to_a0)] {
+        let d = entered(seen, which, dead, cut).unwrap_or_else(|| panic!("{who}: never seen dead"));
+        let u = entered(seen, which, |s| s == "up", heal).unwrap_or_else(|| panic!("{who}: never seen up again"));
+        eprintln!("{who}: dead {d:?} after the cut, up {u:?} after healing");
+        assert!(d <= Duration::from_millis(300), "{who}: dead only {d:?} after the cut");
+        assert!(u <= Duration::from_millis(500), "{who}: up only {u:?} after healing");
+    }
+    // The path the cut did not touch stayed up all along.
+    assert!(at_a.iter().filter(|s| s.path.starts_with("a1 ")).all(|s| s.state == "up"));
     let _ = (&t.db, &t.dir);
 }
 

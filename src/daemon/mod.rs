@@ -200,6 +200,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         rejection_log: Default::default(),
         names: RwLock::new(HashMap::new()),
         tun_name: cfg.tun.clone(),
+        wake_ns: std::sync::atomic::AtomicU64::new(0),
+        timer_changed: tokio::sync::Notify::new(),
     });
     let control_task = tokio::spawn(control.serve(shared.clone()));
     info!(socket = %cfg.control_socket.display(), "control socket ready (mpvr status)");
@@ -231,9 +233,11 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             let next = shared.node().poll_timeout();
             let cap = shared.now() + Duration::from_secs(1);
             let at = next.map_or(cap, |t| t.min(cap));
+            shared.wake_ns.store(at.as_nanos(), std::sync::atomic::Ordering::Relaxed);
             shared.epoch + Duration::from_nanos(at.as_nanos())
         };
         tokio::select! {
+            _ = shared.timer_changed.notified() => {}
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
             Some(msg) = fatal_rx.recv() => break Err(RunError::Fatal(msg)),

@@ -50,6 +50,7 @@ pub(super) async fn read_link(
                 }
             }
             shared.log_events(&mut node);
+            shared.timer_moved(&node);
         }
         for r in &delivered {
             if shared.tun.send(&batch.storage()[r.clone()]).await.is_err() {
@@ -100,6 +101,7 @@ pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<S
                 let _ = node.handle_tun_packet(now, &slot[..*len], &mut out);
             }
             shared.log_events(&mut node);
+            shared.timer_moved(&node);
         }
         shared.send(&out);
         out.clear();

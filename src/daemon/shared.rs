@@ -83,6 +83,11 @@ pub(super) struct Shared {
     pub(super) send_error_log: LogLimiter<LinkId>,
     /// Refused handshakes are logged once per interval and peer.
     pub(super) rejection_log: LogLimiter<HostId>,
+    /// The node time (ns) the main loop sleeps until; a reader that makes
+    /// the node's timer earlier wakes it through `timer_changed`.
+    pub(super) wake_ns: AtomicU64,
+    /// Wakes the main loop to re-read the node's timer.
+    pub(super) timer_changed: tokio::sync::Notify,
     /// Interface names of the links seen (kept after a link goes, for logs and status).
     pub(super) names: RwLock<HashMap<LinkId, String>>,
     /// The TUN's name.
@@ -90,6 +95,17 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// After a reader's batch: if the node now wants its timer earlier than
+    /// the main loop sleeps, wake the main loop (a stall deadline set by
+    /// data must be met to the millisecond, as in the simulator).
+    pub(super) fn timer_moved(&self, node: &Node) {
+        if let Some(t) = node.poll_timeout()
+            && t.as_nanos() < self.wake_ns.load(Ordering::Relaxed)
+        {
+            self.timer_changed.notify_one();
+        }
+    }
+
     pub(super) fn now(&self) -> Time {
         Time::from_duration(self.epoch.elapsed())
     }

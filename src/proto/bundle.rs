@@ -80,7 +80,14 @@ pub struct Bundle {
     pub(super) synced: bool,
     /// Probe ids, unique across its paths.
     next_probe_id: u32,
+    /// The last data packets' first arrivals: (key phase, sequence number, when).
+    firsts: [(bool, u64, Time); RECENT_FIRSTS],
+    /// Where the next first arrival goes in `firsts`.
+    next_first: usize,
 }
+
+/// First arrivals of data a bundle remembers, to tell which a stalled path missed.
+pub const RECENT_FIRSTS: usize = 64;
 
 /// A bundle's paths as a passive tracker credits them.
 pub(super) struct PathCredit<'a>(pub(super) &'a mut Paths);
@@ -116,6 +123,8 @@ impl Bundle {
             ranking: Ranking::default(),
             synced: false,
             next_probe_id: 1,
+            firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
+            next_first: 0,
         }
     }
 
@@ -221,6 +230,20 @@ impl Bundle {
             .filter_map(|p| p.monitor.cost())
             .min()?;
         Some(u32::try_from(best.as_micros()).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// A data packet's first copy arrived at `now`.
+    pub(super) fn first_arrival(&mut self, phase: bool, seq: u64, now: Time) {
+        self.firsts[self.next_first] = (phase, seq, now);
+        self.next_first = (self.next_first + 1) % RECENT_FIRSTS;
+    }
+
+    /// How many of the remembered data packets a path that last delivered
+    /// `last` (key phase, sequence number) missed although their first
+    /// copies arrived before `before`.
+    pub(super) fn missed_since(&self, last: (bool, u64), before: Time) -> u32 {
+        let (phase, seq) = last;
+        self.firsts.iter().filter(|&&(p, s, at)| p == phase && s > seq && s != 0 && at <= before).count() as u32
     }
 
     /// The next probe id.

@@ -139,6 +139,8 @@ pub struct Path {
     pub data_tx_since: Option<Time>,
     /// The peer's slot for this path, from the path byte of its probes.
     pub peer_slot: Option<u8>,
+    /// The highest sequence number of data it delivered, with its key phase.
+    pub last_seq: Option<(bool, u64)>,
     /// Probes, estimates, passive counts and state.
     pub monitor: PathMonitor,
 }
@@ -305,6 +307,7 @@ impl Paths {
             last_data_tx: None,
             data_tx_since: None,
             peer_slot: None,
+            last_seq: None,
             monitor: PathMonitor::new(now),
         });
         id

@@ -499,6 +499,27 @@ impl PathMonitor {
         self.gaps.active(now, self.loss_estimate())
     }
 
+    /// Up or degraded with its data stalled: a stall that siblings' data
+    /// may yet show to be this path's failure.
+    pub fn stall_pending(&self) -> bool {
+        self.health.is_alive() && self.gaps.is_stalled()
+    }
+
+    /// The usual gap between its data packets, and when the last arrived.
+    pub fn data_pace(&self) -> (Option<Duration>, Option<Time>) {
+        (self.gaps.gap(), self.gaps.last())
+    }
+
+    /// The silence it may show before its data has stalled.
+    pub fn allowance(&self) -> Option<Duration> {
+        self.gaps.allow(self.loss_estimate())
+    }
+
+    /// Packets in a row it may lose by chance, at its measured loss.
+    pub fn chance_run(&self) -> u32 {
+        chance_run(self.loss_estimate())
+    }
+
     /// A stall of its data at `now`, reported once: the silence and the usual gap.
     pub fn stalled(&mut self, now: Time) -> Option<(Duration, Duration)> {
         if !self.health.is_alive() {

@@ -94,6 +94,16 @@ impl DataGaps {
         Some(self.last? + self.allow(p)?)
     }
 
+    /// The current silence was reported as a stall (and no data came since).
+    pub fn is_stalled(&self) -> bool {
+        self.reported
+    }
+
+    /// When its last data packet arrived.
+    pub fn last(&self) -> Option<Time> {
+        self.last
+    }
+
     /// Whether the path delivered data within its allowance of `now`.
     pub fn active(&self, now: Time, p: f64) -> bool {
         self.deadline(p).is_some_and(|d| now < d)

@@ -110,8 +110,15 @@ impl Node {
                 }
                 if is_data {
                     p.last_data = Some(now);
+                    let seq = (header.key_phase, header.seq.0);
+                    if p.last_seq.is_none_or(|last| last.0 != seq.0 || last.1 < seq.1) {
+                        p.last_seq = Some(seq);
+                    }
                     change = p.monitor.on_data(now).map(|c| (id, c));
                 }
+            }
+            if is_data && fresh {
+                b.first_arrival(header.key_phase, header.seq.0, now);
             }
             // The path may have been learned just now (which can replace
             // another and so touch the sessions): the session is looked up
@@ -120,9 +127,16 @@ impl Node {
                 session.passive.record(now, header.seq.0, id.slot(), fresh, &mut PathCredit(&mut b.paths));
             }
         }
-        if let Some(c) = change {
-            b.rerank();
-            self.announce(idx, vec![c]);
+        // Data on this path may show another's stall to be that path's failure.
+        let stalled = is_data && b.paths.iter().any(|p| p.monitor.stall_pending());
+        if change.is_some() || stalled {
+            let mut changes: Vec<_> = change.into_iter().collect();
+            if stalled {
+                let (b, mut tx) = self.tx(idx);
+                changes.extend(super::timers::suspect_stalled(&mut tx, b, now, out));
+            }
+            self.bundles[idx].rerank();
+            self.announce(idx, changes);
         }
         let b = &mut self.bundles[idx];
         if !fresh {

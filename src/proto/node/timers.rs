@@ -13,7 +13,11 @@ use super::{Event, Node};
 use crate::proto::bundle::{Bundle, PathCredit};
 use crate::proto::ids::HostId;
 use crate::proto::mesh::{Advert, RouteChange};
-use crate::proto::monitor::{MonitorConfig, NoticeBody, ProbeBody, Reason};
+use std::time::Duration;
+
+use super::send::Tx;
+use crate::proto::monitor::{Change, MonitorConfig, NoticeBody, ProbeBody, Reason};
+use crate::proto::path::PathId;
 use crate::proto::path::PathSet;
 use crate::proto::session::SessionTimeout;
 use crate::proto::stats::DropReason;
@@ -37,6 +41,72 @@ fn next_monitor_timer(b: &Bundle, cfg: &MonitorConfig, clock: Time) -> Option<Ti
         .flatten()
         .chain(b.sessions.next_settle())
         .min()
+}
+
+/// Tell the peer, on the other usable paths, that its data on path `id`
+/// (its slot `peer_slot`) stopped arriving here `silent` ago.
+pub(super) fn send_notice(
+    tx: &mut Tx<'_>,
+    b: &mut Bundle,
+    now: Time,
+    id: PathId,
+    peer_slot: Option<u8>,
+    silent: Duration,
+    out: &mut Transmits,
+) {
+    let Some(path) = peer_slot else { return };
+    let mut set = PathSet::EMPTY;
+    for q in b.paths.iter().filter(|q| q.usable && q.id() != id) {
+        set.insert(q.id());
+    }
+    if set.is_empty() {
+        return;
+    }
+    let silent_us = u32::try_from(silent.as_micros()).unwrap_or(u32::MAX);
+    let mut body = [0u8; NoticeBody::LEN];
+    NoticeBody { path, silent_us }.encode(&mut body);
+    if let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out) {
+        tx.stats.drops.add(reason);
+    }
+}
+
+/// Paths of `b` whose data stalled while its siblings delivered packets it
+/// did not (newer sequence numbers, their first copies older than the
+/// stalled path's allowance, as many as its loss makes a one-in-a-million
+/// run): the sender still sends, so the stalled path is the one that
+/// failed. It turns suspect, and the peer is told again (it may have paused
+/// when the stall was first seen). At the end of a stream every path falls
+/// silent, and after a pause of the sender every path resumes: nothing
+/// turns suspect.
+pub(super) fn suspect_stalled(
+    tx: &mut Tx<'_>,
+    b: &mut Bundle,
+    now: Time,
+    out: &mut Transmits,
+) -> Vec<(PathId, Change)> {
+    let mut changes = Vec::new();
+    for slot in b.usable().slots() {
+        let Some(p) = b.paths.at_slot(slot).filter(|p| p.monitor.stall_pending()) else { continue };
+        let (id, peer_slot) = (p.id(), p.peer_slot);
+        let (Some(gap), Some(last), Some(allow), Some(last_seq)) =
+            (p.monitor.data_pace().0, p.monitor.data_pace().1, p.monitor.allowance(), p.last_seq)
+        else {
+            continue;
+        };
+        let silent = now - last;
+        // Packets its siblings delivered after its last one, long enough
+        // ago (its allowance) that its own copies should have come too; as
+        // many as its loss makes a one-in-a-million run.
+        let missed = b.missed_since(last_seq, now - allow);
+        if missed < p.monitor.chance_run() {
+            continue;
+        }
+        if let Some(c) = b.paths.get_mut(id).and_then(|p| p.monitor.suspect(now, Reason::Stalled { silent, gap })) {
+            changes.push((id, c));
+            send_notice(tx, b, now, id, peer_slot, silent, out);
+        }
+    }
+    changes
 }
 
 impl Node {
@@ -94,30 +164,20 @@ impl Node {
         for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             p.monitor.expire(now);
-            if let Some((silent, gap)) = p.monitor.stalled(now) {
-                let (id, last) = (p.id(), p.last_data);
-                stalls.push((id, p.peer_slot, silent));
-                // Its siblings delivered well after it fell silent (more
-                // than jitter explains) and still do: the sender still
-                // sends, so this path is the one that failed. At the end of
-                // a stream every path falls silent at about the same time.
-                let after = last.map(|t| t + silent / 2);
-                let siblings = b
-                    .paths
-                    .iter()
-                    .any(|q| q.usable && q.id() != id && q.monitor.data_active(now) && q.last_data > after);
-                if let Some(p) = b.paths.get_mut(id)
-                    && siblings
-                    && let Some(c) = p.monitor.suspect(now, Reason::Stalled { silent, gap })
-                {
-                    changes.push((id, c));
-                }
+            if let Some((silent, _)) = p.monitor.stalled(now) {
+                stalls.push((p.id(), p.peer_slot, silent));
             }
+        }
+        // Tell the peer on the other paths: it knows whether it was sending.
+        for (id, peer_slot, silent) in stalls {
+            send_notice(&mut tx, b, now, id, peer_slot, silent, out);
+        }
+        changes.extend(suspect_stalled(&mut tx, b, now, out));
+        for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
                 changes.push((p.id(), c));
             }
-            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             if can_send && p.monitor.next_probe(&cfg, p.busy(now, cfg.interval)) <= now {
                 let id = p.id();
                 let probe_id = b.probe_id();
@@ -129,22 +189,6 @@ impl Node {
                 if let Err(reason) = tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::Probe), &body, out) {
                     tx.stats.drops.add(reason);
                 }
-            }
-        }
-        // Tell the peer on the other paths: it knows whether it was sending.
-        for (id, peer_slot, silent) in stalls {
-            let Some(path) = peer_slot else { continue };
-            let mut set = PathSet::EMPTY;
-            for q in b.paths.iter().filter(|q| q.usable && q.id() != id) {
-                set.insert(q.id());
-            }
-            let silent_us = u32::try_from(silent.as_micros()).unwrap_or(u32::MAX);
-            let mut body = [0u8; NoticeBody::LEN];
-            NoticeBody { path, silent_us }.encode(&mut body);
-            if !set.is_empty()
-                && let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out)
-            {
-                tx.stats.drops.add(reason);
             }
         }
         b.rerank();
