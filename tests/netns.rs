@@ -314,6 +314,49 @@ fn a_blackout_is_known_within_300_ms_and_the_path_is_back_within_500_ms() {
 }
 
 #[test]
+fn failover_loses_at_most_300_ms_when_its_path_dies() {
+    if !root_or_skip("failover_loses_at_most_300_ms_when_its_path_dies") {
+        return;
+    }
+    let _g = serial();
+    // `policy` goes before the first section: it is a top-level key.
+    let t =
+        two_hosts_with(|_| {}, |a, b| (format!("policy = \"failover\"\n{a}"), format!("policy = \"failover\"\n{b}")));
+    t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
+    let t0 = std::time::Instant::now();
+    let active = loop {
+        let snap = t.da.snapshot();
+        let paths = &snap.peers[0].paths;
+        if paths.iter().all(|p| p.state == "up") && paths.iter().filter(|p| p.selected).count() == 1 {
+            break paths.iter().find(|p| p.selected).unwrap().link.clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{paths:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The router's side of A's active link.
+    let router_dev = format!("m{active}");
+    let m = t.m.name.clone();
+    // 2 000 packets/s for 4 s; the active link cut (both ways) after 1 s, for good.
+    let r = stream(&t, 8000, move |i| {
+        if i == 2000 {
+            nsh(&m, &["nft", "add table inet cut"]);
+            nsh(&m, &["nft", "add chain inet cut f { type filter hook forward priority 0; }"]);
+            nsh(&m, &["nft", &format!("add rule inet cut f iifname {router_dev} counter drop")]);
+            nsh(&m, &["nft", &format!("add rule inet cut f oifname {router_dev} counter drop")]);
+        }
+    });
+    let lost = Duration::from_micros(500) * r.missing.len() as u32;
+    eprintln!("failover over {active}: {} packets lost ({lost:?})", r.missing.len());
+    assert!(!r.missing.is_empty(), "the cut link carried the stream");
+    assert!(lost <= Duration::from_millis(300), "lost {lost:?}");
+    // It moved to a path on the other link, and stays there.
+    let snap = t.da.snapshot();
+    let now_on = snap.peers[0].paths.iter().find(|p| p.selected).map(|p| p.link.clone());
+    assert!(now_on.is_some_and(|l| l != active), "{:#?}", snap.peers[0].paths);
+    let _ = (&t.db, &t.dir);
+}
+
+#[test]
 fn a_link_taken_down_loses_nothing_and_is_used_again() {
     if !root_or_skip("a_link_taken_down_loses_nothing_and_is_used_again") {
         return;

@@ -216,7 +216,7 @@ impl Bundle {
             .paths
             .iter()
             .filter(|p| p.usable)
-            .map(|p| Candidate { id: p.id(), health: p.monitor.health(), cost: p.monitor.cost() })
+            .map(|p| Candidate { id: p.id(), addr: p.addr, health: p.monitor.health(), cost: p.monitor.cost() })
             .collect();
         self.ranking.update(&candidates);
     }

@@ -11,7 +11,9 @@
 //!   another is clearly better (by [`RERANK_MARGIN`]), so the choice does not
 //!   flap on noise.
 //! - `failover`: one path, kept while it is up; when it degrades, turns
-//!   suspect or goes down, the best path that is up (else degraded) takes over.
+//!   suspect or goes down, the best path that is up (else degraded) takes
+//!   over, preferring one that shares neither its local link nor its remote
+//!   endpoint (failures are correlated), then one on another local link.
 //!
 //! Before any path has answered a probe (all down), every policy copies onto
 //! every usable path: nothing is known yet, and a copy too many costs less
@@ -21,6 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::ids::PathAddr;
 use super::monitor::Health;
 use super::path::{PathId, PathSet};
 
@@ -48,6 +51,8 @@ pub enum Policy {
 pub struct Candidate {
     /// The path.
     pub id: PathId,
+    /// Its local link and remote endpoint.
+    pub addr: PathAddr,
     /// Its state.
     pub health: Health,
     /// Its cost (`None`: not measured yet).
@@ -98,7 +103,20 @@ impl Ranking {
         if keep {
             return false;
         }
-        let next = order.iter().find(|c| c.health == Health::Up).or_else(|| order.first()).map(|c| c.id);
+        // Failures are correlated: a path that shares the failed one's
+        // local link or remote endpoint may be dead too, so the best up path
+        // that shares neither takes over, else one on another local link.
+        let lost = self.active.and_then(|a| candidates.iter().find(|c| c.id == a)).map(|c| c.addr);
+        let apart = |c: &&&Candidate, remote_too: bool| {
+            lost.is_none_or(|l| c.addr.link != l.link && (!remote_too || c.addr.remote != l.remote))
+        };
+        let up = || order.iter().filter(|c| c.health == Health::Up);
+        let next = up()
+            .find(|c| apart(c, true))
+            .or_else(|| up().find(|c| apart(c, false)))
+            .or_else(|| up().next())
+            .or_else(|| order.first())
+            .map(|c| c.id);
         let changed = next != self.active;
         self.active = next;
         changed
@@ -170,7 +188,11 @@ mod tests {
     }
 
     fn c(index: usize, health: Health, cost: Option<Duration>) -> Candidate {
-        Candidate { id: id(index), health, cost }
+        let addr = PathAddr {
+            link: crate::proto::LinkId(index as u32),
+            remote: format!("192.0.2.{index}:1").parse().unwrap(),
+        };
+        Candidate { id: id(index), addr, health, cost }
     }
 
     fn chosen(p: Policy, usable: &[usize], r: &Ranking) -> Vec<usize> {
@@ -239,5 +261,30 @@ mod tests {
         // Nothing known: every usable path.
         r.update(&[c(0, Health::Down, None), c(1, Health::Down, None)]);
         assert_eq!(chosen(Policy::Failover, &[0, 1], &r), vec![0, 1]);
+    }
+
+    #[test]
+    fn failover_moves_off_the_failed_link_and_endpoint() {
+        let at = |index: usize, link: u32, remote: &str, health: Health, cost: u64| Candidate {
+            id: id(index),
+            addr: PathAddr { link: crate::proto::LinkId(link), remote: remote.parse().unwrap() },
+            health,
+            cost: ms(cost),
+        };
+        // Two local links x two endpoints; 0 (link 1 -> x) is active.
+        let paths = |h0: Health| {
+            [
+                at(0, 1, "192.0.2.1:1", h0, 10),
+                at(1, 1, "192.0.2.2:1", Health::Up, 11),
+                at(2, 2, "192.0.2.1:1", Health::Up, 12),
+                at(3, 2, "192.0.2.2:1", Health::Up, 30),
+            ]
+        };
+        let mut r = Ranking::default();
+        r.update(&paths(Health::Up));
+        assert_eq!(r.active, Some(id(0)));
+        // 0 fails: not 1 (same link) nor 2 (same endpoint), but 3.
+        r.update(&paths(Health::Suspect));
+        assert_eq!(r.active, Some(id(3)));
     }
 }

@@ -17,7 +17,8 @@
 //! in the gaps is allowed on top. At 100 packets/s on a clean path with a
 //! few ms of jitter that is about 50 ms; at 1 000 packets/s about 15 ms; at
 //! 5 % loss and 20 ms of jitter about 100 ms. A silence longer than that is
-//! reported once ([`DataGaps::stalled`]) until data arrives again. A gap
+//! reported ([`DataGaps::stalled`]), and again at twice, four times ... the
+//! allowance until [`REPORT_FOR`], or until data arrives again. A gap
 //! longer than [`PAUSE`] is the sender pausing, not a sample: the estimate
 //! starts over.
 
@@ -33,6 +34,8 @@ pub const FALSE_ALARM: f64 = 1e-6;
 pub const STALL_FLOOR: Duration = Duration::from_millis(10);
 /// A gap this long is a pause of the sender: the estimate starts over.
 pub const PAUSE: Duration = Duration::from_secs(1);
+/// A stall is reported again, less and less often, until it is this long.
+pub const REPORT_FOR: Duration = Duration::from_secs(3);
 
 /// The gaps between data arrivals on one path.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -41,8 +44,8 @@ pub struct DataGaps {
     gap_ns: f64,
     dev_ns: f64,
     samples: u32,
-    /// The current silence has been reported.
-    reported: bool,
+    /// Times the current silence has been reported.
+    reported: u32,
 }
 
 /// Packets in a row a path may lose by chance at loss rate `p`.
@@ -56,7 +59,7 @@ impl DataGaps {
     pub fn on_data(&mut self, now: Time) -> bool {
         if let Some(last) = self.last {
             let g = now - last;
-            if g >= PAUSE || self.reported {
+            if g >= PAUSE || self.reported > 0 {
                 self.samples = 0;
             } else {
                 let g = g.as_nanos() as f64;
@@ -71,7 +74,7 @@ impl DataGaps {
             }
         }
         self.last = Some(now);
-        std::mem::take(&mut self.reported)
+        std::mem::take(&mut self.reported) > 0
     }
 
     /// The mean gap between arrivals, once armed.
@@ -86,17 +89,18 @@ impl DataGaps {
         Some(Duration::from_nanos((k * self.gap_ns + 4.0 * self.dev_ns) as u64) + STALL_FLOOR)
     }
 
-    /// When the current silence becomes a stall (`None`: not armed, or reported).
+    /// When the current silence becomes a stall, or, once it is one, when
+    /// it is reported again: at 1, 2, 4, ... times the allowance, up to
+    /// [`REPORT_FOR`] of silence (`None`: not armed, or reported enough).
     pub fn deadline(&self, p: f64) -> Option<Time> {
-        if self.reported {
-            return None;
-        }
-        Some(self.last? + self.allow(p)?)
+        let allow = self.allow(p)?;
+        let wait = allow.saturating_mul(1 << self.reported.min(16));
+        (wait <= REPORT_FOR).then(|| self.last.map(|l| l + wait)).flatten()
     }
 
     /// The current silence was reported as a stall (and no data came since).
     pub fn is_stalled(&self) -> bool {
-        self.reported
+        self.reported > 0
     }
 
     /// When its last data packet arrived.
@@ -106,16 +110,22 @@ impl DataGaps {
 
     /// Whether the path delivered data within its allowance of `now`.
     pub fn active(&self, now: Time, p: f64) -> bool {
-        self.deadline(p).is_some_and(|d| now < d)
+        self.reported == 0 && self.deadline(p).is_some_and(|d| now < d)
     }
 
-    /// The silence so far if it is a stall not yet reported (then it is reported).
+    /// The silence so far if it is a stall due to be reported (then it is):
+    /// once when the allowance runs out, then again after twice as long
+    /// each time (the sender may have paused when it was first reported).
     pub fn stalled(&mut self, now: Time, p: f64) -> Option<Duration> {
         let d = self.deadline(p)?;
         if now < d {
             return None;
         }
-        self.reported = true;
+        // Once per doubling, however late this is asked.
+        self.reported += 1;
+        while self.deadline(p).is_some_and(|d| d <= now) {
+            self.reported += 1;
+        }
         self.last.map(|l| now - l)
     }
 }
@@ -152,7 +162,14 @@ mod tests {
         assert!(allow.abs_diff(Duration::from_millis(40)) < Duration::from_millis(1), "{allow:?}");
         assert_eq!(g.stalled(at(490 + 39), 0.0), None);
         assert_eq!(g.stalled(at(490 + 41), 0.0), Some(Duration::from_millis(41)));
-        assert_eq!(g.stalled(at(490 + 80), 0.0), None, "reported once");
+        assert_eq!(g.stalled(at(490 + 60), 0.0), None, "reported once per doubling");
+        assert_eq!(g.stalled(at(490 + 81), 0.0), Some(Duration::from_millis(81)));
+        assert_eq!(g.stalled(at(490 + 161), 0.0), Some(Duration::from_millis(161)));
+        let mut n = 3;
+        while g.stalled(at(490 + 5_000), 0.0).is_some() {
+            n += 1;
+        }
+        assert!(n < 10 && g.deadline(0.0).is_none(), "reports stop after REPORT_FOR: {n}");
         assert!(g.on_data(at(600)), "data ends the reported silence");
         assert_eq!(g.deadline(0.0), None, "and the estimate starts over");
     }

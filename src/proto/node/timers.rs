@@ -164,6 +164,9 @@ impl Node {
         for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
             p.monitor.expire(now);
+            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
+                changes.push((p.id(), c));
+            }
             if let Some((silent, _)) = p.monitor.stalled(now) {
                 stalls.push((p.id(), p.peer_slot, silent));
             }
@@ -175,9 +178,6 @@ impl Node {
         changes.extend(suspect_stalled(&mut tx, b, now, out));
         for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
             let Some(p) = b.paths.at_slot_mut(slot) else { continue };
-            if let Some(c) = p.monitor.evaluate(now, &cfg, p.last_rx) {
-                changes.push((p.id(), c));
-            }
             if can_send && p.monitor.next_probe(&cfg, p.busy(now, cfg.interval)) <= now {
                 let id = p.id();
                 let probe_id = b.probe_id();
