@@ -357,6 +357,56 @@ fn failover_loses_at_most_300_ms_when_its_path_dies() {
 }
 
 #[test]
+fn the_only_working_link_renumbered_mid_stream_loses_under_100_ms() {
+    if !root_or_skip("the_only_working_link_renumbered_mid_stream_loses_under_100_ms") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts();
+    // As DHCP clients and systemd hosts do: a secondary address is promoted
+    // when the primary goes.
+    t.a.sysctl("net.ipv4.conf.a0.promote_secondaries", "1");
+    t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
+    let t0 = std::time::Instant::now();
+    while !t.db.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.db.snapshot().peers[0].paths);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Link a1 dead for good: a0 carries everything.
+    for rule in ["add table inet cut", "add chain inet cut f { type filter hook forward priority 0; }"] {
+        t.m.sh(&["nft", rule]);
+    }
+    t.m.sh(&["nft", "add rule inet cut f iifname ma1 counter drop"]);
+    t.m.sh(&["nft", "add rule inet cut f oifname ma1 counter drop"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_paths([t.da.socket.clone(), t.db.socket.clone()], stop.clone());
+    let a = t.a.name.clone();
+    let when = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mark = when.clone();
+    // 2 000 packets/s for 3 s; 1 s in, a0 moves from 10.10.0.2 to 10.10.0.5.
+    let r = stream(&t, 6000, move |i| {
+        if i == 2000 {
+            *mark.lock().unwrap() = Some(std::time::Instant::now());
+            nsh(&a, &["ip", "addr", "add", "10.10.0.5/24", "dev", "a0"]);
+            nsh(&a, &["ip", "addr", "del", "10.10.0.2/24", "dev", "a0"]);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let [_, at_b] = poller.join().unwrap();
+    let lost = Duration::from_micros(500) * r.missing.len() as u32;
+    eprintln!("renumbered: {} packets lost ({lost:?})", r.missing.len());
+    assert!(lost <= Duration::from_millis(100), "lost {lost:?}");
+    let moved = when.lock().unwrap().unwrap();
+    let up = entered(&at_b, |p| p.ends_with("10.10.0.5:51820"), |s| s == "up", moved)
+        .unwrap_or_else(|| panic!("B never showed a path to 10.10.0.5 up"));
+    eprintln!("renumbered: B shows the new address up {up:?} after the change");
+    assert!(up <= Duration::from_millis(500), "{up:?}");
+    let _ = (&t.da, &t.dir);
+}
+
+#[test]
 fn a_link_taken_down_loses_nothing_and_is_used_again() {
     if !root_or_skip("a_link_taken_down_loses_nothing_and_is_used_again") {
         return;
