@@ -245,3 +245,44 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
     assert_eq!(paths[0].addr.remote, moved);
     assert!(paths[0].learned);
 }
+
+#[test]
+fn replayed_datagrams_teach_no_path_and_draw_no_traffic() {
+    // A and B have a session; an attacker on one of A's segments captured
+    // A's datagrams and sends them to B again, from its own address (or one
+    // it forges). B refuses them as duplicates, learns no path, and never
+    // sends a datagram toward that address.
+    let mut a = node(1, 2, Some(B_EP));
+    let mut b = node(2, 1, Some(A_EP));
+    shake_hands(&mut a, LinkId(1), addr(A_EP), &mut b, LinkId(1), addr(B_EP), Time::ZERO);
+    let mut captured = Vec::new();
+    for i in 0..50 {
+        let mut out = Transmits::new();
+        a.handle_tun_packet(Time::ZERO, &packet(1, 2, i), &mut out).unwrap();
+        for t in out.iter() {
+            captured.push(t.datagram.to_vec());
+        }
+    }
+    let mut out = Transmits::new();
+    for d in &captured {
+        assert!(matches!(
+            b.handle_datagram(Time::ZERO, LinkId(1), addr(A_EP), &mut d.clone(), &mut out),
+            Received::Deliver(_)
+        ));
+    }
+    let attacker = addr("198.51.100.66:4444");
+    let before = b.stats().drops.get(DropReason::Duplicate);
+    let mut sent_to_attacker = 0;
+    for (i, d) in captured.iter().enumerate() {
+        let now = Time::ZERO + std::time::Duration::from_millis(i as u64 * 10);
+        let r = b.handle_datagram(now, LinkId(1), attacker, &mut d.clone(), &mut out);
+        assert_eq!(r, Received::Dropped(DropReason::Duplicate));
+        b.handle_timeout(now, &mut out);
+        b.handle_tun_packet(now, &packet(2, 1, 100 + i as u64), &mut out).unwrap();
+        sent_to_attacker += out.iter().flat_map(|t| t.paths).filter(|p| p.remote == attacker).count();
+        out.clear();
+    }
+    assert_eq!(b.stats().drops.get(DropReason::Duplicate) - before, captured.len() as u64);
+    assert!(b.bundle(host(1)).unwrap().paths().iter().all(|p| p.addr.remote != attacker), "a path to the attacker");
+    assert_eq!(sent_to_attacker, 0);
+}

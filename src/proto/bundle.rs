@@ -5,7 +5,8 @@
 //! which of them a packet goes on ([`Bundle::select`]); the node seals and
 //! fans the packet out. Paths come from endpoints crossed with local links
 //! (`Bundle::link_changed`, `Bundle::set_endpoints`) or are learned from
-//! authenticated packets (`Bundle::touch_path`). Whenever a path is
+//! fresh authenticated packets (`Bundle::touch_path`: never from a later
+//! copy, which is what a replay is). Whenever a path is
 //! removed or replaced, its slot is forgotten by the passive trackers and
 //! the ranking is redone, so no credit or choice lands on another path.
 
@@ -253,13 +254,19 @@ impl Bundle {
         id
     }
 
-    /// Note an authenticated datagram on the path it came from, learning the
-    /// path if it is new; `first` is its length when it was the first copy.
-    /// `None` only when the table is full of configured paths.
+    /// Note an authenticated datagram on the path it came from; `first` is
+    /// its length when it was the first copy of its packet (a fresh sequence
+    /// number, or a valid handshake message). Only a fresh datagram may
+    /// teach a path that is new: a later copy, whoever sent it from
+    /// wherever, credits a known path or nothing, so a replay can neither
+    /// create a path nor make this host send toward an address. `None`: no
+    /// such path (a later copy from a new address, or the table is full of
+    /// configured paths).
     pub(super) fn touch_path(&mut self, now: Time, addr: PathAddr, first: Option<usize>) -> Option<PathId> {
-        let id = match self.paths.find(addr) {
-            Some(id) => id,
-            None => self.learn_path(now, addr)?,
+        let id = match (self.paths.find(addr), first) {
+            (Some(id), _) => id,
+            (None, Some(_)) => self.learn_path(now, addr)?,
+            (None, None) => return None,
         };
         let p = self.paths.get_mut(id)?;
         if let Some(len) = first {
