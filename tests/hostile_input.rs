@@ -286,3 +286,27 @@ fn replayed_datagrams_teach_no_path_and_draw_no_traffic() {
     assert!(b.bundle(host(1)).unwrap().paths().iter().all(|p| p.addr.remote != attacker), "a path to the attacker");
     assert_eq!(sent_to_attacker, 0);
 }
+
+#[test]
+fn a_peer_may_send_only_from_the_addresses_routed_to_it() {
+    // Host 1 is authenticated, but its packets from an address not routed
+    // to it here (another host's, or one nobody owns) are not delivered.
+    let (mut a, mut b) = pair();
+    for src in ["10.9.0.77", "10.9.0.2"] {
+        let mut p = packet(1, 2, 7);
+        p[12..16].copy_from_slice(&src.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        let mut out = Transmits::new();
+        // A seals what its TUN gives it; B is the one to check.
+        a.handle_tun_packet(Time::ZERO, &p, &mut out).unwrap();
+        let d = out.iter().next().unwrap().datagram.to_vec();
+        assert_eq!(deliver(&mut b, &d), Received::Dropped(DropReason::BadSource), "{src}");
+    }
+    assert_eq!(b.stats().drops.get(DropReason::BadSource), 2);
+    assert_eq!(b.bundle(host(1)).unwrap().stats().bad_source, 2);
+    assert_eq!(b.stats().tun_out.packets, 0);
+    // Its own address still works.
+    let mut out = Transmits::new();
+    a.handle_tun_packet(Time::ZERO, &packet(1, 2, 8), &mut out).unwrap();
+    let d = out.iter().next().unwrap().datagram.to_vec();
+    assert!(matches!(deliver(&mut b, &d), Received::Deliver(_)));
+}

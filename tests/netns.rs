@@ -407,6 +407,31 @@ fn the_only_working_link_renumbered_mid_stream_loses_under_100_ms() {
 }
 
 #[test]
+fn a_peer_cannot_send_from_an_address_not_routed_to_it() {
+    if !root_or_skip("a_peer_cannot_send_from_an_address_not_routed_to_it") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts();
+    t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
+    // A puts an address outside its prefixes on its TUN and pings B from it.
+    t.a.sh(&["ip", "addr", "add", "10.9.0.77/32", "dev", "mpvr0"]);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.a.name, "ping", "-I", "10.9.0.77", "-c", "20", "-i", "0.05", "-W", "1", "10.9.0.2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("20 packets transmitted, 0 received"), "{text}");
+    let snap = t.db.snapshot();
+    assert!(snap.peers[0].bad_source >= 20, "{:#?}", snap.peers[0]);
+    assert!(snap.totals.drops["bad_source"] >= 20);
+    assert!(t.db.status(&[]).contains("bad_source"));
+    // From its own address it still gets through.
+    t.a.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    let _ = (&t.da, &t.dir);
+}
+
+#[test]
 fn a_link_taken_down_loses_nothing_and_is_used_again() {
     if !root_or_skip("a_link_taken_down_loses_nothing_and_is_used_again") {
         return;

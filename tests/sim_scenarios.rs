@@ -255,29 +255,53 @@ fn routing_loops_die_by_hop_limit_and_bounces_are_refused() {
         sim.connect(x, y, LinkModel::delay(ms(1)), LinkModel::delay(ms(1)));
         sim.pair(x, y).unwrap();
     }
+    let host = |n| NextHop::Host(HostId::new(n).unwrap());
+    let mut route = |on, prefix: &str, via| sim.route(on, prefix.parse().unwrap(), host(via)).unwrap();
     // 10.9.0.2 is nowhere; the relays route it round the triangle 3 -> 4 -> 5 -> 3.
-    scenario::route_to(&mut sim, a, 2, 3);
-    scenario::route_to(&mut sim, r3, 2, 4);
-    scenario::route_to(&mut sim, r4, 2, 5);
-    scenario::route_to(&mut sim, r5, 2, 3);
+    route(a, "10.9.0.2/32", 3);
+    route(r3, "10.9.0.2/32", 4);
+    route(r4, "10.9.0.2/32", 5);
+    route(r5, "10.9.0.2/32", 3);
+    // 10.9.0.9 sits behind the triangle the other way round, so a packet
+    // from it passes every hop's source check: only the hop limit ends it.
+    route(r3, "10.9.0.9/32", 5);
+    route(r4, "10.9.0.9/32", 3);
+    route(r5, "10.9.0.9/32", 4);
+    // Host 1's own address, as each relay reaches it.
+    route(r3, "10.9.0.1/32", 1);
+    route(r4, "10.9.0.1/32", 3);
+    route(r5, "10.9.0.1/32", 4);
     // And 10.9.0.6 bounces: 4 sends it to 5, which sends it back to 4.
-    let six: ipnet::IpNet = "10.9.0.6/32".parse().unwrap();
-    sim.route(a, six, NextHop::Host(HostId::new(3).unwrap())).unwrap();
-    sim.route(r3, six, NextHop::Host(HostId::new(4).unwrap())).unwrap();
-    sim.route(r4, six, NextHop::Host(HostId::new(5).unwrap())).unwrap();
-    sim.route(r5, six, NextHop::Host(HostId::new(4).unwrap())).unwrap();
-    for dst in [scenario::addr4(2), "10.9.0.6".parse().unwrap()] {
-        let s = Stream { from: a, src: scenario::addr4(1), dst, start: at_ms(1), interval: ms(1), count: 1, size: 100 };
-        sim.add_stream(s);
-    }
+    route(a, "10.9.0.6/32", 3);
+    route(r3, "10.9.0.6/32", 4);
+    route(r4, "10.9.0.6/32", 5);
+    route(r5, "10.9.0.6/32", 4);
+    let one = |from, src: &str, dst: &str| Stream {
+        from,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        start: at_ms(1),
+        interval: ms(1),
+        count: 1,
+        size: 100,
+    };
+    sim.add_stream(one(r3, "10.9.0.9", "10.9.0.2"));
+    sim.add_stream(one(a, "10.9.0.1", "10.9.0.6"));
+    // Host 1 into the loop: back at 3 it comes from 5, which is not where
+    // 10.9.0.1 lives: the source check ends the loop on its first lap.
+    sim.add_stream(one(a, "10.9.0.1", "10.9.0.2"));
     sim.run_until(at_ms(1_000));
     let stat = |x| sim.node(x).stats().clone();
-    let forwarded: u64 = [r3, r4, r5].iter().map(|&x| stat(x).forwarded.packets).sum();
-    let hop_limit: u64 = [r3, r4, r5].iter().map(|&x| stat(x).drops.get(DropReason::HopLimit)).sum();
-    let bounce: u64 = [r3, r4, r5].iter().map(|&x| stat(x).drops.get(DropReason::Bounce)).sum();
-    // Default hop limit 8: the looping packet is relayed 7 times, then dropped.
-    // The bouncing one is relayed twice (3 -> 4 -> 5) and refused at 5.
-    assert_eq!((forwarded, hop_limit, bounce), (7 + 2, 1, 1));
+    let sum =
+        |f: &dyn Fn(&mpvr::proto::stats::NodeStats) -> u64| [r3, r4, r5].iter().map(|&x| f(&stat(x))).sum::<u64>();
+    let forwarded = sum(&|s| s.forwarded.packets);
+    let hop_limit = sum(&|s| s.drops.get(DropReason::HopLimit));
+    let bounce = sum(&|s| s.drops.get(DropReason::Bounce));
+    let bad_source = sum(&|s| s.drops.get(DropReason::BadSource));
+    // Default hop limit 8: the looping packet is relayed 7 times, then
+    // dropped. The bouncing one is relayed twice (3 -> 4 -> 5) and refused
+    // at 5. Host 1's looping one is relayed 3 times and refused at 3.
+    assert_eq!((forwarded, hop_limit, bounce, bad_source), (7 + 2 + 3, 1, 1, 1));
     assert!(sim.deliveries().is_empty());
 }
 

@@ -220,3 +220,25 @@ fn a_lost_response_is_sent_again_when_the_initiation_comes_again() {
     assert!(r.latency_percentile(100.0).unwrap() < ms(100), "{:?}", r.latency_percentile(100.0));
     assert!(p.sim.node(p.b).stats().drops.get(DropReason::HandshakeReplay) >= 1);
 }
+
+#[test]
+fn a_relay_refuses_a_forged_source_and_so_does_every_hop() {
+    // Host 1 sends through relay 3 to host 2 as 10.9.0.77 (nobody's) and as
+    // host 2 itself: the relay refuses both, host 2 receives neither.
+    let link = LinkModel::delay(ms(5));
+    let links = [link];
+    let mut c = scenario::chain(41, &links, &links);
+    c.sim.run_until(at_ms(1_000));
+    for (i, src) in ["10.9.0.77", "10.9.0.2"].iter().enumerate() {
+        let p = mpvr::sim::traffic::udp_packet(src.parse().unwrap(), scenario::addr4(2), i as u64, 100);
+        c.sim.send_tun(c.a, at_ms(1_000 + i as u64), p);
+    }
+    // And its own address gets through.
+    let p = mpvr::sim::traffic::udp_packet(scenario::addr4(1), scenario::addr4(2), 9, 100);
+    c.sim.send_tun(c.a, at_ms(1_010), p);
+    c.sim.run_until(at_ms(2_000));
+    assert_eq!(c.sim.node(c.r).stats().drops.get(DropReason::BadSource), 2);
+    let to_b: Vec<_> = c.sim.deliveries().iter().filter(|d| d.host == c.b).collect();
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(mpvr::sim::traffic::packet_id(&to_b[0].packet), Some(9));
+}

@@ -61,6 +61,9 @@ pub struct BundleStats {
     pub paths_learned: u64,
     /// Handshakes completed (as initiator or responder).
     pub handshakes: u64,
+    /// Authenticated data packets refused because their inner source is
+    /// not routed to this neighbour.
+    pub bad_source: u64,
 }
 
 /// This host's state toward one peer.

@@ -1,4 +1,5 @@
-//! Just enough of the inner IP header to route a packet: version and destination.
+//! Just enough of the inner IP header to route a packet and check where it
+//! came from: version, source and destination.
 //!
 //! mpvr never changes the application's packet (DESIGN.md invariant 1); it
 //! only reads where the packet goes.
@@ -18,11 +19,21 @@ pub enum IpError {
 
 /// The destination address of an IPv4 or IPv6 packet.
 pub fn destination(packet: &[u8]) -> Result<IpAddr, IpError> {
+    address(packet, 16, 24)
+}
+
+/// The source address of an IPv4 or IPv6 packet.
+pub fn source(packet: &[u8]) -> Result<IpAddr, IpError> {
+    address(packet, 12, 8)
+}
+
+/// The address at `v4` (IPv4) or `v6` (IPv6) bytes into the header.
+fn address(packet: &[u8], v4: usize, v6: usize) -> Result<IpAddr, IpError> {
     let first = *packet.first().ok_or(IpError::Truncated)?;
     match first >> 4 {
         4 => {
             let b: [u8; 4] =
-                packet.get(16..20).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
+                packet.get(v4..v4 + 4).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
             if first & 0x0f < 5 {
                 return Err(IpError::Truncated);
             }
@@ -30,7 +41,7 @@ pub fn destination(packet: &[u8]) -> Result<IpAddr, IpError> {
         }
         6 => {
             let b: [u8; 16] =
-                packet.get(24..40).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
+                packet.get(v6..v6 + 16).ok_or(IpError::Truncated)?.try_into().map_err(|_| IpError::Truncated)?;
             Ok(IpAddr::V6(Ipv6Addr::from(b)))
         }
         v => Err(IpError::BadVersion(v)),
@@ -57,5 +68,10 @@ mod tests {
         assert_eq!(destination(&v6[..39]), Err(IpError::Truncated));
         assert_eq!(destination(&[]), Err(IpError::Truncated));
         assert_eq!(destination(&[0x50; 40]), Err(IpError::BadVersion(5)));
+        v4[0] = 0x45;
+        v4[12..16].copy_from_slice(&[10, 9, 0, 1]);
+        assert_eq!(source(&v4), Ok("10.9.0.1".parse().unwrap()));
+        v6[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(source(&v6), Ok("fd00::1".parse().unwrap()));
     }
 }

@@ -230,6 +230,9 @@ pub struct Mesh {
     advertised: Vec<(HostId, u32)>,
     /// When this host last advertised (`None`: advertise at the next tick).
     last_advert: Option<Time>,
+    /// For each host, the neighbours it is reachable through without
+    /// crossing this host (by the database's two-way links).
+    through: BTreeMap<HostId, Vec<HostId>>,
     /// This host's last advert sequence number.
     seq: u64,
 }
@@ -289,6 +292,7 @@ impl Mesh {
             routes: BTreeMap::new(),
             advertised: Vec::new(),
             last_advert: None,
+            through: BTreeMap::new(),
             seq: 0,
         }
     }
@@ -317,6 +321,12 @@ impl Mesh {
     pub fn others(&self) -> impl Iterator<Item = &Advert> {
         let me = self.me;
         self.adverts().filter(move |a| a.origin != me)
+    }
+
+    /// Whether host `origin` is reachable through neighbour `n` without
+    /// crossing this host: packets from `origin` may come in from `n`.
+    pub fn reachable_through(&self, origin: HostId, n: HostId) -> bool {
+        self.through.get(&origin).is_some_and(|v| v.contains(&n))
     }
 
     /// Advertise this host at the next tick (a neighbour got a new session).
@@ -450,7 +460,11 @@ impl Mesh {
         let via: Vec<(HostId, u64, BTreeMap<HostId, u64>)> =
             direct.iter().map(|&(n, c)| (n, u64::from(c).max(1), Self::dijkstra(&g, n, me))).collect();
         let mut routes = BTreeMap::new();
+        self.through.clear();
         for &dest in self.db.keys().filter(|h| **h != me) {
+            let through: Vec<HostId> =
+                via.iter().filter(|(_, _, d)| d.contains_key(&dest)).map(|(n, _, _)| *n).collect();
+            self.through.insert(dest, through);
             let best =
                 via.iter().filter_map(|(n, c, d)| d.get(&dest).map(|x| (*n, c + x))).min_by_key(|&(n, cost)| (cost, n));
             let Some((best_next, best_cost)) = best else { continue };

@@ -28,6 +28,8 @@ pub struct Router {
     configured: RouteTable,
     /// Prefixes routed by the mesh, with the host that advertised them.
     mesh_prefixes: BTreeMap<IpNet, HostId>,
+    /// Every prefix another host advertised, to its origin (as a next hop).
+    origins: RouteTable,
     /// Route advertisements (`None`: configured routes only).
     mesh: Option<Mesh>,
 }
@@ -39,6 +41,7 @@ impl Router {
             table: RouteTable::new(),
             configured: RouteTable::new(),
             mesh_prefixes: BTreeMap::new(),
+            origins: RouteTable::new(),
             mesh: mesh.map(|cfg| Mesh::new(me, cfg)),
         }
     }
@@ -67,6 +70,21 @@ impl Router {
     pub fn mesh_route(&self, prefix: IpNet) -> Option<&MeshRoute> {
         let origin = self.mesh_origin(prefix)?;
         self.mesh.as_ref()?.routes().get(&origin)
+    }
+
+    /// Whether neighbour `sender` may send packets from `src`: the route to
+    /// `src` goes to it, or `src` is advertised by a host the mesh reaches
+    /// through it without crossing this host (routes may be asymmetric).
+    /// A neighbour may not send as this host, nor as a host elsewhere.
+    pub fn source_ok(&self, src: IpAddr, sender: HostId) -> bool {
+        match self.table.lookup(src) {
+            Some(NextHop::Host(h)) if h == sender => true,
+            Some(NextHop::Local) => false,
+            _ => match (self.origins.lookup(src), &self.mesh) {
+                (Some(NextHop::Host(origin)), Some(m)) => origin == sender || m.reachable_through(origin, sender),
+                _ => false,
+            },
+        }
     }
 
     /// Route `prefix` to `next`; returns the configured route it replaced.
@@ -131,7 +149,15 @@ impl Router {
     fn rebuild(&mut self) {
         let mut t = self.configured.clone();
         self.mesh_prefixes.clear();
+        self.origins = RouteTable::new();
         if let Some(mesh) = &self.mesh {
+            for adv in mesh.others() {
+                for p in &adv.prefixes {
+                    if self.configured.get(*p) != Some(NextHop::Local) {
+                        self.origins.insert(*p, NextHop::Host(adv.origin));
+                    }
+                }
+            }
             for (origin, r) in mesh.routes() {
                 let Some(adv) = mesh.advert(*origin) else { continue };
                 for p in &adv.prefixes {

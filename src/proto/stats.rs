@@ -61,6 +61,10 @@ drop_reasons! {
     LocalDestination => "local_destination",
     /// Route found but no usable path toward the next hop.
     NoPath => "no_path",
+    /// An authenticated data packet whose inner source address is not
+    /// routed back to the neighbour it came from (a neighbour sending as
+    /// another host).
+    BadSource => "bad_source",
     /// Relay: the hop limit ran out.
     HopLimit => "hop_limit",
     /// Relay: the route points back to the host the packet came from.

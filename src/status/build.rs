@@ -104,6 +104,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 sealed: s.sealed.into(),
                 accepted: s.accepted.into(),
                 paths_learned: s.paths_learned,
+                bad_source: s.bad_source,
                 paths: n
                     .paths()
                     .iter()

@@ -113,6 +113,12 @@ pub fn render(s: &Snapshot) -> String {
             f64::from(u8::from(p.session.is_some())),
         );
         b.counter("mpvr_peer_handshakes", "Handshakes completed with the peer", &pl, p.handshakes);
+        b.counter(
+            "mpvr_peer_bad_source_packets",
+            "Authenticated packets from the peer refused: source address not routed to it",
+            &pl,
+            p.bad_source,
+        );
         b.counter("mpvr_peer_sent_packets", "Packets sealed for the peer (once each)", &pl, p.sealed.packets);
         b.counter(
             "mpvr_peer_received_packets",

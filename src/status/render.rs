@@ -161,6 +161,13 @@ pub fn render_text(s: &Snapshot) -> String {
             p.accepted.packets,
             human_bytes(p.accepted.bytes)
         );
+        if p.bad_source > 0 {
+            let _ = writeln!(
+                o,
+                "  {} packets refused: their source address is not routed to this peer (bad_source)",
+                p.bad_source
+            );
+        }
         let rows: Vec<Vec<String>> = p.paths.iter().map(|x| path_cells(x).to_vec()).collect();
         table(&mut o, "  ", &PATH_COLUMNS, &rows);
     }

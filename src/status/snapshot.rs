@@ -87,6 +87,9 @@ pub struct PeerSnap {
     pub accepted: Counter,
     /// Paths learned from authenticated packets.
     pub paths_learned: u64,
+    /// Its authenticated data packets refused for a source address not routed to it.
+    #[serde(default)]
+    pub bad_source: u64,
     /// Its paths.
     pub paths: Vec<PathSnap>,
 }

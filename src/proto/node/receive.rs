@@ -172,6 +172,16 @@ impl Node {
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
         let dst = ip::destination(packet).map_err(|_| DropReason::MalformedIp)?;
+        // Authenticated is not trusted: a neighbour may only send from the
+        // addresses routed to it (its own, or those it relays for), at
+        // every hop, as WireGuard's cryptokey routing does.
+        let src = ip::source(packet).map_err(|_| DropReason::MalformedIp)?;
+        if !self.router.source_ok(src, header.sender) {
+            if let Some(&i) = self.index.get(&header.sender) {
+                self.bundles[i].stats.bad_source += 1;
+            }
+            return Err(DropReason::BadSource);
+        }
         match self.router.lookup(dst) {
             None | Some(NextHop::Local) => {
                 self.stats.tun_out.add(packet.len());
