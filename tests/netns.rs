@@ -100,6 +100,15 @@ impl Drop for TwoHosts {
     }
 }
 
+/// Wait until every path of the daemon's first peer is up (5 s at most).
+fn wait_paths_up(d: &Daemon) {
+    let t0 = std::time::Instant::now();
+    while !d.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", d.snapshot().peers[0].paths);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn counter(ns: &Netns, dev: &str, what: &str) -> u64 {
     let out = ns.sh(&["cat", &format!("/sys/class/net/{dev}/statistics/{what}")]);
     out.trim().parse().unwrap()
@@ -151,11 +160,7 @@ fn a_link_cut_mid_stream_loses_nothing() {
     let t = two_hosts();
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
     // Every path comes up first.
-    let t0 = std::time::Instant::now();
-    while !t.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.da.snapshot().peers[0].paths);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_paths_up(&t.da);
     let m = t.m.name.clone();
     let socket = t.da.socket.clone();
     let during_cut = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -267,11 +272,7 @@ fn a_blackout_is_known_within_300_ms_and_the_path_is_back_within_500_ms() {
     let _g = serial();
     let t = two_hosts();
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
-    let t0 = std::time::Instant::now();
-    while !t.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.da.snapshot().peers[0].paths);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_paths_up(&t.da);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = poll_paths([t.da.socket.clone(), t.db.socket.clone()], stop.clone());
     let m = t.m.name.clone();
@@ -367,11 +368,7 @@ fn the_only_working_link_renumbered_mid_stream_loses_under_100_ms() {
     // when the primary goes.
     t.a.sysctl("net.ipv4.conf.a0.promote_secondaries", "1");
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
-    let t0 = std::time::Instant::now();
-    while !t.db.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:#?}", t.db.snapshot().peers[0].paths);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_paths_up(&t.db);
     // Link a1 dead for good: a0 carries everything.
     for rule in ["add table inet cut", "add chain inet cut f { type filter hook forward priority 0; }"] {
         t.m.sh(&["nft", rule]);
