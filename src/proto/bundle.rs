@@ -88,6 +88,9 @@ pub struct Bundle {
     firsts: [(bool, u64, Time); RECENT_FIRSTS],
     /// Where the next first arrival goes in `firsts`.
     next_first: usize,
+    /// The last inner source address found routed to this neighbour, with
+    /// the router version it was checked at (most packets repeat it).
+    pub(super) source_ok: Option<(std::net::IpAddr, u64)>,
 }
 
 /// First arrivals of data a bundle remembers, to tell which a stalled path missed.
@@ -129,6 +132,7 @@ impl Bundle {
             next_probe_id: 1,
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
             next_first: 0,
+            source_ok: None,
         }
     }
 

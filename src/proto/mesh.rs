@@ -233,6 +233,8 @@ pub struct Mesh {
     /// For each host, the neighbours it is reachable through without
     /// crossing this host (by the database's two-way links).
     through: BTreeMap<HostId, Vec<HostId>>,
+    /// Grows whenever `through` changes.
+    through_version: u64,
     /// This host's last advert sequence number.
     seq: u64,
 }
@@ -293,6 +295,7 @@ impl Mesh {
             advertised: Vec::new(),
             last_advert: None,
             through: BTreeMap::new(),
+            through_version: 0,
             seq: 0,
         }
     }
@@ -327,6 +330,11 @@ impl Mesh {
     /// crossing this host: packets from `origin` may come in from `n`.
     pub fn reachable_through(&self, origin: HostId, n: HostId) -> bool {
         self.through.get(&origin).is_some_and(|v| v.contains(&n))
+    }
+
+    /// Grows whenever what [`Mesh::reachable_through`] answers may change.
+    pub fn through_version(&self) -> u64 {
+        self.through_version
     }
 
     /// Advertise this host at the next tick (a neighbour got a new session).
@@ -460,7 +468,7 @@ impl Mesh {
         let via: Vec<(HostId, u64, BTreeMap<HostId, u64>)> =
             direct.iter().map(|&(n, c)| (n, u64::from(c).max(1), Self::dijkstra(&g, n, me))).collect();
         let mut routes = BTreeMap::new();
-        self.through.clear();
+        let before = std::mem::take(&mut self.through);
         for &dest in self.db.keys().filter(|h| **h != me) {
             let through: Vec<HostId> =
                 via.iter().filter(|(_, _, d)| d.contains_key(&dest)).map(|(n, _, _)| *n).collect();
@@ -481,6 +489,9 @@ impl Mesh {
         let changed = routes.len() != self.routes.len()
             || routes.iter().any(|(h, r)| self.routes.get(h).is_none_or(|o| o.next != r.next));
         self.routes = routes;
+        if before != self.through {
+            self.through_version += 1;
+        }
         changed
     }
 }

@@ -32,6 +32,8 @@ pub struct Router {
     origins: RouteTable,
     /// Route advertisements (`None`: configured routes only).
     mesh: Option<Mesh>,
+    /// Grows with every rebuild of the table.
+    version: u64,
 }
 
 impl Router {
@@ -43,6 +45,7 @@ impl Router {
             mesh_prefixes: BTreeMap::new(),
             origins: RouteTable::new(),
             mesh: mesh.map(|cfg| Mesh::new(me, cfg)),
+            version: 0,
         }
     }
 
@@ -70,6 +73,12 @@ impl Router {
     pub fn mesh_route(&self, prefix: IpNet) -> Option<&MeshRoute> {
         let origin = self.mesh_origin(prefix)?;
         self.mesh.as_ref()?.routes().get(&origin)
+    }
+
+    /// Grows whenever an answer of [`Router::source_ok`] may change (a
+    /// cached answer with an older version is stale).
+    pub fn version(&self) -> u64 {
+        self.version.wrapping_add(self.mesh.as_ref().map_or(0, |m| m.through_version() << 32))
     }
 
     /// Whether neighbour `sender` may send packets from `src`: the route to
@@ -147,6 +156,7 @@ impl Router {
     }
 
     fn rebuild(&mut self) {
+        self.version += 1;
         let mut t = self.configured.clone();
         self.mesh_prefixes.clear();
         self.origins = RouteTable::new();

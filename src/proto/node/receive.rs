@@ -158,7 +158,7 @@ impl Node {
             MessageType::ProbeReply => self.on_probe_reply(now, idx, addr.link, &datagram[plain]),
             MessageType::PathNotice => self.on_notice(now, idx, &datagram[plain]),
             MessageType::RouteAdvert => self.on_advert(now, idx, &datagram[plain], out),
-            _ => self.deliver_or_forward(now, header, &datagram[plain.clone()], plain, out),
+            _ => self.deliver_or_forward(now, idx, header, &datagram[plain.clone()], plain, out),
         }
     }
 
@@ -166,6 +166,7 @@ impl Node {
     fn deliver_or_forward(
         &mut self,
         now: Time,
+        from: usize,
         header: Header,
         packet: &[u8],
         plain: std::ops::Range<usize>,
@@ -176,11 +177,13 @@ impl Node {
         // addresses routed to it (its own, or those it relays for), at
         // every hop, as WireGuard's cryptokey routing does.
         let src = ip::source(packet).map_err(|_| DropReason::MalformedIp)?;
-        if !self.router.source_ok(src, header.sender) {
-            if let Some(&i) = self.index.get(&header.sender) {
-                self.bundles[i].stats.bad_source += 1;
+        let version = self.router.version();
+        if self.bundles[from].source_ok != Some((src, version)) {
+            if !self.router.source_ok(src, header.sender) {
+                self.bundles[from].stats.bad_source += 1;
+                return Err(DropReason::BadSource);
             }
-            return Err(DropReason::BadSource);
+            self.bundles[from].source_ok = Some((src, version));
         }
         match self.router.lookup(dst) {
             None | Some(NextHop::Local) => {
