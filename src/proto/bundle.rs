@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::ids::{HostId, LinkId, PathAddr};
-use super::monitor::{Change, Credit, EXPECT_WITHIN, PassiveCounts};
+use super::monitor::{Change, Credit, EXPECT_WITHIN, Health, PassiveCounts};
 use super::path::{MAX_LEARNED_PATHS, Path, PathId, PathSet, Paths};
 use super::policy::{Candidate, Policy, Ranking};
 use super::session::Sessions;
@@ -229,12 +229,14 @@ impl Bundle {
         self.ranking.update(&candidates);
     }
 
-    /// The cost of its best path that is up or degraded, microseconds (for the mesh).
+    /// The cost of its best path that is not down, microseconds (for the
+    /// mesh: a suspect path still counts, so a passing suspicion does not
+    /// withdraw the neighbour from this host's adverts).
     pub(super) fn best_cost(&self) -> Option<u32> {
         let best = self
             .paths
             .iter()
-            .filter(|p| p.usable && p.monitor.health().is_alive())
+            .filter(|p| p.usable && p.monitor.health() != Health::Down)
             .filter_map(|p| p.monitor.cost())
             .min()?;
         Some(u32::try_from(best.as_micros()).unwrap_or(u32::MAX).max(1))

@@ -164,13 +164,15 @@ impl Path {
         self.last_data_tx = Some(now);
     }
 
-    /// Whether this end sent data on it steadily enough that the peer must
-    /// have heard some of it within the last `silent`, given that copies
-    /// take up to `transit` to arrive: it sent from before `now - transit`
-    /// until after `now - silent`.
+    /// Whether this end sent data on it all through a silence the peer
+    /// reports: the peer heard nothing on it for `silent`, and copies take
+    /// up to `transit` (a round trip covers the notice's way back). It must
+    /// have sent from before the silence began until well into it (past
+    /// its middle): a sender that paused when the silence began sent
+    /// nothing the peer missed, whatever the clocks' and batches' jitter.
     pub fn sent_data_through(&self, now: Time, silent: Duration, transit: Duration) -> bool {
         let (Some(since), Some(last)) = (self.data_tx_since, self.last_data_tx) else { return false };
-        since + transit <= now && last + silent >= now
+        since + transit + silent <= now && last + silent / 2 >= now
     }
 
     /// Whether nothing was sent on it for `ka` (or ever).
