@@ -88,8 +88,8 @@ pub(super) fn suspect_stalled(
     for slot in b.usable().slots() {
         let Some(p) = b.paths.at_slot(slot).filter(|p| p.monitor.stall_pending()) else { continue };
         let (id, peer_slot) = (p.id(), p.peer_slot);
-        let (Some(gap), Some(last), Some(allow), Some(last_seq)) =
-            (p.monitor.data_pace().0, p.monitor.data_pace().1, p.monitor.allowance(), p.last_seq)
+        let (gap, last) = p.monitor.data_pace();
+        let (Some(gap), Some(last), Some(allow), Some(last_seq)) = (gap, last, p.monitor.allowance(), p.last_seq)
         else {
             continue;
         };
