@@ -23,6 +23,7 @@ fn header(c: &mut Criterion) {
         msg_type: MessageType::Data,
         hop_limit: 8,
         key_phase: false,
+        sole: false,
         sender: host(1),
         receiver: host(2),
         seq: Seq(77),

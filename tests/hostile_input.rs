@@ -82,14 +82,31 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert_eq!(with(&|x| x.truncate(30)), Received::Dropped(DropReason::Truncated));
     assert_eq!(with(&|x| x[0] = 9), Received::Dropped(DropReason::BadVersion));
     assert_eq!(with(&|x| x[1] = 99), Received::Dropped(DropReason::UnknownType));
-    assert_eq!(with(&|x| x[1] = 7), Received::Dropped(DropReason::Unsupported));
-    // The type is authenticated: a data packet relabelled as a probe fails.
-    assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::AuthFailed));
-    assert_eq!(with(&|x| x[3] = 2), Received::Dropped(DropReason::BadFlags));
+    let cookie = |x: &mut Vec<u8>| {
+        x[1] = 7;
+        x[3] &= 1;
+    };
+    assert_eq!(with(&cookie), Received::Dropped(DropReason::Unsupported));
+    // The type is authenticated: a data packet relabelled as a probe
+    // (flags a probe may carry) fails; with the data-only flag it is not
+    // even opened.
+    let relabel = |x: &mut Vec<u8>| {
+        x[1] = 3;
+        x[3] &= 1;
+    };
+    assert_eq!(with(&relabel), Received::Dropped(DropReason::AuthFailed));
+    assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::BadFlags));
+    assert_eq!(with(&|x| x[3] = 4), Received::Dropped(DropReason::BadFlags));
+    // The sole flag is authenticated too.
+    assert_eq!(with(&|x| x[3] ^= 2), Received::Dropped(DropReason::AuthFailed));
     // The other key phase: no session there.
     assert_eq!(with(&|x| x[3] ^= 1), Received::Dropped(DropReason::NoSession));
     // A handshake message that does not authenticate.
-    assert_eq!(with(&|x| x[1] = 5), Received::Dropped(DropReason::HandshakeInvalid));
+    let init = |x: &mut Vec<u8>| {
+        x[1] = 5;
+        x[3] = 0;
+    };
+    assert_eq!(with(&init), Received::Dropped(DropReason::HandshakeInvalid));
     assert_eq!(with(&|x| x[8..12].copy_from_slice(&7u32.to_be_bytes())), Received::Dropped(DropReason::WrongReceiver));
     assert_eq!(with(&|x| x[4..8].copy_from_slice(&7u32.to_be_bytes())), Received::Dropped(DropReason::UnknownSender));
     assert_eq!(with(&|x| x[12..20].fill(0)), Received::Dropped(DropReason::TooOld));
@@ -101,7 +118,7 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert!(matches!(deliver(&mut b, &good), Received::Deliver(_)));
     assert_eq!(deliver(&mut b, &good), Received::Dropped(DropReason::Duplicate));
     let drops = &b.stats().drops;
-    assert_eq!(drops.total(), 15);
+    assert_eq!(drops.total(), 17);
     assert_eq!(b.stats().tun_out.packets, 1);
 }
 

@@ -125,6 +125,7 @@ fn lossy(seed: u64, loss: f64, gap: Duration) -> Pair {
         interval: gap,
         count,
         size: 200,
+        dscp: mpvr::sim::traffic::EF,
     });
     p.sim.run_until(at_ms(601_000));
     p

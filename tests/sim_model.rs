@@ -185,6 +185,7 @@ impl World {
                     interval: gap,
                     count: u64::from(count),
                     size: 120,
+                    dscp: mpvr::sim::traffic::EF,
                 });
                 assert_eq!(ix.0, self.streams.len());
                 self.streams.push(to);
@@ -254,6 +255,7 @@ impl World {
                         msg_type: if i % 3 == 0 { MessageType::Probe } else { MessageType::Data },
                         hop_limit: 8,
                         key_phase: i % 2 == 0,
+                        sole: false,
                         sender: self.sim.node(claimed).host(),
                         receiver: self.sim.node(to).host(),
                         seq: Seq(u64::from(i) + 1),

@@ -32,7 +32,7 @@ fn three_paths_then_remove_the_first(seed: u64) -> scenario::Pair {
         })
         .collect();
     let peer = p.sim.node(p.b).host();
-    let before = p.sim.node(p.a).chosen_paths(peer);
+    let before = p.sim.node(p.a).chosen_paths(peer, mpvr::proto::Class::Realtime);
     let (fast_link, _) = p.sim.end(p.wires[2], p.a);
     assert_eq!(links(&p, &before), vec![fast_link], "failover picked the fast path");
     p.sim.node_mut(p.a).set_endpoints(peer, keep).unwrap();
@@ -46,7 +46,7 @@ fn removing_an_endpoint_keeps_the_failover_choice_on_its_path() {
     let mut p = three_paths_then_remove_the_first(31);
     let peer = p.sim.node(p.b).host();
     let (fast_link, _) = p.sim.end(p.wires[2], p.a);
-    let chosen = p.sim.node(p.a).chosen_paths(peer);
+    let chosen = p.sim.node(p.a).chosen_paths(peer, mpvr::proto::Class::Realtime);
     assert_eq!(links(&p, &chosen), vec![fast_link]);
     // And a stream after the change goes on that path only, losing nothing.
     let count = 2_000;

@@ -224,6 +224,7 @@ fn ipv6_inside_the_tunnel() {
         interval: ms(1),
         count: 5_000,
         size: 1280,
+        dscp: mpvr::sim::traffic::EF,
     });
     p.sim.run_until(at_ms(7_000));
     let r = p.sim.stream_report(s, p.b);
@@ -284,6 +285,7 @@ fn routing_loops_die_by_hop_limit_and_bounces_are_refused() {
         interval: ms(1),
         count: 1,
         size: 100,
+        dscp: mpvr::sim::traffic::EF,
     };
     sim.add_stream(one(r3, "10.9.0.9", "10.9.0.2"));
     sim.add_stream(one(a, "10.9.0.1", "10.9.0.6"));

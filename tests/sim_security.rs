@@ -21,6 +21,7 @@ fn reverse_stream(p: &mut Pair, start: Duration, interval: Duration, count: u64)
         interval,
         count,
         size: 160,
+        dscp: mpvr::sim::traffic::EF,
     })
 }
 

@@ -33,6 +33,10 @@ enum Command {
         /// UDP payload size in bytes (at least 16).
         #[arg(long, default_value_t = 200)]
         size: usize,
+        /// DSCP of the packets (46, EF, marks them real-time as media
+        /// senders do; 0 lets mpvr classify them itself).
+        #[arg(long, default_value_t = 46, value_parser = clap::value_parser!(u8).range(0..=63))]
+        dscp: u8,
     },
     /// Receive a stream of `count` packets and print one line of results
     /// (`label sent received lost loss% dup reordered p50 p95 p99 max`, ms).
@@ -60,9 +64,12 @@ fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn send(to: SocketAddr, count: u64, rate: u64, size: usize) -> Result<()> {
+fn send(to: SocketAddr, count: u64, rate: u64, size: usize, dscp: u8) -> Result<()> {
     let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let s = UdpSocket::bind(bind).context("binding the sender")?;
+    let tos = u32::from(dscp) << 2;
+    let r = socket2::SockRef::from(&s);
+    if to.is_ipv4() { r.set_tos_v4(tos) } else { r.set_tclass_v6(tos) }.context("setting the DSCP")?;
     let mut buf = vec![0u8; size.max(16)];
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
@@ -121,7 +128,7 @@ fn recv(bind: SocketAddr, count: u64, idle: Duration, label: &str) -> Result<()>
 
 fn main() -> ExitCode {
     let r = match Cli::parse().command {
-        Command::Send { to, count, rate, size } => send(to, count, rate, size),
+        Command::Send { to, count, rate, size, dscp } => send(to, count, rate, size, dscp),
         Command::Recv { bind, count, idle, label } => match mpvr::units::parse_duration(&idle) {
             Some(idle) => recv(bind, count, idle, &label),
             None => Err(anyhow::anyhow!("--idle {idle:?} is not a duration such as 2s")),

@@ -13,7 +13,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 
 use super::file::{
-    ControlSection, EndpointValue, File, HostSection, MeshSection, MtuValue, PeerSection, ProbeSection, SessionSection,
+    ControlSection, EndpointValue, HostSection, MeshSection, MtuValue, NumberOrWord, PeerSection, ProbeSection,
+    RuleSection, SessionSection,
 };
 use super::{
     DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, LinkOptions, LinkSelection, Mtu, PeerConfig, Problem,
@@ -25,7 +26,9 @@ use crate::proto::monitor::MonitorConfig;
 use crate::proto::node::{DEFAULT_KEEPALIVE, MAX_PACKET_LIMIT, check_hop_limit, check_keepalive, check_window};
 use crate::proto::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
 use crate::proto::wire::DEFAULT_HOP_LIMIT;
-use crate::proto::{HostId, Policy};
+use crate::proto::class::{RuleError, protocol, validate_rules};
+use crate::proto::shaper::Rate;
+use crate::proto::{Class, HostId, LinkSettings, Policy, Role, Rule};
 use crate::sys::Transport;
 use crate::units::parse_duration;
 
@@ -266,7 +269,7 @@ pub(super) fn links(
     link: &BTreeMap<String, super::file::LinkSection>,
 ) -> LinkSelection {
     let include = links.include.clone().unwrap_or_else(|| vec!["*".to_string()]);
-    LinkSelection {
+    let selection = LinkSelection {
         include: c.globs("links.include", &include),
         exclude: c.globs("links.exclude", &links.exclude),
         allow_virtual: links.allow_virtual,
@@ -287,10 +290,32 @@ pub(super) fn links(
                         }
                     },
                 };
-                (name.clone(), LinkOptions { enabled: l.enabled, gateway })
+                let role = l.role.as_deref().map_or(Role::Primary, |r| {
+                    r.parse::<Role>().unwrap_or_else(|e| {
+                        c.bad(format!("link.{name}.role"), e.to_string());
+                        Role::Primary
+                    })
+                });
+                let up = l.up.as_deref().and_then(|r| {
+                    r.parse::<Rate>().map_err(|e| c.bad(format!("link.{name}.up"), e.to_string())).ok()
+                });
+                (name.clone(), LinkOptions { enabled: l.enabled, gateway, settings: LinkSettings { role, up } })
             })
             .collect(),
+    };
+    // A role or rate for a NIC the selection never takes is a mistake
+    // (a typo in the name, most often).
+    for (name, o) in &selection.options {
+        let taken = selection.include.is_match(name) && !selection.exclude.is_match(name);
+        if !taken && o.settings != LinkSettings::default() {
+            let field = if link[name].role.is_some() { "role" } else { "up" };
+            c.bad(
+                format!("link.{name}.{field}"),
+                format!("{name} is not selected by links.include / links.exclude, so this never applies: check the name, or add it to links.include"),
+            );
+        }
     }
+    selection
 }
 
 /// The `[[peer]]` sections; `routed` collects every prefix routed to a peer, with its field.
@@ -422,16 +447,98 @@ pub(super) fn advertised_not_routed(c: &mut Checker, advertise: &[IpNet], routed
     }
 }
 
-/// The global `policy`.
-pub(super) fn policy(c: &mut Checker, file: &File) -> Policy {
-    match file.policy.as_deref().map(str::parse::<Policy>) {
-        None => Policy::All,
+/// A global policy (`policy`, `bulk_policy`), `default` if not given.
+pub(super) fn policy(c: &mut Checker, field: &str, text: Option<&str>, default: Policy) -> Policy {
+    match text.map(str::parse::<Policy>) {
+        None => default,
         Some(Ok(p)) => p,
         Some(Err(e)) => {
-            c.bad("policy", e.to_string());
-            Policy::All
+            c.bad(field, e.to_string());
+            default
         }
     }
+}
+
+fn protocol_number(v: &NumberOrWord) -> Result<u8, String> {
+    match v {
+        NumberOrWord::Word(w) => match w.as_str() {
+            "tcp" => Ok(protocol::TCP),
+            "udp" => Ok(protocol::UDP),
+            "icmp" => Ok(protocol::ICMP),
+            "icmpv6" => Ok(protocol::ICMPV6),
+            _ => Err(format!("unknown protocol {w:?}: use \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a number from 0 to 255")),
+        },
+        NumberOrWord::Number(n) => {
+            u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range: use 0 to 255"))
+        }
+    }
+}
+
+fn port_range(v: &NumberOrWord) -> Result<(u16, u16), String> {
+    let port = |t: &str| t.trim().parse::<u16>().ok();
+    match v {
+        NumberOrWord::Number(n) => {
+            let p = u16::try_from(*n).map_err(|_| format!("port {n} is out of range: use 0 to 65535"))?;
+            Ok((p, p))
+        }
+        NumberOrWord::Word(w) => {
+            let (lo, hi) = w.split_once('-').unwrap_or((w, w));
+            match (port(lo), port(hi)) {
+                (Some(lo), Some(hi)) => Ok((lo, hi)),
+                _ => Err(format!("{w:?} is not a port or range: write 5060 or \"10000-20000\"")),
+            }
+        }
+    }
+}
+
+/// The `[[rule]]` sections, in order, each checked alone and against the
+/// ones before it (by the core's [`validate_rules`]).
+pub(super) fn rules(c: &mut Checker, sections: &[RuleSection]) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    let before = c.problems.len();
+    for (i, r) in sections.iter().enumerate() {
+        let f = |name: &str| format!("rule[{i}].{name}");
+        let class = r.class.parse::<Class>().unwrap_or_else(|e| {
+            c.bad(f("class"), e.to_string());
+            Class::Bulk
+        });
+        let protocol = r.protocol.as_ref().and_then(|p| {
+            protocol_number(p).map_err(|e| c.bad(f("protocol"), e)).ok()
+        });
+        let ports = r
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| port_range(p).map_err(|e| c.bad(format!("rule[{i}].ports[{j}]"), e)).ok())
+            .collect();
+        let prefixes =
+            r.prefixes.iter().enumerate().filter_map(|(j, p)| c.prefix(&format!("rule[{i}].prefixes[{j}]"), p)).collect();
+        let dscp = r
+            .dscp
+            .iter()
+            .enumerate()
+            .filter_map(|(j, &d)| match u8::try_from(d) {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    c.bad(format!("rule[{i}].dscp[{j}]"), format!("DSCP {d} is out of range: DSCP is 0 to 63"));
+                    None
+                }
+            })
+            .collect();
+        rules.push(Rule { class, protocol, ports, prefixes, dscp });
+    }
+    if c.problems.len() == before
+        && let Err((i, e)) = validate_rules(&rules)
+    {
+        let field = match &e {
+            RuleError::BadDscp(_) => "dscp",
+            RuleError::EmptyPorts(..) | RuleError::PortsWithoutPorts(_) => "ports",
+            RuleError::Shadowed { .. } => "",
+        };
+        let name = if field.is_empty() { format!("rule[{i}]") } else { format!("rule[{i}].{field}") };
+        c.bad(name, e.to_string());
+    }
+    rules
 }
 
 /// The `[session]` section: window, keepalive and hop limit, checked by the core.

@@ -20,6 +20,10 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) policy: Option<String>,
     #[serde(default)]
+    pub(super) bulk_policy: Option<String>,
+    #[serde(default)]
+    pub(super) rule: Vec<RuleSection>,
+    #[serde(default)]
     pub(super) session: SessionSection,
     #[serde(default)]
     pub(super) probe: ProbeSection,
@@ -98,6 +102,28 @@ pub(super) struct LinkSection {
     #[serde(default = "yes")]
     pub(super) enabled: bool,
     pub(super) gateway: Option<String>,
+    pub(super) role: Option<String>,
+    pub(super) up: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuleSection {
+    pub(super) class: String,
+    pub(super) protocol: Option<NumberOrWord>,
+    #[serde(default)]
+    pub(super) ports: Vec<NumberOrWord>,
+    #[serde(default)]
+    pub(super) prefixes: Vec<String>,
+    #[serde(default)]
+    pub(super) dscp: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum NumberOrWord {
+    Number(i64),
+    Word(String),
 }
 
 pub(super) fn yes() -> bool {

@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use crate::keys::Key;
 use crate::proto::mesh::MeshConfig;
 use crate::proto::monitor::MonitorConfig;
-use crate::proto::{HostId, NodeConfig, Policy};
+use crate::proto::{HostId, LinkSettings, NodeConfig, Policy, Rule};
 pub use crate::sys::Transport;
 
 /// Default UDP port.
@@ -70,6 +70,8 @@ pub struct LinkOptions {
     /// Next-hop router for this link's own routing table (policy routing):
     /// needed when the link has no default route of its own.
     pub gateway: Option<IpAddr>,
+    /// Its role and upload rate.
+    pub settings: LinkSettings,
 }
 
 /// A remote endpoint, optionally tied to one local NIC.
@@ -125,8 +127,12 @@ pub struct Config {
     pub links: LinkSelection,
     /// Peers.
     pub peers: Vec<PeerConfig>,
-    /// Duplication policy.
+    /// Real-time traffic's duplication policy.
     pub policy: Policy,
+    /// Bulk traffic's duplication policy.
+    pub bulk_policy: Policy,
+    /// Classification rules, in order.
+    pub rules: Vec<Rule>,
     /// Dedup / anti-replay window in packets.
     pub window: u32,
     /// Keepalive interval (`None`: off).
@@ -192,6 +198,8 @@ impl Config {
         nc.keepalive = self.keepalive;
         nc.max_packet = max_packet;
         nc.policy = self.policy;
+        nc.bulk_policy = self.bulk_policy;
+        nc.rules = self.rules.clone();
         nc.monitor = self.monitor;
         nc.mesh = self.mesh;
         nc.wall_epoch_ns = wall_epoch_ns;
@@ -234,7 +242,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut routed = BTreeMap::new();
     let peers = check::peers(&mut c, &file.peer, host, h.transport, &mut routed);
     check::advertised_not_routed(&mut c, &h.advertise, &routed);
-    let policy = check::policy(&mut c, &file);
+    let policy = check::policy(&mut c, "policy", file.policy.as_deref(), Policy::All);
+    let bulk_policy = check::policy(&mut c, "bulk_policy", file.bulk_policy.as_deref(), Policy::Failover);
+    let rules = check::rules(&mut c, &file.rule);
     let (window, keepalive, hop_limit) = check::session(&mut c, &file.session);
     let monitor = check::probe(&mut c, &file.probe);
     let (control_socket, prometheus) = check::control(&mut c, &file.control, &h.tun);
@@ -253,6 +263,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             links,
             peers,
             policy,
+            bulk_policy,
+            rules,
             window,
             keepalive,
             hop_limit,

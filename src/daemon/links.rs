@@ -89,7 +89,13 @@ impl Links {
         let link = LinkId(nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
         self.shared.names.write().unwrap_or_else(|e| e.into_inner()).insert(link, nic.name.clone());
-        self.shared.node().add_link(self.shared.now(), link);
+        let settings = self.cfg.links.options.get(&nic.name).map(|o| o.settings).unwrap_or_default();
+        {
+            let mut node = self.shared.node();
+            let now = self.shared.now();
+            node.configure_link(now, link, settings);
+            node.add_link(now, link);
+        }
         let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
         let installed = self.policy_routes(&nic).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");

@@ -16,6 +16,8 @@ use std::time::Duration;
 use super::ids::{HostId, LinkId, PathAddr};
 use super::monitor::{Change, Credit, EXPECT_WITHIN, Health, PassiveCounts};
 use super::path::{MAX_LEARNED_PATHS, Path, PathId, PathSet, Paths};
+use super::class::Class;
+use super::link::Role;
 use super::policy::{Candidate, Policy, Ranking};
 use super::session::Sessions;
 use super::stats::Count;
@@ -91,6 +93,17 @@ pub struct Bundle {
     /// The last inner source address found routed to this neighbour, with
     /// the router version it was checked at (most packets repeat it).
     pub(super) source_ok: Option<(std::net::IpAddr, u64)>,
+    /// The role of each local link it was told of.
+    roles: Vec<(LinkId, Role)>,
+}
+
+/// The duplication policy of each class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policies {
+    /// Real-time traffic's.
+    pub realtime: Policy,
+    /// Bulk traffic's.
+    pub bulk: Policy,
 }
 
 /// First arrivals of data a bundle remembers, to tell which a stalled path missed.
@@ -107,7 +120,7 @@ impl Credit for PathCredit<'_> {
     fn expected(&self, slot: usize, first_at: Time, now: Time) -> bool {
         self.0
             .at_slot(slot)
-            .is_some_and(|p| p.usable && p.created <= first_at && p.last_rx.is_some_and(|t| now - t < EXPECT_WITHIN))
+            .is_some_and(|p| p.usable && p.created <= first_at && p.last_data.is_some_and(|t| now - t < EXPECT_WITHIN))
     }
 
     fn counts(&mut self, slot: usize) -> Option<&mut PassiveCounts> {
@@ -133,7 +146,22 @@ impl Bundle {
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
             next_first: 0,
             source_ok: None,
+            roles: Vec::new(),
         }
+    }
+
+    /// The role of local `link`.
+    pub fn role(&self, link: LinkId) -> Role {
+        self.roles.iter().find(|(l, _)| *l == link).map_or(Role::Primary, |(_, r)| *r)
+    }
+
+    /// Local `link` has role `role` now.
+    pub(super) fn set_role(&mut self, link: LinkId, role: Role) {
+        match self.roles.iter_mut().find(|(l, _)| *l == link) {
+            Some((_, r)) => *r = role,
+            None => self.roles.push((link, role)),
+        }
+        self.rerank();
     }
 
     /// Its peer's host id.
@@ -190,13 +218,39 @@ impl Bundle {
         self.sessions.staged()
     }
 
-    /// The paths its policy (or `default`) copies a packet onto now.
-    /// `all` copies onto down paths too: a path that comes back carries
-    /// packets from its first moment, not only once probes have noticed.
-    pub fn select(&self, default: Policy) -> PathSet {
-        let usable = self.paths.usable();
-        let is_usable = |id| self.paths.get(id).is_some_and(|p| p.usable);
-        self.policy.unwrap_or(default).select(usable, is_usable, &self.ranking)
+    /// The paths a packet of `class` is copied onto now: its class's policy
+    /// (real-time: the bundle's own, if set) among the paths its links'
+    /// roles allow. `all` copies onto down paths too: a path that comes
+    /// back carries packets from its first moment, not only once probes
+    /// have noticed.
+    pub fn select(&self, class: Class, policies: Policies) -> PathSet {
+        let allowed = self.allowed(class);
+        let is_usable = |id| allowed.contains(id) && self.paths.get(id).is_some_and(|p| p.usable);
+        let policy = match class {
+            Class::Realtime => self.policy.unwrap_or(policies.realtime),
+            Class::Bulk => policies.bulk,
+        };
+        policy.select(allowed, is_usable, &self.ranking)
+    }
+
+    /// The usable paths the links' roles let carry `class` now: real-time
+    /// goes on primary and secondary links while one of their paths is
+    /// alive, bulk on the cheapest tier with a path alive; with none alive
+    /// (nothing known yet, or everything failed), every usable path.
+    pub fn allowed(&self, class: Class) -> PathSet {
+        let mut tiers = [PathSet::EMPTY; 3];
+        let mut alive = [false; 3];
+        for p in self.paths.iter().filter(|p| p.usable) {
+            let t = self.role(p.addr.link).tier();
+            tiers[t].insert(p.id());
+            alive[t] |= p.monitor.health().is_alive();
+        }
+        let any = tiers[0].union(tiers[1]).union(tiers[2]);
+        match class {
+            Class::Realtime if alive[0] || alive[1] => tiers[0].union(tiers[1]),
+            Class::Bulk => (0..3).find(|&t| alive[t]).map_or(any, |t| tiers[t]),
+            Class::Realtime => any,
+        }
     }
 
     /// Every usable path (handshakes and adverts go on all of them).
@@ -224,7 +278,13 @@ impl Bundle {
             .paths
             .iter()
             .filter(|p| p.usable)
-            .map(|p| Candidate { id: p.id(), addr: p.addr, health: p.monitor.health(), cost: p.monitor.cost() })
+            .map(|p| Candidate {
+                id: p.id(),
+                addr: p.addr,
+                role: self.role(p.addr.link),
+                health: p.monitor.health(),
+                cost: p.monitor.cost(),
+            })
             .collect();
         self.ranking.update(&candidates);
     }

@@ -1,39 +1,172 @@
-//! The local links the node knows are up, with their counters.
+//! The local links: the ones the node knows are up, with their counters,
+//! and what the config says of each (its role, its rate).
+//!
+//! A link's role is its cost tier, as users of bonding routers expect:
+//! - `primary` (default): carries everything its policies give it;
+//! - `secondary` (a metered LTE link, say): carries real-time copies, and
+//!   bulk only while no primary path toward the peer is alive;
+//! - `backup`: carries nothing while a primary or secondary path toward the
+//!   peer is alive, then everything.
+//!
+//! Probes, keepalives and handshakes go on every link whatever its role:
+//! a backup link is measured all the time, so it is known good (or not)
+//! the moment it is needed.
+
+use std::fmt;
+use std::str::FromStr;
 
 use super::ids::LinkId;
+use super::shaper::{Rate, Shaper};
 use super::stats::LinkStats;
+use super::time::Time;
+use super::transmit::Transmits;
 
-/// The local links that are up, in the order they came up.
-#[derive(Debug, Default)]
-pub struct Links {
-    links: Vec<(LinkId, LinkStats)>,
+/// A link's cost tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Carries everything.
+    #[default]
+    Primary,
+    /// Real-time copies; bulk only while no primary path is alive.
+    Secondary,
+    /// Nothing while a primary or secondary path is alive, then everything.
+    Backup,
 }
 
-impl Links {
-    /// Add `link` (idempotent).
-    pub fn add(&mut self, link: LinkId) {
-        if !self.links.iter().any(|(id, _)| *id == link) {
-            self.links.push((link, LinkStats::default()));
+impl Role {
+    /// Every role, cheapest first.
+    pub const ALL: [Role; 3] = [Role::Primary, Role::Secondary, Role::Backup];
+
+    /// Its stable name (config, status, metrics).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Backup => "backup",
         }
     }
 
-    /// Forget `link`.
+    /// Its tier, 0 cheapest.
+    pub const fn tier(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role name that is not known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: use \"primary\", \"secondary\" or \"backup\"")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        match s {
+            "primary" => Ok(Role::Primary),
+            "secondary" => Ok(Role::Secondary),
+            "backup" => Ok(Role::Backup),
+            _ => Err(UnknownRole(s.to_string())),
+        }
+    }
+}
+
+/// What the config says of one link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Its cost tier.
+    pub role: Role,
+    /// Its upload rate: what mpvr sends on it is shaped just under this,
+    /// real-time first (`None`: not shaped).
+    pub up: Option<Rate>,
+}
+
+/// A link that is up: its counters and, if it has a rate, its shaper.
+#[derive(Debug)]
+struct Up {
+    id: LinkId,
+    stats: LinkStats,
+    shaper: Option<Shaper>,
+}
+
+/// The local links that are up, in the order they came up, and the
+/// settings of every link the node was told of (kept while it is down).
+#[derive(Debug, Default)]
+pub struct Links {
+    up: Vec<Up>,
+    settings: Vec<(LinkId, LinkSettings)>,
+}
+
+impl Links {
+    /// Add `link` at `now` (idempotent).
+    pub fn add(&mut self, link: LinkId, now: Time) {
+        if !self.up.iter().any(|u| u.id == link) {
+            let shaper = self.settings(link).up.map(|r| Shaper::new(r, now));
+            self.up.push(Up { id: link, stats: LinkStats::default(), shaper });
+        }
+    }
+
+    /// Forget `link` (its settings stay; what its shaper held is dropped).
     pub fn remove(&mut self, link: LinkId) {
-        self.links.retain(|(id, _)| *id != link);
+        self.up.retain(|u| u.id != link);
+    }
+
+    /// Set what the config says of `link` at `now` (a new rate starts a new shaper).
+    pub fn configure(&mut self, link: LinkId, s: LinkSettings, now: Time) {
+        match self.settings.iter_mut().find(|(id, _)| *id == link) {
+            Some((_, old)) => *old = s,
+            None => self.settings.push((link, s)),
+        }
+        if let Some(u) = self.up.iter_mut().find(|u| u.id == link)
+            && u.shaper.as_ref().map(Shaper::rate) != s.up
+        {
+            u.shaper = s.up.map(|r| Shaper::new(r, now));
+        }
+    }
+
+    /// What the config says of `link` (defaults if nothing).
+    pub fn settings(&self, link: LinkId) -> LinkSettings {
+        self.settings.iter().find(|(id, _)| *id == link).map(|(_, s)| *s).unwrap_or_default()
     }
 
     /// The counters of `link`, if it is up.
     pub fn stats_mut(&mut self, link: LinkId) -> Option<&mut LinkStats> {
-        self.links.iter_mut().find(|(id, _)| *id == link).map(|(_, s)| s)
+        self.up.iter_mut().find(|u| u.id == link).map(|u| &mut u.stats)
+    }
+
+    /// The counters and shaper of `link`, if it is up.
+    pub(crate) fn parts_mut(&mut self, link: LinkId) -> Option<(&mut LinkStats, Option<&mut Shaper>)> {
+        self.up.iter_mut().find(|u| u.id == link).map(|u| (&mut u.stats, u.shaper.as_mut()))
+    }
+
+    /// The shaper of `link`, if it is up and has a rate.
+    pub fn shaper(&self, link: LinkId) -> Option<&Shaper> {
+        self.up.iter().find(|u| u.id == link).and_then(|u| u.shaper.as_ref())
+    }
+
+    /// Send what every shaper may send at `now`.
+    pub(crate) fn release(&mut self, now: Time, out: &mut Transmits) {
+        for s in self.up.iter_mut().filter_map(|u| u.shaper.as_mut()) {
+            s.release(now, out);
+        }
+    }
+
+    /// When a shaper next has a copy to send.
+    pub fn next_release(&self) -> Option<Time> {
+        self.up.iter().filter_map(|u| u.shaper.as_ref()?.next_release()).min()
     }
 
     /// The ids of the links, in order.
     pub fn ids(&self) -> Vec<LinkId> {
-        self.links.iter().map(|(id, _)| *id).collect()
+        self.up.iter().map(|u| u.id).collect()
     }
 
     /// Every link with its counters.
     pub fn iter(&self) -> impl Iterator<Item = (LinkId, &LinkStats)> {
-        self.links.iter().map(|(id, s)| (*id, s))
+        self.up.iter().map(|u| (u.id, &u.stats))
     }
 }

@@ -18,10 +18,15 @@
 //! - bundle: all paths and sessions toward one neighbour ([`bundle::Bundle`]);
 //! - route: prefix -> next hop ([`route`], composed by [`router::Router`]
 //!   from the configured routes and the [`mesh`]);
-//! - policy: which paths a packet is copied onto ([`Policy`]).
+//! - policy: which paths a packet is copied onto ([`Policy`]);
+//! - class: what kind of traffic a packet is ([`Class`], decided by
+//!   [`class::Classifier`]); each class has its policy ([`Policies`]);
+//! - role: a link's cost tier ([`Role`]), and its rate, which a
+//!   [`shaper::Shaper`] keeps to, real-time first.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod class;
 pub mod crypto;
 pub mod handshake;
 pub mod ids;
@@ -35,13 +40,16 @@ pub mod policy;
 pub mod route;
 pub mod router;
 pub mod session;
+pub mod shaper;
 pub mod stats;
 pub mod time;
 pub mod transmit;
 pub mod window;
 pub mod wire;
 
-pub use bundle::{Bundle, BundleConfig, EndpointSpec};
+pub use bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
+pub use class::{Class, Rule};
+pub use link::{LinkSettings, Role};
 pub use crypto::SessionKeys;
 pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};

@@ -85,6 +85,11 @@ impl PathSet {
         self.contains_slot(id.slot())
     }
 
+    /// The paths in either.
+    pub fn union(self, other: PathSet) -> PathSet {
+        PathSet(self.0 | other.0)
+    }
+
     /// Nothing in it.
     pub fn is_empty(self) -> bool {
         self.0 == 0

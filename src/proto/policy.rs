@@ -14,6 +14,9 @@
 //!   suspect or goes down, the best path that is up (else degraded) takes
 //!   over, preferring one that shares neither its local link nor its remote
 //!   endpoint (failures are correlated), then one on another local link.
+//!   Paths on the cheapest link role with a path up come first (a
+//!   secondary or backup link takes over only while no primary path is up,
+//!   and hands back when one is). Bulk traffic's default.
 //!
 //! Before any path has answered a probe (all down), every policy copies onto
 //! every usable path: nothing is known yet, and a copy too many costs less
@@ -24,6 +27,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::ids::PathAddr;
+use super::link::Role;
 use super::monitor::Health;
 use super::path::{PathId, PathSet};
 
@@ -53,6 +57,8 @@ pub struct Candidate {
     pub id: PathId,
     /// Its local link and remote endpoint.
     pub addr: PathAddr,
+    /// Its local link's role.
+    pub role: Role,
     /// Its state.
     pub health: Health,
     /// Its cost (`None`: not measured yet).
@@ -99,7 +105,10 @@ impl Ranking {
             }
         }
         self.order = order.iter().map(|c| c.id).collect();
-        let keep = self.active.and_then(find).is_some_and(|c| c.health == Health::Up);
+        // The cheapest role with a path up: the active path is kept while
+        // it is up and of that role (a backup is left when a primary is back).
+        let tier = order.iter().filter(|c| c.health == Health::Up).map(|c| c.role).min();
+        let keep = self.active.and_then(find).is_some_and(|c| c.health == Health::Up && Some(c.role) == tier);
         if keep {
             return false;
         }
@@ -110,7 +119,7 @@ impl Ranking {
         let apart = |c: &&&Candidate, remote_too: bool| {
             lost.is_none_or(|l| c.addr.link != l.link && (!remote_too || c.addr.remote != l.remote))
         };
-        let up = || order.iter().filter(|c| c.health == Health::Up);
+        let up = || order.iter().filter(|c| c.health == Health::Up && Some(c.role) == tier);
         let next = up()
             .find(|c| apart(c, true))
             .or_else(|| up().find(|c| apart(c, false)))
@@ -137,9 +146,11 @@ impl Policy {
                 }
                 if taken.is_empty() { usable } else { taken }
             }
+            // The active path, else (it is not allowed here: a role keeps
+            // this class off it) the best ranked one allowed.
             Policy::Failover => match ranking.active.filter(|&a| is_usable(a)) {
                 Some(a) => PathSet::of(a),
-                None => usable,
+                None => ranking.order.iter().copied().find(|&i| is_usable(i)).map_or(usable, PathSet::of),
             },
         }
     }
@@ -192,7 +203,7 @@ mod tests {
             link: crate::proto::LinkId(index as u32),
             remote: format!("192.0.2.{index}:1").parse().unwrap(),
         };
-        Candidate { id: id(index), addr, health, cost }
+        Candidate { id: id(index), addr, role: Role::Primary, health, cost }
     }
 
     fn chosen(p: Policy, usable: &[usize], r: &Ranking) -> Vec<usize> {
@@ -264,10 +275,28 @@ mod tests {
     }
 
     #[test]
+    fn failover_prefers_the_cheapest_role_and_hands_back() {
+        let with = |index: usize, role: Role, health: Health, cost: u64| Candidate { role, ..c(index, health, ms(cost)) };
+        let mut r = Ranking::default();
+        // The secondary path is faster, the primary is chosen.
+        r.update(&[with(0, Role::Primary, Health::Up, 30), with(1, Role::Secondary, Health::Up, 10)]);
+        assert_eq!(r.active, Some(id(0)));
+        // The primary fails: the secondary; it comes back: the primary again.
+        r.update(&[with(0, Role::Primary, Health::Suspect, 30), with(1, Role::Secondary, Health::Up, 10)]);
+        assert_eq!(r.active, Some(id(1)));
+        r.update(&[with(0, Role::Primary, Health::Up, 30), with(1, Role::Secondary, Health::Up, 10)]);
+        assert_eq!(r.active, Some(id(0)));
+        // A path the caller does not allow is passed over for the best allowed.
+        let only = |i: PathId| i == id(1);
+        assert_eq!(Policy::Failover.select(PathSet::of(id(1)), only, &r), PathSet::of(id(1)));
+    }
+
+    #[test]
     fn failover_moves_off_the_failed_link_and_endpoint() {
         let at = |index: usize, link: u32, remote: &str, health: Health, cost: u64| Candidate {
             id: id(index),
             addr: PathAddr { link: crate::proto::LinkId(link), remote: remote.parse().unwrap() },
+            role: Role::Primary,
             health,
             cost: ms(cost),
         };

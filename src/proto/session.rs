@@ -108,6 +108,8 @@ pub struct Pending {
 pub struct Staged {
     /// Hop limit to seal it with.
     pub hop_limit: u8,
+    /// Its class.
+    pub class: crate::proto::class::Class,
     /// The IP packet.
     pub packet: Vec<u8>,
 }
@@ -305,11 +307,11 @@ impl Sessions {
     }
 
     /// Hold a packet until a session exists; `false` if the queue is full.
-    pub fn stage(&mut self, hop_limit: u8, packet: &[u8]) -> bool {
+    pub fn stage(&mut self, hop_limit: u8, class: crate::proto::class::Class, packet: &[u8]) -> bool {
         if self.staged.len() >= MAX_STAGED {
             return false;
         }
-        self.staged.push_back(Staged { hop_limit, packet: packet.to_vec() });
+        self.staged.push_back(Staged { hop_limit, class, packet: packet.to_vec() });
         true
     }
 

@@ -172,6 +172,10 @@ pub struct NodeStats {
     pub adverts_out: Count,
     /// Route advertisements received (authenticated, decoded).
     pub adverts_in: u64,
+    /// Data packets sealed, by class ([`crate::proto::class::Class::index`]): read from the TUN or relayed.
+    pub class_out: [Count; 2],
+    /// Data packets delivered to the TUN, by class.
+    pub class_in: [Count; 2],
     /// Every drop, by reason.
     pub drops: DropCounts,
 }
@@ -181,8 +185,10 @@ pub struct NodeStats {
 pub struct LinkStats {
     /// Datagrams received on this link.
     pub rx: Count,
-    /// Copies sent on this link.
+    /// Copies sent on this link (or held by its shaper, which may drop them).
     pub tx: Count,
+    /// Data copies sent on this link, by class.
+    pub class_tx: [Count; 2],
     /// Datagrams received on this link and dropped, by reason.
     pub drops: DropCounts,
 }

@@ -90,6 +90,31 @@ impl Transmits {
         self.pending += 1;
     }
 
+    /// Queue a datagram sealed before (one a shaper held) for one path.
+    pub(crate) fn push_raw(&mut self, datagram: &[u8], path: PathAddr) {
+        debug_assert_eq!(self.pending, 0);
+        let start = self.buf.len();
+        self.buf.extend_from_slice(datagram);
+        self.paths.push(path);
+        self.items.push(Item { bytes: start..self.buf.len(), paths: self.paths.len() - 1..self.paths.len() });
+    }
+
+    /// The bytes of the datagram queued last.
+    pub(crate) fn last_datagram(&self) -> Option<&[u8]> {
+        self.items.last().map(|i| &self.buf[i.bytes.clone()])
+    }
+
+    /// Forget the datagram queued last if it goes on no path (every copy
+    /// of it was held by a shaper).
+    pub(crate) fn drop_last_if_pathless(&mut self) {
+        if let Some(i) = self.items.last()
+            && i.paths.is_empty()
+        {
+            self.buf.truncate(i.bytes.start);
+            self.items.pop();
+        }
+    }
+
     /// Queue an unsealed message (a handshake) for every staged path.
     /// Returns the number of copies.
     pub(crate) fn push_plain(&mut self, header: &Header, payload: &[u8]) -> usize {

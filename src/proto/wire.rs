@@ -24,7 +24,9 @@
 //!
 //! Flags: bit 0 is the key phase of a sealed message (which of the two
 //! sessions a neighbour keeps, the current or the one being replaced, sealed
-//! it); every other bit must be 0. Handshake messages have sequence number 0.
+//! it); bit 1 (data only) says the packet went on one path alone (a bulk
+//! packet, say), so the receiver does not count it missing on the others
+//! (passive counts, stall detection); every other bit must be 0. Handshake messages have sequence number 0.
 //!
 //! All integers are big-endian. The 20-byte header is the AEAD's associated
 //! data and the sequence number is its nonce, so the header is authenticated
@@ -61,6 +63,8 @@ pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 pub const UDP_HEADER_LEN: usize = 8;
 /// Flags bit 0: the key phase of a sealed message.
 pub const FLAG_KEY_PHASE: u8 = 1;
+/// Flags bit 1: a data packet sent on one path alone.
+pub const FLAG_SOLE: u8 = 2;
 /// Default hop limit for data: enough for any sane overlay, small enough to
 /// kill a loop quickly.
 pub const DEFAULT_HOP_LIMIT: u8 = 8;
@@ -278,6 +282,8 @@ pub struct Header {
     pub hop_limit: u8,
     /// Key phase of a sealed message (flags bit 0).
     pub key_phase: bool,
+    /// A data packet sent on one path alone (flags bit 1).
+    pub sole: bool,
     /// Previous hop.
     pub sender: HostId,
     /// Next hop.
@@ -299,7 +305,11 @@ impl Header {
             return Err(WireError::BadVersion(p.version()));
         }
         let msg_type = MessageType::from_u8(p.msg_type()).ok_or(WireError::UnknownType(p.msg_type()))?;
-        let allowed = if msg_type.is_sealed() { FLAG_KEY_PHASE } else { 0 };
+        let allowed = match msg_type {
+            MessageType::Data => FLAG_KEY_PHASE | FLAG_SOLE,
+            t if t.is_sealed() => FLAG_KEY_PHASE,
+            _ => 0,
+        };
         if p.flags() & !allowed != 0 {
             return Err(WireError::BadFlags(p.flags()));
         }
@@ -313,6 +323,7 @@ impl Header {
             msg_type,
             hop_limit: p.hop_limit(),
             key_phase: p.flags() & FLAG_KEY_PHASE != 0,
+            sole: p.flags() & FLAG_SOLE != 0,
             sender,
             receiver,
             seq: p.seq(),
@@ -328,7 +339,8 @@ impl Header {
         b[field::VERSION] = VERSION;
         b[field::TYPE] = self.msg_type as u8;
         b[field::HOP_LIMIT] = self.hop_limit;
-        b[field::FLAGS] = if self.key_phase { FLAG_KEY_PHASE } else { 0 };
+        b[field::FLAGS] =
+            if self.key_phase { FLAG_KEY_PHASE } else { 0 } | if self.sole { FLAG_SOLE } else { 0 };
         b[field::SENDER].copy_from_slice(&self.sender.get().to_be_bytes());
         b[field::RECEIVER].copy_from_slice(&self.receiver.get().to_be_bytes());
         b[field::SEQ].copy_from_slice(&self.seq.0.to_be_bytes());
@@ -357,6 +369,7 @@ mod tests {
             msg_type: MessageType::Data,
             hop_limit: 3,
             key_phase: false,
+            sole: false,
             sender: hid(1),
             receiver: hid(2),
             seq: Seq(9),
@@ -374,8 +387,12 @@ mod tests {
         v[1] = 0;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::UnknownType(0));
         let mut v = b.clone();
+        v[3] = 4;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(4));
         v[3] = 2;
-        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(2));
+        assert!(parse(&v[..]).unwrap().sole, "data may be sole");
+        v[1] = MessageType::Probe as u8;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(2), "nothing else may");
         let mut v = b.clone();
         v[3] = 1;
         assert!(parse(&v[..]).unwrap().key_phase);
@@ -395,7 +412,8 @@ mod tests {
         fn header_roundtrip(ty in 1u8..=8, hop: u8, s in 1u32.., r in 1u32.., seq: u64, extra in 0usize..64) {
             let ty = MessageType::from_u8(ty).unwrap();
             let key_phase = ty.is_sealed() && seq % 2 == 1;
-            let h = Header { msg_type: ty, hop_limit: hop, key_phase, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
+            let sole = ty == MessageType::Data && seq % 3 == 0;
+            let h = Header { msg_type: ty, hop_limit: hop, key_phase, sole, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
             let mut b = vec![0u8; OVERHEAD + extra];
             h.emit(&mut b);
             let p = Packet::new_checked(&b[..]).unwrap();

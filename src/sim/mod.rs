@@ -68,6 +68,9 @@ pub struct Stream {
     pub count: u64,
     /// IP packet size in bytes.
     pub size: usize,
+    /// DSCP of its packets ([`traffic::EF`]: real-time media; 0 and large
+    /// packets: bulk).
+    pub dscp: u8,
 }
 
 impl Stream {
@@ -424,7 +427,7 @@ impl Sim {
             EventKind::StreamTick { stream, n } => {
                 let s = &self.streams[stream.0];
                 let id = ((stream.0 as u64) << STREAM_SHIFT) | n;
-                let packet = traffic::udp_packet(s.src, s.dst, id, s.size);
+                let packet = traffic::udp_packet_marked(s.src, s.dst, id, s.size, s.dscp);
                 let host = s.from;
                 if n + 1 < s.count {
                     let next = s.send_time(n + 1);

@@ -119,5 +119,6 @@ impl Chain {
 }
 
 fn stream_1_to_2(from: HostIx, start: Duration, interval: Duration, count: u64, size: usize) -> Stream {
-    Stream { from, src: addr4(1), dst: addr4(2), start: Time::from_duration(start), interval, count, size }
+    let start = Time::from_duration(start);
+    Stream { from, src: addr4(1), dst: addr4(2), start, interval, count, size, dscp: super::traffic::EF }
 }

@@ -27,23 +27,34 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// DSCP EF (expedited forwarding): how test media marks itself real-time.
+pub const EF: u8 = 46;
+
 /// An IP/UDP packet of `total_len` bytes (at least the headers plus 8) from
-/// `src` to `dst` carrying `id`. Both addresses must be of one family.
+/// `src` to `dst` carrying `id`, marked DSCP EF (test media: real-time).
+/// Both addresses must be of one family.
 ///
 /// # Panics
 /// If the families differ or `total_len` is too small or too large (test bugs).
 pub fn udp_packet(src: IpAddr, dst: IpAddr, id: u64, total_len: usize) -> Vec<u8> {
+    udp_packet_marked(src, dst, id, total_len, EF)
+}
+
+/// [`udp_packet`] with DSCP `dscp` (0: best effort, which a large packet
+/// makes bulk).
+pub fn udp_packet_marked(src: IpAddr, dst: IpAddr, id: u64, total_len: usize, dscp: u8) -> Vec<u8> {
     match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => udp4(s, d, id, total_len),
-        (IpAddr::V6(s), IpAddr::V6(d)) => udp6(s, d, id, total_len),
+        (IpAddr::V4(s), IpAddr::V4(d)) => udp4(s, d, id, total_len, dscp),
+        (IpAddr::V6(s), IpAddr::V6(d)) => udp6(s, d, id, total_len, dscp),
         _ => panic!("udp_packet: {src} and {dst} are of different families"),
     }
 }
 
-fn udp4(src: Ipv4Addr, dst: Ipv4Addr, id: u64, total_len: usize) -> Vec<u8> {
+fn udp4(src: Ipv4Addr, dst: Ipv4Addr, id: u64, total_len: usize, dscp: u8) -> Vec<u8> {
     assert!((20 + 8 + ID_LEN..=65_535).contains(&total_len), "bad IPv4 test packet length {total_len}");
     let mut p = vec![0u8; total_len];
     p[0] = 0x45;
+    p[1] = dscp << 2;
     p[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
     p[8] = 64; // TTL
     p[9] = 17; // UDP
@@ -56,10 +67,11 @@ fn udp4(src: Ipv4Addr, dst: Ipv4Addr, id: u64, total_len: usize) -> Vec<u8> {
     p
 }
 
-fn udp6(src: Ipv6Addr, dst: Ipv6Addr, id: u64, total_len: usize) -> Vec<u8> {
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, id: u64, total_len: usize, dscp: u8) -> Vec<u8> {
     assert!((40 + 8 + ID_LEN..=65_535).contains(&total_len), "bad IPv6 test packet length {total_len}");
     let mut p = vec![0u8; total_len];
-    p[0] = 0x60;
+    p[0] = 0x60 | dscp >> 2;
+    p[1] = (dscp & 0x03) << 6;
     p[4..6].copy_from_slice(&((total_len - 40) as u16).to_be_bytes());
     p[6] = 17;
     p[7] = 64;

@@ -7,7 +7,8 @@ use super::snapshot::*;
 use crate::proto::Path;
 use crate::proto::monitor::PassiveCounts;
 use crate::proto::stats::DropCounts;
-use crate::proto::{DropReason, LinkId, NextHop, Node, Time};
+use crate::proto::shaper::{Lane, Shaper};
+use crate::proto::{Class, DropReason, LinkId, NextHop, Node, Time};
 
 fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
     DropReason::ALL.iter().map(|r| (r.name().to_string(), d.get(*r))).collect()
@@ -15,6 +16,21 @@ fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+const LANES: [(&str, Lane); 3] = [("realtime", Lane::Realtime), ("control", Lane::Control), ("bulk", Lane::Bulk)];
+
+fn shaper_snap(s: &Shaper) -> ShaperSnap {
+    let st = s.stats();
+    let backlog = s.backlog();
+    let per = |f: &dyn Fn(usize) -> u64| LANES.iter().map(|(n, l)| (n.to_string(), f(l.index()))).collect();
+    ShaperSnap {
+        queued: per(&|i| st.queued[i]),
+        drops: per(&|i| st.drops[i]),
+        backlog_bytes: per(&|i| backlog[i] as u64),
+        delay_ms: LANES.iter().map(|(n, l)| (n.to_string(), ms(st.delay[l.index()]))).collect(),
+        bulk_delay_ms: ms(st.bulk_delay),
+    }
 }
 
 fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
@@ -28,7 +44,7 @@ fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
     }
 }
 
-fn path_snap(p: &Path, selected: bool, now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
+fn path_snap(p: &Path, selected: (bool, bool), now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
     let m = &p.monitor;
     let rtt = m.rtt();
     let (sent, answered, lost) = m.probe_counts();
@@ -38,7 +54,8 @@ fn path_snap(p: &Path, selected: bool, now: Time, name: &dyn Fn(LinkId) -> Strin
         remote: p.addr.remote.to_string(),
         learned: p.learned,
         usable: p.usable,
-        selected,
+        selected: selected.0,
+        selected_bulk: selected.1,
         state: m.health().name().to_string(),
         state_for_s: (now - m.since()).as_secs_f64(),
         reason: m.reason().to_string(),
@@ -75,14 +92,23 @@ pub struct ShellInfo<'a> {
 /// The snapshot of `node` at `now`.
 pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
     let name = shell.link_name;
+    let table = node.link_table();
     let links = node
         .links()
-        .map(|(id, l)| LinkSnap {
-            name: name(id),
-            index: id.0,
-            rx: l.rx.into(),
-            tx: l.tx.into(),
-            drops: drops_map(&l.drops),
+        .map(|(id, l)| {
+            let settings = table.settings(id);
+            LinkSnap {
+                name: name(id),
+                index: id.0,
+                rx: l.rx.into(),
+                tx: l.tx.into(),
+                drops: drops_map(&l.drops),
+                role: settings.role.name().to_string(),
+                rate: settings.up.map(|r| r.to_string()),
+                rate_bps: settings.up.map(|r| r.bits()),
+                by_class: Class::ALL.iter().map(|c| (c.name().to_string(), l.class_tx[c.index()].into())).collect(),
+                shaper: table.shaper(id).map(shaper_snap),
+            }
         })
         .collect();
     let peers = node
@@ -91,10 +117,12 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
             let firsts_in: u64 = n.paths().iter().map(|p| p.monitor.local.first).sum();
             let firsts_out: u64 = n.paths().iter().map(|p| p.monitor.remote.first).sum();
             let s = n.stats();
-            let chosen = node.chosen_paths(n.host());
+            let chosen = node.chosen_paths(n.host(), Class::Realtime);
+            let chosen_bulk = node.chosen_paths(n.host(), Class::Bulk);
             PeerSnap {
                 id: n.host().get(),
                 policy: n.policy().unwrap_or(node.config().policy).to_string(),
+                bulk_policy: node.config().bulk_policy.to_string(),
                 session: n
                     .session()
                     .map(|(created, initiator)| SessionSnap { age_s: (now - created).as_secs_f64(), initiator }),
@@ -108,7 +136,10 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 paths: n
                     .paths()
                     .iter()
-                    .map(|p| path_snap(p, chosen.contains(&p.id()), now, name, (firsts_in, firsts_out)))
+                    .map(|p| {
+                        let selected = (chosen.contains(&p.id()), chosen_bulk.contains(&p.id()));
+                        path_snap(p, selected, now, name, (firsts_in, firsts_out))
+                    })
                     .collect(),
             }
         })
@@ -161,12 +192,20 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         auth_failed: s.drops.get(DropReason::AuthFailed),
         drops: drops_map(&s.drops),
         io: shell.io.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        classes: Class::ALL
+            .iter()
+            .map(|c| {
+                let i = c.index();
+                (c.name().to_string(), ClassSnap { out: s.class_out[i].into(), into: s.class_in[i].into() })
+            })
+            .collect(),
     };
     Snapshot {
         version: SNAPSHOT_VERSION,
         host: node.host().get(),
         tun: shell.tun.to_string(),
         policy: node.config().policy.to_string(),
+        bulk_policy: node.config().bulk_policy.to_string(),
         uptime_s: shell.uptime.as_secs_f64(),
         probe_interval_ms: ms(node.config().monitor.interval),
         links,

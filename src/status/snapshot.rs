@@ -27,14 +27,17 @@ impl From<Count> for Counter {
 /// Everything `mpvr status` shows, at one moment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Layout version ([`SNAPSHOT_VERSION`]).
+    /// Layout version ([`SNAPSHOT_VERSION`]); fields added since carry defaults.
     pub version: u32,
     /// This host's id.
     pub host: u32,
     /// The TUN interface.
     pub tun: String,
-    /// Duplication policy.
+    /// Real-time traffic's duplication policy.
     pub policy: String,
+    /// Bulk traffic's duplication policy.
+    #[serde(default)]
+    pub bulk_policy: String,
     /// Seconds since the daemon started.
     pub uptime_s: f64,
     /// Probe interval per path, in milliseconds.
@@ -64,6 +67,46 @@ pub struct LinkSnap {
     pub tx: Counter,
     /// Datagrams received on it and dropped, by reason (every reason).
     pub drops: BTreeMap<String, u64>,
+    /// Its role: primary, secondary or backup.
+    #[serde(default)]
+    pub role: String,
+    /// Its configured upload rate (`None`: not shaped).
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// Its configured upload rate, bits per second.
+    #[serde(default)]
+    pub rate_bps: Option<u64>,
+    /// Data copies sent, by class.
+    #[serde(default)]
+    pub by_class: BTreeMap<String, Counter>,
+    /// Its shaper (`None`: not shaped).
+    #[serde(default)]
+    pub shaper: Option<ShaperSnap>,
+}
+
+/// A link's shaper: its queues by lane (realtime, control, bulk).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShaperSnap {
+    /// Copies that had to wait, per lane.
+    pub queued: BTreeMap<String, u64>,
+    /// Copies dropped, per lane.
+    pub drops: BTreeMap<String, u64>,
+    /// Bytes waiting now, per lane.
+    pub backlog_bytes: BTreeMap<String, u64>,
+    /// Queueing delay of the last copy sent, per lane, milliseconds.
+    pub delay_ms: BTreeMap<String, f64>,
+    /// Smoothed queueing delay of bulk, milliseconds.
+    pub bulk_delay_ms: f64,
+}
+
+/// One class's packets in and out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassSnap {
+    /// Sealed toward a neighbour (from the TUN or relayed).
+    pub out: Counter,
+    /// Delivered to the TUN.
+    #[serde(rename = "in")]
+    pub into: Counter,
 }
 
 /// One neighbour.
@@ -71,8 +114,11 @@ pub struct LinkSnap {
 pub struct PeerSnap {
     /// Its host id.
     pub id: u32,
-    /// The duplication policy toward it.
+    /// The real-time duplication policy toward it.
     pub policy: String,
+    /// The bulk duplication policy toward it.
+    #[serde(default)]
+    pub bulk_policy: String,
     /// The session being sent on.
     pub session: Option<SessionSnap>,
     /// A handshake this host started waits for an answer.
@@ -144,8 +190,11 @@ pub struct PathSnap {
     pub learned: bool,
     /// Its local link is up.
     pub usable: bool,
-    /// The policy copies data onto it now.
+    /// The real-time policy copies data onto it now.
     pub selected: bool,
+    /// The bulk policy sends data on it now.
+    #[serde(default)]
+    pub selected_bulk: bool,
     /// "up", "degraded", "suspect" or "down".
     pub state: String,
     /// Seconds in that state.
@@ -245,4 +294,7 @@ pub struct Totals {
     pub drops: BTreeMap<String, u64>,
     /// I/O outcomes only the shell sees (send errors, full buffers, ...).
     pub io: BTreeMap<String, u64>,
+    /// Data packets by class.
+    #[serde(default)]
+    pub classes: BTreeMap<String, ClassSnap>,
 }

@@ -253,6 +253,14 @@ pub struct StreamResult {
 /// `interval`, from namespace `from_ns` to `to` (a tunnel address; the
 /// receiver listens in `to_ns`). `during(i)` is called before packet `i` is
 /// sent, so a test can cut links mid-stream.
+/// DSCP EF on what `s` sends to `to`: the test stream is real-time media,
+/// copied onto every path like the calls it stands for.
+pub fn mark_realtime(s: &UdpSocket, to: SocketAddr) {
+    let tos = u32::from(mpvr::sim::traffic::EF) << 2;
+    let r = socket2::SockRef::from(s);
+    if to.is_ipv4() { r.set_tos_v4(tos).unwrap() } else { r.set_tclass_v6(tos).unwrap() }
+}
+
 pub fn udp_stream(
     from_ns: &str,
     to_ns: &str,
@@ -279,7 +287,8 @@ pub fn udp_stream(
     });
     std::thread::sleep(Duration::from_millis(200));
     let tx = in_netns(from_ns, move || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
+        mark_realtime(&s, to);
         let mut buf = vec![0u8; size.max(8)];
         let start = Instant::now();
         for i in 0..count {

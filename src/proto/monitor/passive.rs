@@ -54,6 +54,8 @@ struct Slot {
     first_at: Time,
     mask: u32,
     open: bool,
+    /// Sent on several paths (not on one alone): the others are expected too.
+    spread: bool,
 }
 
 /// Which paths delivered each recent data packet of one session (paths by
@@ -91,8 +93,10 @@ pub trait Credit {
 
 impl Passive {
     /// Path `path` delivered data packet `seq` at `now`; `first`: it was
-    /// the first copy. Late copies whose slot was reused are not credited.
-    pub fn record(&mut self, now: Time, seq: u64, path: usize, first: bool, credit: &mut impl Credit) {
+    /// the first copy; `spread`: it was sent on several paths (a packet
+    /// sent on one alone is never missing on the others). Late copies
+    /// whose slot was reused are not credited.
+    pub fn record(&mut self, now: Time, seq: u64, path: usize, first: bool, spread: bool, credit: &mut impl Credit) {
         if path >= MAX_PATHS || seq < self.settled {
             return;
         }
@@ -108,7 +112,7 @@ impl Passive {
         if slot.open {
             Self::settle_slot(&mut self.slots[i], now, credit);
         }
-        self.slots[i] = Slot { seq, first_at: now, mask: 1 << path, open: true };
+        self.slots[i] = Slot { seq, first_at: now, mask: 1 << path, open: true, spread };
         self.oldest.get_or_insert(now);
         self.highest = self.highest.max(seq);
         if let Some(c) = credit.counts(path) {
@@ -130,7 +134,11 @@ impl Passive {
     fn settle_slot(slot: &mut Slot, now: Time, credit: &mut impl Credit) {
         slot.open = false;
         let span = credit.span().min(MAX_PATHS);
-        let expected: u32 = (0..span).filter(|&p| credit.expected(p, slot.first_at, now)).fold(0, |m, p| m | 1 << p);
+        let expected: u32 = if slot.spread {
+            (0..span).filter(|&p| credit.expected(p, slot.first_at, now)).fold(0, |m, p| m | 1 << p)
+        } else {
+            0
+        };
         let rescue = slot.mask.count_ones() == 1 && (expected & !slot.mask) != 0;
         for p in 0..span {
             let bit = 1u32 << p;
@@ -202,12 +210,12 @@ mod tests {
         let mut paths = Paths { counts: vec![PassiveCounts::default(); 3], expected: vec![true, true, false] };
         let t = Time::ZERO + ms(10);
         // seq 1: both paths, 0 first. seq 2: only 1. seq 3: only 0. seq 4: 1 then 0.
-        p.record(t, 1, 0, true, &mut paths);
-        p.record(t, 1, 1, false, &mut paths);
-        p.record(t, 2, 1, true, &mut paths);
-        p.record(t, 3, 0, true, &mut paths);
-        p.record(t, 4, 1, true, &mut paths);
-        p.record(t, 4, 0, false, &mut paths);
+        p.record(t, 1, 0, true, true, &mut paths);
+        p.record(t, 1, 1, false, true, &mut paths);
+        p.record(t, 2, 1, true, true, &mut paths);
+        p.record(t, 3, 0, true, true, &mut paths);
+        p.record(t, 4, 1, true, true, &mut paths);
+        p.record(t, 4, 0, false, true, &mut paths);
         p.settle(t + ms(999), &mut paths);
         assert_eq!(paths.counts[0].delivered, 0, "nothing settles before SETTLE_AFTER");
         p.settle(t + SETTLE_AFTER, &mut paths);
@@ -215,14 +223,22 @@ mod tests {
         assert_eq!(paths.counts[1], PassiveCounts { delivered: 3, missing: 1, first: 2, rescues: 1 });
         assert_eq!(paths.counts[2], PassiveCounts::default(), "an unexpected path is not missing");
         // A copy after settling is not credited again.
-        p.record(t + SETTLE_AFTER, 2, 0, false, &mut paths);
+        p.record(t + SETTLE_AFTER, 2, 0, false, true, &mut paths);
         p.settle(t + SETTLE_AFTER * 3, &mut paths);
         assert_eq!(paths.counts[0].delivered, 3);
         // Wrapping the ring settles the overwritten slots first.
         for seq in 5..5 + PASSIVE_SLOTS as u64 + 10 {
-            p.record(t, seq, 0, true, &mut paths);
+            p.record(t, seq, 0, true, true, &mut paths);
         }
         assert_eq!(paths.counts[0].delivered, 3 + 10);
         assert_eq!(paths.counts[1].missing, 1 + 10);
+        // A packet sent on one path alone is missing nowhere else.
+        let t2 = t + SETTLE_AFTER * 4;
+        p.settle(t2, &mut paths);
+        let before = paths.counts[1];
+        p.record(t2, 1 << 20, 0, true, false, &mut paths);
+        p.settle(t2 + SETTLE_AFTER, &mut paths);
+        assert_eq!(paths.counts[1], before);
+        assert_eq!(paths.counts[2], PassiveCounts::default());
     }
 }

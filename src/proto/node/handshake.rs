@@ -70,6 +70,11 @@ impl Handshakes {
         self.identity.public()
     }
 
+    /// A secret key for the classifier's flow table hash.
+    pub(super) fn flow_key(&mut self) -> [u64; 2] {
+        [self.rng.next_u64(), self.rng.next_u64()]
+    }
+
     fn seed(&mut self) -> [u8; 32] {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);

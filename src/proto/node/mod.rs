@@ -58,9 +58,10 @@ use ipnet::IpNet;
 
 pub use events::{Event, MAX_RECENT_CHANGES, PathChange};
 
-use super::bundle::{Bundle, BundleConfig, EndpointSpec};
+use super::bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
+use super::class::{Class, Classifier, Rule, RuleError, validate_rules};
 use super::ids::{HostId, LinkId, Seq};
-use super::link::Links;
+use super::link::{LinkSettings, Links};
 use super::mesh::{Mesh, MeshConfig, MeshConfigError};
 use super::monitor::{Change, MonitorConfig, MonitorConfigError};
 use super::path::PathId;
@@ -96,8 +97,12 @@ pub struct NodeConfig {
     pub keepalive: Option<Duration>,
     /// Largest TUN packet accepted (the TUN MTU).
     pub max_packet: usize,
-    /// Duplication policy.
+    /// Real-time traffic's duplication policy.
     pub policy: Policy,
+    /// Bulk traffic's duplication policy.
+    pub bulk_policy: Policy,
+    /// Classification rules, checked before the automatic ones.
+    pub rules: Vec<Rule>,
     /// This host's X25519 private key.
     pub private_key: [u8; 32],
     /// Seed of the node's random generator (handshake ephemeral keys). The
@@ -128,6 +133,8 @@ impl NodeConfig {
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
             policy: Policy::All,
+            bulk_policy: Policy::Failover,
+            rules: Vec::new(),
             monitor: MonitorConfig::default(),
             mesh: Some(MeshConfig::default()),
         }
@@ -140,6 +147,7 @@ impl NodeConfig {
         check_hop_limit(self.hop_limit)?;
         check_max_packet(self.max_packet)?;
         check_keepalive(self.keepalive)?;
+        validate_rules(&self.rules).map_err(|(index, error)| SetupError::Rule { index, error })?;
         self.monitor.validate()?;
         if let Some(m) = &self.mesh {
             m.validate()?;
@@ -212,6 +220,14 @@ pub enum SetupError {
     /// A peer that was never added.
     #[error("{0} is not a peer")]
     UnknownPeer(HostId),
+    /// A classification rule that cannot work.
+    #[error("rule {index}: {error}")]
+    Rule {
+        /// Its index in the list.
+        index: usize,
+        /// What is wrong.
+        error: RuleError,
+    },
     /// A route whose next hop is not a peer.
     #[error("route {prefix} goes to {next}, which is not a peer: add it as a peer, or route via one")]
     UnknownNextHop {
@@ -269,6 +285,7 @@ pub struct Node {
     handshakes: handshake::Handshakes,
     events: events::EventLog,
     stats: NodeStats,
+    classifier: Classifier,
     /// The latest `now` any entry point was given (for link changes, which come without one).
     clock: Time,
 }
@@ -277,12 +294,15 @@ impl Node {
     /// A node with no links, peers or routes.
     pub fn new(cfg: NodeConfig) -> Result<Node, SetupError> {
         cfg.validate()?;
+        let mut handshakes = handshake::Handshakes::new(&cfg);
+        let classifier = Classifier::new(&cfg.rules, handshakes.flow_key());
         Ok(Node {
             links: Links::default(),
             bundles: Vec::new(),
             index: HashMap::new(),
             router: Router::new(cfg.host, cfg.mesh),
-            handshakes: handshake::Handshakes::new(&cfg),
+            handshakes,
+            classifier,
             events: events::EventLog::default(),
             stats: NodeStats::default(),
             clock: Time::ZERO,
@@ -355,11 +375,26 @@ impl Node {
         self.router.mesh_origin(prefix)
     }
 
-    /// The paths toward `peer` a packet would be copied onto now.
-    pub fn chosen_paths(&self, peer: HostId) -> Vec<PathId> {
+    /// The paths toward `peer` a packet of `class` would be copied onto now.
+    pub fn chosen_paths(&self, peer: HostId, class: Class) -> Vec<PathId> {
         let Some(b) = self.bundle(peer) else { return Vec::new() };
-        let set = b.select(self.cfg.policy);
+        let set = b.select(class, self.policies());
         b.paths().iter().filter(|p| set.contains(p.id())).map(|p| p.id()).collect()
+    }
+
+    /// The policy of each class (a bundle may have its own for real-time).
+    pub fn policies(&self) -> Policies {
+        Policies { realtime: self.cfg.policy, bulk: self.cfg.bulk_policy }
+    }
+
+    /// The classifier: its rules and flow table.
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// The local links' settings and shapers.
+    pub fn link_table(&self) -> &Links {
+        &self.links
     }
 
     fn tick(&mut self, now: Time) {
@@ -385,6 +420,7 @@ impl Node {
         }
         let mut b = Bundle::new(c);
         for l in self.links.ids() {
+            b.set_role(l, self.links.settings(l).role);
             b.link_changed(self.clock, l, true);
         }
         self.index.insert(b.host(), self.bundles.len());
@@ -426,9 +462,21 @@ impl Node {
     /// A local link came up at `now` (idempotent): paths over it are used from now on.
     pub fn add_link(&mut self, now: Time, link: LinkId) {
         self.tick(now);
-        self.links.add(link);
+        self.links.add(link, self.clock);
+        let role = self.links.settings(link).role;
         for b in &mut self.bundles {
+            b.set_role(link, role);
             b.link_changed(self.clock, link, true);
+        }
+    }
+
+    /// What the config says of `link` (its role and rate), before or after
+    /// it comes up; kept while it is down.
+    pub fn configure_link(&mut self, now: Time, link: LinkId, settings: LinkSettings) {
+        self.tick(now);
+        self.links.configure(link, settings, self.clock);
+        for b in &mut self.bundles {
+            b.set_role(link, settings.role);
         }
     }
 

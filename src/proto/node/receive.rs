@@ -42,6 +42,7 @@ impl Node {
         out: &mut Transmits,
     ) -> Received {
         self.tick(now);
+        self.links.release(now, out);
         self.stats.datagrams_in.add(datagram.len());
         let Some(ls) = self.links.stats_mut(link) else {
             self.stats.drops.add(DropReason::UnknownLink);
@@ -117,14 +118,16 @@ impl Node {
                     change = p.monitor.on_data(now).map(|c| (id, c));
                 }
             }
-            if is_data && fresh {
+            // A packet sent on one path alone is not missed by the others.
+            if is_data && fresh && !header.sole {
                 b.first_arrival(header.key_phase, header.seq.0, now);
             }
             // The path may have been learned just now (which can replace
             // another and so touch the sessions): the session is looked up
             // again for its tracker.
             if is_data && let Some(session) = b.sessions.receiving(header.key_phase, now) {
-                session.passive.record(now, header.seq.0, id.slot(), fresh, &mut PathCredit(&mut b.paths));
+                let (seq, spread) = (header.seq.0, !header.sole);
+                session.passive.record(now, seq, id.slot(), fresh, spread, &mut PathCredit(&mut b.paths));
             }
         }
         // Data on this path may show another's stall to be that path's failure.
@@ -185,9 +188,12 @@ impl Node {
             }
             self.bundles[from].source_ok = Some((src, version));
         }
+        // Each hop classifies the packet itself (the class is not on the wire).
+        let class = self.classifier.classify(now, packet);
         match self.router.lookup(dst) {
             None | Some(NextHop::Local) => {
                 self.stats.tun_out.add(packet.len());
+                self.stats.class_in[class.index()].add(packet.len());
                 Ok(Received::Deliver(plain))
             }
             Some(NextHop::Host(next)) => {
@@ -198,7 +204,7 @@ impl Node {
                     return Err(DropReason::HopLimit);
                 }
                 let next_idx = self.index[&next];
-                let sent = self.send_data(now, next_idx, header.hop_limit - 1, packet, out)?;
+                let sent = self.send_data(now, next_idx, header.hop_limit - 1, class, packet, out)?;
                 self.stats.forwarded.add(packet.len());
                 Ok(Received::Forwarded { next_hop: next, copies: sent.map_or(0, |(_, c)| c) })
             }

@@ -4,10 +4,12 @@
 
 use super::{Node, Sent};
 use crate::proto::bundle::Bundle;
+use crate::proto::class::Class;
 use crate::proto::ids::{HostId, Seq};
 use crate::proto::ip;
 use crate::proto::link::Links;
 use crate::proto::path::{PathSet, Paths};
+use crate::proto::shaper::Lane;
 use crate::proto::route::NextHop;
 use crate::proto::stats::{DropReason, NodeStats};
 use crate::proto::time::Time;
@@ -22,49 +24,79 @@ pub(super) struct Tx<'a> {
     pub(super) stats: &'a mut NodeStats,
 }
 
-/// What is sealed: the message type and the hop limit it carries (1 for
-/// everything but data, which counts down across relays).
+/// What is sealed: the message type, the hop limit it carries (1 for
+/// everything but data, which counts down across relays) and, for data,
+/// its class.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Kind {
     msg_type: MessageType,
     hop_limit: u8,
+    class: Option<Class>,
 }
 
 impl Kind {
-    /// A data packet with `hop_limit` hops left.
-    pub(super) fn data(hop_limit: u8) -> Kind {
-        Kind { msg_type: MessageType::Data, hop_limit }
+    /// A data packet of `class` with `hop_limit` hops left.
+    pub(super) fn data(hop_limit: u8, class: Class) -> Kind {
+        Kind { msg_type: MessageType::Data, hop_limit, class: Some(class) }
     }
 
     /// A control message for the next hop only.
     pub(super) fn control(msg_type: MessageType) -> Kind {
-        Kind { msg_type, hop_limit: 1 }
+        Kind { msg_type, hop_limit: 1, class: None }
     }
 }
 
-/// Account one copy of `wire_len` bytes to every path in `set` and its link
-/// (`data`: a data packet), and stage the paths for the next datagram of `out`.
+/// Account one copy of `wire_len` bytes to every path in `set` and its
+/// link, and stage the paths for the next datagram of `out`: at once, or,
+/// on a shaped link without the tokens for it, in `held` (queued once the
+/// datagram is sealed).
 fn fan_out(
     paths: &mut Paths,
     links: &mut Links,
     now: Time,
     set: PathSet,
-    data: bool,
+    kind: Kind,
     wire_len: usize,
     out: &mut Transmits,
+    held: &mut PathSet,
 ) {
+    let lane = Lane::of(kind.class);
     for slot in set.slots() {
         let Some(p) = paths.at_slot_mut(slot) else { continue };
         p.last_tx = Some(now);
-        if data {
+        if kind.msg_type == MessageType::Data {
             p.sent_data(now);
         }
         p.tx.add(wire_len);
-        out.add_path(p.addr);
-        if let Some(l) = links.stats_mut(p.addr.link) {
-            l.tx.add(wire_len);
+        let Some((l, shaper)) = links.parts_mut(p.addr.link) else {
+            out.add_path(p.addr);
+            continue;
+        };
+        l.tx.add(wire_len);
+        if let Some(c) = kind.class {
+            l.class_tx[c.index()].add(wire_len);
+        }
+        if shaper.is_some_and(|s| !s.try_now(now, lane, wire_len)) {
+            held.insert(p.id());
+        } else {
+            out.add_path(p.addr);
         }
     }
+}
+
+/// Hand the datagram just sealed into `out` to the shapers of the `held` copies.
+fn hold(links: &mut Links, paths: &Paths, now: Time, kind: Kind, held: PathSet, out: &mut Transmits) {
+    if held.is_empty() {
+        return;
+    }
+    if let Some(dgram) = out.last_datagram() {
+        for p in held.slots().filter_map(|slot| paths.at_slot(slot)) {
+            if let Some((_, Some(s))) = links.parts_mut(p.addr.link) {
+                s.enqueue(now, Lane::of(kind.class), dgram, p.addr);
+            }
+        }
+    }
+    out.drop_last_if_pathless();
 }
 
 impl Tx<'_> {
@@ -86,12 +118,18 @@ impl Tx<'_> {
         let (key_phase, session) = b.sessions.sending(now).ok_or(DropReason::NoSession)?;
         let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
         let wire_len = OVERHEAD + payload.len();
-        let Kind { msg_type, hop_limit } = kind;
-        fan_out(&mut b.paths, self.links, now, set, msg_type == MessageType::Data, wire_len, out);
-        let header = Header { msg_type, hop_limit, key_phase, sender: self.me, receiver, seq };
-        let copies = out.push_sealed(&header, payload, &session.keys);
+        let mut held = PathSet::EMPTY;
+        fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out, &mut held);
+        let Kind { msg_type, hop_limit, class } = kind;
+        let sole = msg_type == MessageType::Data && set.len() == 1;
+        let header = Header { msg_type, hop_limit, key_phase, sole, sender: self.me, receiver, seq };
+        let copies = out.push_sealed(&header, payload, &session.keys) + held.len();
+        hold(self.links, &b.paths, now, kind, held, out);
         b.stats.sealed.add(wire_len);
         self.stats.sealed.add(wire_len);
+        if let Some(c) = class {
+            self.stats.class_out[c.index()].add(payload.len());
+        }
         self.count_copies(copies, wire_len);
         Ok((seq, copies))
     }
@@ -110,10 +148,20 @@ impl Tx<'_> {
             return;
         }
         let wire_len = HEADER_LEN + payload.len();
-        fan_out(&mut b.paths, self.links, now, set, false, wire_len, out);
-        let header =
-            Header { msg_type, hop_limit: 1, key_phase: false, sender: self.me, receiver: b.host(), seq: Seq(0) };
-        let copies = out.push_plain(&header, payload);
+        let kind = Kind::control(msg_type);
+        let mut held = PathSet::EMPTY;
+        fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out, &mut held);
+        let header = Header {
+            msg_type,
+            hop_limit: 1,
+            key_phase: false,
+            sole: false,
+            sender: self.me,
+            receiver: b.host(),
+            seq: Seq(0),
+        };
+        let copies = out.push_plain(&header, payload) + held.len();
+        hold(self.links, &b.paths, now, kind, held, out);
         self.count_copies(copies, wire_len);
     }
 
@@ -134,6 +182,7 @@ impl Node {
     /// every path the policy picks.
     pub fn handle_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
         self.tick(now);
+        self.links.release(now, out);
         self.stats.tun_in.add(packet.len());
         let r = self.route_tun_packet(now, packet, out);
         if let Err(reason) = r {
@@ -153,32 +202,35 @@ impl Node {
             Some(NextHop::Host(h)) => h,
         };
         let idx = self.index[&next];
-        let sent = self.send_data(now, idx, self.cfg.hop_limit, packet, out)?;
+        let class = self.classifier.classify(now, packet);
+        let sent = self.send_data(now, idx, self.cfg.hop_limit, class, packet, out)?;
         Ok(Sent { next_hop: next, seq: sent.map(|(seq, _)| seq), copies: sent.map_or(0, |(_, c)| c) })
     }
 
-    /// Seal `packet` for bundle `idx` on the paths the policy picks, or,
-    /// with no session yet, hold it and start a handshake. `Ok(None)`: held.
+    /// Seal `packet` (of `class`) for bundle `idx` on the paths its
+    /// class's policy picks, or, with no session yet, hold it and start a
+    /// handshake. `Ok(None)`: held.
     pub(super) fn send_data(
         &mut self,
         now: Time,
         idx: usize,
         hop_limit: u8,
+        class: Class,
         packet: &[u8],
         out: &mut Transmits,
     ) -> Result<Option<(Seq, usize)>, DropReason> {
-        let policy = self.cfg.policy;
-        let set = self.bundles[idx].select(policy);
+        let policies = self.policies();
+        let set = self.bundles[idx].select(class, policies);
         if set.is_empty() {
             return Err(DropReason::NoPath);
         }
         if self.bundles[idx].sessions.sending(now).is_some() {
             let (b, mut tx) = self.tx(idx);
-            let r = tx.seal(b, now, set, Kind::data(hop_limit), packet, out).map(Some);
+            let r = tx.seal(b, now, set, Kind::data(hop_limit, class), packet, out).map(Some);
             self.maybe_rekey(now, idx, out);
             return r;
         }
-        if !self.bundles[idx].sessions.stage(hop_limit, packet) {
+        if !self.bundles[idx].sessions.stage(hop_limit, class, packet) {
             return Err(DropReason::NoSession);
         }
         self.maybe_rekey(now, idx, out);
@@ -190,11 +242,11 @@ impl Node {
     pub(super) fn flush_staged(&mut self, now: Time, idx: usize, out: &mut Transmits) -> bool {
         let staged = self.bundles[idx].sessions.take_staged();
         let any = !staged.is_empty();
-        let policy = self.cfg.policy;
+        let policies = self.policies();
         for s in staged {
             let (b, mut tx) = self.tx(idx);
-            let set = b.select(policy);
-            if let Err(reason) = tx.seal(b, now, set, Kind::data(s.hop_limit), &s.packet, out) {
+            let set = b.select(s.class, policies);
+            if let Err(reason) = tx.seal(b, now, set, Kind::data(s.hop_limit, s.class), &s.packet, out) {
                 tx.stats.drops.add(reason);
             }
         }

@@ -122,15 +122,17 @@ impl Node {
         });
         let sessions = self.bundles.iter().filter_map(|b| b.sessions.next_timer()).min();
         let monitor = self.bundles.iter().filter_map(|b| next_monitor_timer(b, &self.cfg.monitor, self.clock)).min();
-        [keepalive, sessions, monitor, self.router.next_timeout()].into_iter().flatten().min()
+        let shapers = self.links.next_release();
+        [keepalive, sessions, monitor, self.router.next_timeout(), shapers].into_iter().flatten().min()
     }
 
-    /// Run timers due at `now`: handshake retries and give-ups, rekeying,
+    /// Run timers due at `now`: what the shapers hold that may go, handshake retries and give-ups, rekeying,
     /// session expiry, the link monitor, keepalives (one per peer, sealed
     /// once and sent on each of its paths quiet for the keepalive interval;
     /// with no session, a handshake instead) and the mesh.
     pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
         self.tick(now);
+        self.links.release(now, out);
         for idx in 0..self.bundles.len() {
             match self.bundles[idx].sessions.on_timeout(now) {
                 SessionTimeout::Nothing => {}
