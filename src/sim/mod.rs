@@ -31,7 +31,8 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    BundleConfig, DropReason, EndpointSpec, LinkId, NextHop, Node, NodeConfig, Received, SetupError, Time, Transmits,
+    BundleConfig, DropReason, EndpointSpec, LinkId, LinkSettings, NextHop, Node, NodeConfig, Received, SetupError, Time,
+    Transmits,
 };
 
 /// Index of a host in the simulator.
@@ -113,6 +114,10 @@ pub struct Arrival {
     pub seq: u64,
     /// A bit was flipped on the way.
     pub corrupted: bool,
+    /// Datagram length.
+    pub len: usize,
+    /// When it was sent.
+    pub sent: Time,
 }
 
 /// What `handle_tun_packet` returned for a stream packet.
@@ -141,6 +146,8 @@ struct SimHost {
     routes: Vec<(IpNet, NextHop)>,
     /// Link -> (wire, direction in which this host sends on it).
     links: HashMap<LinkId, (WireIx, Dir)>,
+    /// What [`Sim::configure_link`] said of its links.
+    link_settings: Vec<(LinkId, LinkSettings)>,
     timer_at: Option<Time>,
     next_link: u32,
 }
@@ -243,6 +250,7 @@ impl Sim {
             links: HashMap::new(),
             timer_at: None,
             next_link: 1,
+            link_settings: Vec::new(),
         });
         let h = HostIx(self.hosts.len() - 1);
         self.rearm(h);
@@ -346,6 +354,17 @@ impl Sim {
         for c in &mut self.wires[w.0].channels {
             c.model.blackouts.push((start, end));
         }
+    }
+
+    /// Give the local link of `h` on wire `w` a role and rate, now.
+    pub fn configure_link(&mut self, h: HostIx, w: WireIx, settings: LinkSettings) {
+        let (link, _) = self.end(w, h);
+        let now = self.now;
+        let host = &mut self.hosts[h.0];
+        host.link_settings.retain(|(l, _)| *l != link);
+        host.link_settings.push((link, settings));
+        host.node.configure_link(now, link, settings);
+        self.rearm(h);
     }
 
     /// Take the local link of `h` on wire `w` down (as if its NIC vanished)
@@ -480,6 +499,9 @@ impl Sim {
                 let mut node = Node::new(cfg).expect("the settings worked before");
                 let mut links: Vec<LinkId> = sh.links.keys().copied().collect();
                 links.sort();
+                for &(l, settings) in &sh.link_settings {
+                    node.configure_link(now, l, settings);
+                }
                 for l in links {
                     node.add_link(now, l);
                 }
@@ -538,6 +560,8 @@ impl Sim {
                             sender: p.sender(),
                             seq: p.seq().0,
                             corrupted: c.flip_bit.is_some(),
+                            len: t.datagram.len(),
+                            sent: self.now,
                         });
                     }
                     self.push(c.at, EventKind::Arrive { host: dst.0, link: dst.1, from: src.2, bytes });
