@@ -130,5 +130,31 @@ fn send_receive(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, window, seal_open_baseline, send_receive);
+/// Classifying one packet: what each kind of traffic costs (target: under 50 ns).
+fn classify(c: &mut Criterion) {
+    use mpvr::proto::class::Classifier;
+    use mpvr::sim::traffic::udp_packet_marked;
+    let ip = |n: u8| std::net::IpAddr::from([10, 9, 0, n]);
+    let ef = udp_packet_marked(ip(1), ip(2), 1, 200, 46);
+    let mut rtp = udp_packet_marked(ip(1), ip(2), 1, 200, 0);
+    rtp[28] = 0x80;
+    rtp[29] = 111;
+    let mut tcp = udp_packet_marked(ip(1), ip(2), 1, 1400, 0);
+    tcp[9] = 6;
+    let udp = udp_packet_marked(ip(1), ip(2), 1, 1200, 0);
+    let mut g = c.benchmark_group("classify");
+    for (name, p) in [("dscp_ef", &ef), ("rtp", &rtp), ("tcp", &tcp), ("udp_flow_table", &udp)] {
+        let mut cl = Classifier::new(&[], [7, 9]);
+        let mut t = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                t += 20_000;
+                cl.classify(Time::from_nanos(t), black_box(p))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, header, window, seal_open_baseline, send_receive, classify);
 criterion_main!(benches);

@@ -106,7 +106,12 @@ fn duplicating_bulk_onto_every_link_ruins_real_time() {
     bulk(&mut p, 6);
     p.sim.run_until(Time::ZERO + MS(11_000));
     let q = quality(&p, v);
-    assert!(q.p99 > calm.p99 + MS(30), "p99 {:?} under load, {:?} without: the test would not show the harm", q.p99, calm.p99);
+    assert!(
+        q.p99 > calm.p99 + MS(30),
+        "p99 {:?} under load, {:?} without: the test would not show the harm",
+        q.p99,
+        calm.p99
+    );
     let [_, lte] = by_class(&p);
     assert!(lte[Class::Bulk.index()] > 1_000_000, "LTE carried {} bulk bytes", lte[Class::Bulk.index()]);
 }
@@ -132,7 +137,11 @@ fn real_time_keeps_its_quality_under_bulk_and_lte_carries_no_bulk() {
     let r = p.sim.stream_report(b, p.b);
     let goodput = r.delivered as f64 * 1200.0 * 8.0 / 6.0;
     assert!(goodput >= 0.85 * 50e6, "bulk {:.1} Mbit/s", goodput / 1e6);
-    assert_eq!(p.sim.channel(p.wires[0], mpvr::sim::Dir::Forward).stats.queue_drops, 0, "the fibre's own queue overflowed");
+    assert_eq!(
+        p.sim.channel(p.wires[0], mpvr::sim::Dir::Forward).stats.queue_drops,
+        0,
+        "the fibre's own queue overflowed"
+    );
 }
 
 #[test]
@@ -211,4 +220,3 @@ fn classification_cost_and_state_stay_bounded_under_any_payload() {
     p.sim.run_until(Time::ZERO + MS(3000));
     assert!(p.sim.node(p.a).classifier().flows().live(p.sim.now()) <= 1024);
 }
-

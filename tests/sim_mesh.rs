@@ -79,7 +79,16 @@ impl Mesh {
     }
 
     fn stream(&mut self, from: u32, to: u32, start: Time, interval: Duration, count: u64) -> mpvr::sim::StreamIx {
-        let s = Stream { from: self.host(from), src: addr4(from), dst: addr4(to), start, interval, count, size: 200, dscp: mpvr::sim::traffic::EF };
+        let s = Stream {
+            from: self.host(from),
+            src: addr4(from),
+            dst: addr4(to),
+            start,
+            interval,
+            count,
+            size: 200,
+            dscp: mpvr::sim::traffic::EF,
+        };
         self.sim.add_stream(s)
     }
 }

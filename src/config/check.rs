@@ -21,13 +21,13 @@ use super::{
     default_control_socket, valid_ifname,
 };
 use crate::keys::{self, Key};
+use crate::proto::class::{RuleError, protocol, validate_rules};
 use crate::proto::mesh::{MeshConfig, MeshConfigError};
 use crate::proto::monitor::MonitorConfig;
 use crate::proto::node::{DEFAULT_KEEPALIVE, MAX_PACKET_LIMIT, check_hop_limit, check_keepalive, check_window};
+use crate::proto::shaper::Rate;
 use crate::proto::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
 use crate::proto::wire::DEFAULT_HOP_LIMIT;
-use crate::proto::class::{RuleError, protocol, validate_rules};
-use crate::proto::shaper::Rate;
 use crate::proto::{Class, HostId, LinkSettings, Policy, Role, Rule};
 use crate::sys::Transport;
 use crate::units::parse_duration;
@@ -296,9 +296,10 @@ pub(super) fn links(
                         Role::Primary
                     })
                 });
-                let up = l.up.as_deref().and_then(|r| {
-                    r.parse::<Rate>().map_err(|e| c.bad(format!("link.{name}.up"), e.to_string())).ok()
-                });
+                let up = l
+                    .up
+                    .as_deref()
+                    .and_then(|r| r.parse::<Rate>().map_err(|e| c.bad(format!("link.{name}.up"), e.to_string())).ok());
                 (name.clone(), LinkOptions { enabled: l.enabled, gateway, settings: LinkSettings { role, up } })
             })
             .collect(),
@@ -466,11 +467,11 @@ fn protocol_number(v: &NumberOrWord) -> Result<u8, String> {
             "udp" => Ok(protocol::UDP),
             "icmp" => Ok(protocol::ICMP),
             "icmpv6" => Ok(protocol::ICMPV6),
-            _ => Err(format!("unknown protocol {w:?}: use \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a number from 0 to 255")),
+            _ => Err(format!(
+                "unknown protocol {w:?}: use \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a number from 0 to 255"
+            )),
         },
-        NumberOrWord::Number(n) => {
-            u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range: use 0 to 255"))
-        }
+        NumberOrWord::Number(n) => u8::try_from(*n).map_err(|_| format!("protocol {n} is out of range: use 0 to 255")),
     }
 }
 
@@ -502,17 +503,19 @@ pub(super) fn rules(c: &mut Checker, sections: &[RuleSection]) -> Vec<Rule> {
             c.bad(f("class"), e.to_string());
             Class::Bulk
         });
-        let protocol = r.protocol.as_ref().and_then(|p| {
-            protocol_number(p).map_err(|e| c.bad(f("protocol"), e)).ok()
-        });
+        let protocol = r.protocol.as_ref().and_then(|p| protocol_number(p).map_err(|e| c.bad(f("protocol"), e)).ok());
         let ports = r
             .ports
             .iter()
             .enumerate()
             .filter_map(|(j, p)| port_range(p).map_err(|e| c.bad(format!("rule[{i}].ports[{j}]"), e)).ok())
             .collect();
-        let prefixes =
-            r.prefixes.iter().enumerate().filter_map(|(j, p)| c.prefix(&format!("rule[{i}].prefixes[{j}]"), p)).collect();
+        let prefixes = r
+            .prefixes
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| c.prefix(&format!("rule[{i}].prefixes[{j}]"), p))
+            .collect();
         let dscp = r
             .dscp
             .iter()

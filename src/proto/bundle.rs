@@ -13,11 +13,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::class::Class;
 use super::ids::{HostId, LinkId, PathAddr};
+use super::link::Role;
 use super::monitor::{Change, Credit, EXPECT_WITHIN, Health, PassiveCounts};
 use super::path::{MAX_LEARNED_PATHS, Path, PathId, PathSet, Paths};
-use super::class::Class;
-use super::link::Role;
 use super::policy::{Candidate, Policy, Ranking};
 use super::session::Sessions;
 use super::stats::Count;

@@ -148,7 +148,9 @@ pub enum RuleError {
     #[error("protocol {0} has no ports, so this rule never matches: remove `ports` or use protocol \"tcp\" or \"udp\"")]
     PortsWithoutPorts(u8),
     /// Every packet it would match, an earlier rule matches first.
-    #[error("rule {earlier} matches every packet this rule does, so this rule never matches: remove it, or put it before rule {earlier}")]
+    #[error(
+        "rule {earlier} matches every packet this rule does, so this rule never matches: remove it, or put it before rule {earlier}"
+    )]
     Shadowed {
         /// The earlier rule (index in the list).
         earlier: usize,
@@ -311,7 +313,7 @@ pub fn realtime_payload(p: &[u8]) -> bool {
             // fixed header and its CSRCs must fit.
             let pt = b1 & 0x7f;
             let csrc = usize::from(b0 & 0x0f);
-            !(72..=76).contains(&pt) && p.len() >= 12 + 4 * csrc + 1
+            !(72..=76).contains(&pt) && p.len() > 12 + 4 * csrc
         }
         _ => false,
     }
@@ -646,7 +648,10 @@ mod tests {
         let icmp_ports = [rule(Class::Bulk, Some(protocol::ICMP), &[(1, 2)], &[], &[])];
         assert_eq!(validate_rules(&icmp_ports), Err((0, RuleError::PortsWithoutPorts(1))));
         assert_eq!(validate_rules(&[rule(Class::Bulk, None, &[], &[], &[64])]), Err((0, RuleError::BadDscp(64))));
-        assert_eq!(validate_rules(&[rule(Class::Bulk, None, &[(9, 2)], &[], &[])]), Err((0, RuleError::EmptyPorts(9, 2))));
+        assert_eq!(
+            validate_rules(&[rule(Class::Bulk, None, &[(9, 2)], &[], &[])]),
+            Err((0, RuleError::EmptyPorts(9, 2)))
+        );
     }
 
     #[test]

@@ -49,10 +49,10 @@ pub mod wire;
 
 pub use bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
 pub use class::{Class, Rule};
-pub use link::{LinkSettings, Role};
 pub use crypto::SessionKeys;
 pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};
+pub use link::{LinkSettings, Role};
 pub use node::{Event, Node, NodeConfig, Received, Sent, SetupError};
 pub use path::{Path, PathId, PathSet};
 pub use policy::Policy;

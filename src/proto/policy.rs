@@ -276,7 +276,8 @@ mod tests {
 
     #[test]
     fn failover_prefers_the_cheapest_role_and_hands_back() {
-        let with = |index: usize, role: Role, health: Health, cost: u64| Candidate { role, ..c(index, health, ms(cost)) };
+        let with =
+            |index: usize, role: Role, health: Health, cost: u64| Candidate { role, ..c(index, health, ms(cost)) };
         let mut r = Ranking::default();
         // The secondary path is faster, the primary is chosen.
         r.update(&[with(0, Role::Primary, Health::Up, 30), with(1, Role::Secondary, Health::Up, 10)]);

@@ -88,7 +88,11 @@ impl fmt::Display for Rate {
         let b = self.0;
         for (unit, n) in [("gbit", 1_000_000_000), ("mbit", 1_000_000), ("kbit", 1_000)] {
             if b >= n {
-                return if b % n == 0 { write!(f, "{}{unit}", b / n) } else { write!(f, "{:.3}{unit}", b as f64 / n as f64) };
+                return if b.is_multiple_of(n) {
+                    write!(f, "{}{unit}", b / n)
+                } else {
+                    write!(f, "{:.3}{unit}", b as f64 / n as f64)
+                };
             }
         }
         write!(f, "{b}bit")
@@ -340,8 +344,7 @@ impl Shaper {
                 }
                 let Some(q) = self.lanes[i].pop_front() else { break };
                 self.bytes[i] -= q.buf.len();
-                let drop =
-                    late || (i == Lane::Bulk.index() && self.codel.should_drop(now, sojourn, self.bytes[i]));
+                let drop = late || (i == Lane::Bulk.index() && self.codel.should_drop(now, sojourn, self.bytes[i]));
                 if drop {
                     self.stats.drops[i] += 1;
                 } else {
@@ -367,7 +370,8 @@ impl Shaper {
         let floor = if i == Lane::Bulk.index() { 0.0 } else { -self.depth };
         let need = head.buf.len() as f64 + floor - self.tokens;
         // Rounded up: at that time the tokens are there.
-        let wait = if need <= 0.0 { Duration::ZERO } else { Duration::from_nanos((need / self.fill * 1e9).ceil() as u64 + 1) };
+        let wait =
+            if need <= 0.0 { Duration::ZERO } else { Duration::from_nanos((need / self.fill * 1e9).ceil() as u64 + 1) };
         let mut at = self.last + wait;
         if i == Lane::Realtime.index() {
             at = at.min(head.at + REALTIME_MAX_WAIT + Duration::from_micros(1));
@@ -408,7 +412,8 @@ mod tests {
 
     #[test]
     fn rates_parse_and_print() {
-        for (s, bits) in [("50mbit", 50_000_000), ("800kbit", 800_000), ("1.5gbit", 1_500_000_000), ("5Mbit/s", 5_000_000)]
+        for (s, bits) in
+            [("50mbit", 50_000_000), ("800kbit", 800_000), ("1.5gbit", 1_500_000_000), ("5Mbit/s", 5_000_000)]
         {
             assert_eq!(s.parse::<Rate>().unwrap().bits(), bits, "{s}");
         }

@@ -339,8 +339,7 @@ impl Header {
         b[field::VERSION] = VERSION;
         b[field::TYPE] = self.msg_type as u8;
         b[field::HOP_LIMIT] = self.hop_limit;
-        b[field::FLAGS] =
-            if self.key_phase { FLAG_KEY_PHASE } else { 0 } | if self.sole { FLAG_SOLE } else { 0 };
+        b[field::FLAGS] = if self.key_phase { FLAG_KEY_PHASE } else { 0 } | if self.sole { FLAG_SOLE } else { 0 };
         b[field::SENDER].copy_from_slice(&self.sender.get().to_be_bytes());
         b[field::RECEIVER].copy_from_slice(&self.receiver.get().to_be_bytes());
         b[field::SEQ].copy_from_slice(&self.seq.0.to_be_bytes());

@@ -31,8 +31,8 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    BundleConfig, DropReason, EndpointSpec, LinkId, LinkSettings, NextHop, Node, NodeConfig, Received, SetupError, Time,
-    Transmits,
+    BundleConfig, DropReason, EndpointSpec, LinkId, LinkSettings, NextHop, Node, NodeConfig, Received, SetupError,
+    Time, Transmits,
 };
 
 /// Index of a host in the simulator.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::snapshot::*;
 use crate::proto::Path;
 use crate::proto::monitor::PassiveCounts;
-use crate::proto::stats::DropCounts;
 use crate::proto::shaper::{Lane, Shaper};
+use crate::proto::stats::DropCounts;
 use crate::proto::{Class, DropReason, LinkId, NextHop, Node, Time};
 
 fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
@@ -44,7 +44,13 @@ fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
     }
 }
 
-fn path_snap(p: &Path, selected: (bool, bool), now: Time, name: &dyn Fn(LinkId) -> String, firsts: (u64, u64)) -> PathSnap {
+fn path_snap(
+    p: &Path,
+    selected: (bool, bool),
+    now: Time,
+    name: &dyn Fn(LinkId) -> String,
+    firsts: (u64, u64),
+) -> PathSnap {
     let m = &p.monitor;
     let rtt = m.rtt();
     let (sent, answered, lost) = m.probe_counts();

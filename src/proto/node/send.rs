@@ -9,8 +9,8 @@ use crate::proto::ids::{HostId, Seq};
 use crate::proto::ip;
 use crate::proto::link::Links;
 use crate::proto::path::{PathSet, Paths};
-use crate::proto::shaper::Lane;
 use crate::proto::route::NextHop;
+use crate::proto::shaper::Lane;
 use crate::proto::stats::{DropReason, NodeStats};
 use crate::proto::time::Time;
 use crate::proto::transmit::Transmits;
@@ -47,9 +47,9 @@ impl Kind {
 }
 
 /// Account one copy of `wire_len` bytes to every path in `set` and its
-/// link, and stage the paths for the next datagram of `out`: at once, or,
-/// on a shaped link without the tokens for it, in `held` (queued once the
-/// datagram is sealed).
+/// link, and stage the paths for the next datagram of `out`; returns the
+/// paths on a shaped link without the tokens for it now (their copies are
+/// queued once the datagram is sealed).
 fn fan_out(
     paths: &mut Paths,
     links: &mut Links,
@@ -58,8 +58,8 @@ fn fan_out(
     kind: Kind,
     wire_len: usize,
     out: &mut Transmits,
-    held: &mut PathSet,
-) {
+) -> PathSet {
+    let mut held = PathSet::EMPTY;
     let lane = Lane::of(kind.class);
     for slot in set.slots() {
         let Some(p) = paths.at_slot_mut(slot) else { continue };
@@ -82,6 +82,7 @@ fn fan_out(
             out.add_path(p.addr);
         }
     }
+    held
 }
 
 /// Hand the datagram just sealed into `out` to the shapers of the `held` copies.
@@ -118,8 +119,7 @@ impl Tx<'_> {
         let (key_phase, session) = b.sessions.sending(now).ok_or(DropReason::NoSession)?;
         let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
         let wire_len = OVERHEAD + payload.len();
-        let mut held = PathSet::EMPTY;
-        fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out, &mut held);
+        let held = fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out);
         let Kind { msg_type, hop_limit, class } = kind;
         let sole = msg_type == MessageType::Data && set.len() == 1;
         let header = Header { msg_type, hop_limit, key_phase, sole, sender: self.me, receiver, seq };
@@ -149,8 +149,7 @@ impl Tx<'_> {
         }
         let wire_len = HEADER_LEN + payload.len();
         let kind = Kind::control(msg_type);
-        let mut held = PathSet::EMPTY;
-        fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out, &mut held);
+        let held = fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out);
         let header = Header {
             msg_type,
             hop_limit: 1,
