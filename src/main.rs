@@ -220,6 +220,25 @@ fn check(config: &Path) -> Result<bool> {
         Some(a) => println!("  status on {}, Prometheus metrics on http://{a}/metrics", cfg.control_socket.display()),
         None => println!("  status on {} (`mpvr status`); Prometheus off", cfg.control_socket.display()),
     }
+    println!(
+        "  policies: realtime {}, bulk {}{}",
+        cfg.policy,
+        cfg.bulk_policy,
+        if cfg.bulk_policy == mpvr::proto::Policy::Failover {
+            " (one path: the cheapest role with a path up, then the best path)"
+        } else {
+            ""
+        }
+    );
+    if cfg.rules.is_empty() {
+        println!("  classes: no rules; automatic: {}", mpvr::proto::class::AUTOMATIC);
+    } else {
+        println!("  classes, first match wins:");
+        for (i, r) in cfg.rules.iter().enumerate() {
+            println!("    rule[{i}] {r}");
+        }
+        println!("    then automatic: {}", mpvr::proto::class::AUTOMATIC);
+    }
     for p in &cfg.peers {
         match p.via {
             Some(v) => println!("  peer {} via relay {}: {:?}", p.id.get(), v.get(), p.prefixes),
@@ -244,10 +263,18 @@ fn check(config: &Path) -> Result<bool> {
             println!("  network interfaces:");
             for n in &nics {
                 let verdict = match mpvr::daemon::plan::classify(n, &cfg, None) {
-                    Ok(()) => "link".to_string(),
+                    Ok(()) => {
+                        let s = cfg.links.options.get(&n.name).map(|o| o.settings).unwrap_or_default();
+                        let rate =
+                            s.up.map_or_else(|| "not shaped".to_string(), |r| format!("shaped to 95% of {r} up"));
+                        format!("link, {} ({rate})", s.role)
+                    }
                     Err(skip) => format!("skipped: {skip:?}"),
                 };
                 println!("    {:<16} {verdict}", n.name);
+            }
+            for name in cfg.links.options.keys().filter(|k| !nics.iter().any(|n| &n.name == *k)) {
+                println!("    {name:<16} configured in [link.{name}] but not present here");
             }
             let links: Vec<&mpvr::sys::netlink::Nic> =
                 nics.iter().filter(|n| mpvr::daemon::plan::classify(n, &cfg, None).is_ok()).collect();

@@ -385,6 +385,40 @@ mod tests {
     }
 
     #[test]
+    fn classes_roles_and_rates() {
+        let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\n");
+        let c = check(&format!(
+            "bulk_policy = \"all\"\n[[rule]]\nclass = \"realtime\"\nprotocol = \"tcp\"\nports = [22, \"5000-5010\"]\n\
+             [[rule]]\nclass = \"bulk\"\nprefixes = [\"10.1.0.0/16\"]\ndscp = [8]\n{base}\
+             [links]\ninclude = [\"eth*\", \"wwan0\"]\n[link.wwan0]\nrole = \"secondary\"\nup = \"5mbit\"\n"
+        ))
+        .unwrap();
+        assert_eq!((c.policy, c.bulk_policy), (Policy::All, Policy::All));
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].to_string(), "tcp ports 22,5000-5010 -> realtime");
+        let o = c.links.options["wwan0"].settings;
+        assert_eq!((o.role, o.up.map(|r| r.bits())), (crate::proto::Role::Secondary, Some(5_000_000)));
+        assert_eq!(check(&base).unwrap().bulk_policy, Policy::Failover, "the default");
+        // Each mistake names its field.
+        let bad = |extra: &str, tail: &str| fields(&format!("{extra}\n{base}{tail}"));
+        assert_eq!(bad("bulk_policy = \"most\"", ""), ["bulk_policy"]);
+        assert_eq!(bad("[[rule]]\nclass = \"urgent\"", ""), ["rule[0].class"]);
+        assert_eq!(bad("[[rule]]\nclass = \"bulk\"\nprotocol = \"sctp\"", ""), ["rule[0].protocol"]);
+        assert_eq!(bad("[[rule]]\nclass = \"bulk\"\nports = [\"9-x\"]", ""), ["rule[0].ports[0]"]);
+        assert_eq!(bad("[[rule]]\nclass = \"bulk\"\ndscp = [99]", ""), ["rule[0].dscp"]);
+        assert_eq!(bad("[[rule]]\nclass = \"bulk\"\nprotocol = \"icmp\"\nports = [1]", ""), ["rule[0].ports"]);
+        let shadowed = "[[rule]]\nclass = \"bulk\"\nprotocol = \"udp\"\n[[rule]]\nclass = \"realtime\"\nprotocol = \"udp\"\nports = [5004]";
+        let e = check(&format!("{shadowed}\n{base}")).unwrap_err().to_string();
+        assert!(e.contains("rule[1]") && e.contains("never matches") && e.contains("before rule 0"), "{e}");
+        assert_eq!(bad("", "[link.eth0]\nrole = \"spare\"\n"), ["link.eth0.role"]);
+        assert_eq!(bad("", "[link.eth0]\nup = \"fast\"\n"), ["link.eth0.up"]);
+        assert_eq!(bad("", "[link.eth0]\nup = \"10kbit\"\n"), ["link.eth0.up"]);
+        let e = check(&format!("{base}[links]\ninclude = [\"eth*\"]\n[link.wlan0]\nrole = \"backup\"\n")).unwrap_err();
+        assert_eq!(e.problems[0].field, "link.wlan0.role");
+        assert!(e.problems[0].message.contains("not selected"), "{e}");
+    }
+
+    #[test]
     fn syntax_and_unknown_fields_are_refused_with_their_place() {
         let e = check("[host]\nid = 1\ncolour = \"red\"\n").unwrap_err().to_string();
         assert!(e.contains("colour") && e.contains("line 3"), "{e}");

@@ -135,6 +135,38 @@ pub struct Rule {
     pub dscp: Vec<u8>,
 }
 
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        parts.push(match self.protocol {
+            None => "any protocol".to_string(),
+            Some(protocol::TCP) => "tcp".to_string(),
+            Some(protocol::UDP) => "udp".to_string(),
+            Some(protocol::ICMP) => "icmp".to_string(),
+            Some(protocol::ICMPV6) => "icmpv6".to_string(),
+            Some(p) => format!("protocol {p}"),
+        });
+        if !self.ports.is_empty() {
+            let ports: Vec<String> =
+                self.ports.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+            parts.push(format!("ports {}", ports.join(",")));
+        }
+        if !self.prefixes.is_empty() {
+            let p: Vec<String> = self.prefixes.iter().map(ToString::to_string).collect();
+            parts.push(format!("to or from {}", p.join(",")));
+        }
+        if !self.dscp.is_empty() {
+            let d: Vec<String> = self.dscp.iter().map(ToString::to_string).collect();
+            parts.push(format!("dscp {}", d.join(",")));
+        }
+        write!(f, "{} -> {}", parts.join(" "), self.class)
+    }
+}
+
+/// What the automatic rules do, in words (for `mpvr check` and docs).
+pub const AUTOMATIC: &str = "DSCP EF/CS4/CS5/AF41-43, ICMP, DNS, STUN/DTLS/TURN/RTP/RTCP payloads and steady \
+     small-packet UDP flows -> realtime; TCP and everything else -> bulk";
+
 /// A rule that cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {

@@ -230,6 +230,8 @@ pub(crate) fn simulated() -> Snapshot {
     let ms = Duration::from_millis;
     let link = LinkModel::delay(ms(10)).with_jitter(Jitter::Uniform(ms(2))).with_loss(0.01);
     let mut p = scenario::pair(5, &[link.clone(), link], &|_| {});
+    let settings = crate::proto::LinkSettings { role: crate::proto::Role::Secondary, up: "10mbit".parse().ok() };
+    p.sim.configure_link(p.a, p.wires[1], settings);
     p.sim.blackout(p.wires[1], Time::ZERO + ms(2_000), Time::ZERO + ms(4_000));
     p.stream(ms(100), ms(2), 2_000, 300);
     p.sim.run_until(Time::ZERO + ms(3_000));

@@ -62,7 +62,12 @@ impl Builder {
 pub fn render(s: &Snapshot) -> String {
     let mut b = Builder::default();
     let host = s.host.to_string();
-    b.gauge("mpvr_info", "Host id, TUN and policy", &[("host", &host), ("tun", &s.tun), ("policy", &s.policy)], 1.0);
+    b.gauge(
+        "mpvr_info",
+        "Host id, TUN and policies",
+        &[("host", &host), ("tun", &s.tun), ("policy", &s.policy), ("bulk_policy", &s.bulk_policy)],
+        1.0,
+    );
     b.gauge("mpvr_uptime_seconds", "Seconds since the daemon started", &[], s.uptime_s);
     let t = &s.totals;
     for (dir, c) in [("in", t.tun_in), ("out", t.tun_out)] {
@@ -88,8 +93,52 @@ pub fn render(s: &Snapshot) -> String {
             *n,
         );
     }
+    for (class, c) in &t.classes {
+        for (dir, n) in [("out", c.out), ("in", c.into)] {
+            let cl = [("class", class.as_str()), ("direction", dir)];
+            b.counter("mpvr_class_packets", "Data packets by class, sealed (out) or delivered (in)", &cl, n.packets);
+            b.counter("mpvr_class_bytes", "Data bytes by class, sealed (out) or delivered (in)", &cl, n.bytes);
+        }
+    }
     for l in &s.links {
         let ll = [("link", l.name.as_str())];
+        b.gauge(
+            "mpvr_link_role",
+            "The link's role (1 for the role it has)",
+            &[("link", &l.name), ("role", &l.role)],
+            1.0,
+        );
+        if let Some(r) = l.rate_bps {
+            b.gauge("mpvr_link_rate_bits_per_second", "The link's configured upload rate", &ll, r as f64);
+        }
+        for (class, c) in &l.by_class {
+            let cl = [("link", l.name.as_str()), ("class", class.as_str())];
+            b.counter("mpvr_link_class_tx_bytes", "Data bytes sent on the link, by class", &cl, c.bytes);
+        }
+        if let Some(sh) = &l.shaper {
+            for (lane, n) in &sh.drops {
+                let cl = [("link", l.name.as_str()), ("lane", lane.as_str())];
+                b.counter("mpvr_link_shaper_drops", "Copies the link's shaper dropped, by lane", &cl, *n);
+                b.counter(
+                    "mpvr_link_shaper_queued",
+                    "Copies that waited in the link's shaper, by lane",
+                    &cl,
+                    sh.queued[lane],
+                );
+                b.gauge(
+                    "mpvr_link_shaper_backlog_bytes",
+                    "Bytes waiting in the link's shaper, by lane",
+                    &cl,
+                    sh.backlog_bytes[lane] as f64,
+                );
+                b.gauge(
+                    "mpvr_link_shaper_delay_seconds",
+                    "Queueing delay of the last copy the link's shaper sent, by lane",
+                    &cl,
+                    sh.delay_ms[lane] / 1e3,
+                );
+            }
+        }
         b.counter("mpvr_link_rx_packets", "Datagrams received on the link", &ll, l.rx.packets);
         b.counter("mpvr_link_rx_bytes", "Bytes received on the link", &ll, l.rx.bytes);
         b.counter("mpvr_link_tx_packets", "Copies sent on the link", &ll, l.tx.packets);

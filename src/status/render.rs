@@ -50,7 +50,13 @@ pub fn path_cells(p: &PathSnap) -> [String; 11] {
     [
         format!("{} -> {}", p.link, p.remote),
         p.state.clone(),
-        if p.selected { "yes" } else { "-" }.to_string(),
+        match (p.selected, p.selected_bulk) {
+            (true, true) => "rt+bulk",
+            (true, false) => "rt",
+            (false, true) => "bulk",
+            (false, false) => "-",
+        }
+        .to_string(),
         human_duration(p.state_for_s),
         human_ms(p.rtt_ms),
         human_ms(Some(p.jitter_out_ms.max(p.jitter_in_ms))),
@@ -59,6 +65,42 @@ pub fn path_cells(p: &PathSnap) -> [String; 11] {
         format!("{:.1} %", p.inbound.first_share * 100.0),
         p.inbound.rescues.to_string(),
         p.reason.clone(),
+    ]
+}
+
+/// The columns of a link row.
+pub const LINK_COLUMNS: [&str; 9] =
+    ["link", "role", "rate", "received", "sent", "realtime sent", "bulk sent", "queue rt/bulk", "shaper drops"];
+
+/// A link's cells, in [`LINK_COLUMNS`] order.
+pub fn link_cells(l: &LinkSnap) -> Vec<String> {
+    let class = |c: &str| l.by_class.get(c).map_or_else(|| "-".to_string(), |c| human_bytes(c.bytes));
+    let (queue, drops) = match &l.shaper {
+        None => ("-".to_string(), "-".to_string()),
+        Some(sh) => {
+            let d = |lane: &str| sh.delay_ms.get(lane).copied();
+            (
+                format!("{} / {}", human_ms(d("realtime")), human_ms(Some(sh.bulk_delay_ms))),
+                sh.drops.values().sum::<u64>().to_string(),
+            )
+        }
+    };
+    let received_dropped: u64 = l.drops.values().sum();
+    let received = if received_dropped > 0 {
+        format!("{} pkts ({}), {received_dropped} dropped", l.rx.packets, human_bytes(l.rx.bytes))
+    } else {
+        format!("{} pkts ({})", l.rx.packets, human_bytes(l.rx.bytes))
+    };
+    vec![
+        l.name.clone(),
+        if l.role.is_empty() { "primary".to_string() } else { l.role.clone() },
+        l.rate.clone().unwrap_or_else(|| "-".to_string()),
+        received,
+        format!("{} pkts ({})", l.tx.packets, human_bytes(l.tx.bytes)),
+        class("realtime"),
+        class("bulk"),
+        queue,
+        drops,
     ]
 }
 
@@ -92,10 +134,11 @@ pub fn render_text(s: &Snapshot) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "host {}  tun {}  policy {}  up {}  probes every {:.0} ms",
+        "host {}  tun {}  policy {} (realtime), {} (bulk)  up {}  probes every {:.0} ms",
         s.host,
         s.tun,
         s.policy,
+        s.bulk_policy,
         human_duration(s.uptime_s),
         s.probe_interval_ms
     );
@@ -123,22 +166,26 @@ pub fn render_text(s: &Snapshot) -> String {
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
     }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "links:");
-    let rows: Vec<Vec<String>> = s
-        .links
+    let classes: Vec<String> = t
+        .classes
         .iter()
-        .map(|l| {
-            let drops: u64 = l.drops.values().sum();
-            vec![
-                l.name.clone(),
-                format!("{} pkts ({})", l.rx.packets, human_bytes(l.rx.bytes)),
-                format!("{} pkts ({})", l.tx.packets, human_bytes(l.tx.bytes)),
-                drops.to_string(),
-            ]
+        .map(|(name, c)| {
+            format!(
+                "{name} out {} pkts ({}), in {} pkts ({})",
+                c.out.packets,
+                human_bytes(c.out.bytes),
+                c.into.packets,
+                human_bytes(c.into.bytes)
+            )
         })
         .collect();
-    table(&mut o, "  ", &["link", "received", "sent", "dropped"], &rows);
+    if !classes.is_empty() {
+        let _ = writeln!(o, "  {}", classes.join("; "));
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "links:");
+    let rows: Vec<Vec<String>> = s.links.iter().map(link_cells).collect();
+    table(&mut o, "  ", &LINK_COLUMNS, &rows);
     for p in &s.peers {
         let _ = writeln!(o);
         let session = match &p.session {
@@ -152,9 +199,10 @@ pub fn render_text(s: &Snapshot) -> String {
         };
         let _ = writeln!(
             o,
-            "peer {}: {session}, policy {}, {} handshakes; sent {} pkts ({}), received {} pkts ({})",
+            "peer {}: {session}, policy {} (realtime), {} (bulk), {} handshakes; sent {} pkts ({}), received {} pkts ({})",
             p.id,
             p.policy,
+            p.bulk_policy,
             p.handshakes,
             p.sealed.packets,
             human_bytes(p.sealed.bytes),
@@ -225,7 +273,18 @@ mod tests {
         assert!(paths[0].outbound.first_share > 0.6, "{:?}", paths[0].outbound);
         assert_eq!(s.totals.drops.len(), DropReason::COUNT);
         let text = render_text(&s);
-        for needle in ["host 1", "peer 2", "wan1 -> 172.16.0.2:51820", "wan2 -> 172.16.1.2:51820", "probes lost"] {
+        for needle in [
+            "host 1",
+            "peer 2",
+            "wan1 -> 172.16.0.2:51820",
+            "wan2 -> 172.16.1.2:51820",
+            "probes lost",
+            "primary",
+            "secondary",
+            "10mbit",
+            "realtime out 1",
+            "(realtime), failover (bulk)",
+        ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");
         }
         // JSON round trip: what scripts read is what the table shows.
