@@ -9,47 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The testbed script with its own namespace prefix, torn down on drop.
-struct Testbed {
-    prefix: String,
-}
-
-impl Testbed {
-    fn new(tag: &str) -> Testbed {
-        Testbed { prefix: format!("mt{}{tag}", std::process::id() % 10_000) }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/netns.sh"))
-            .args(args)
-            .env("TESTBED_PREFIX", &self.prefix)
-            .env("MPVR_LINKEMU", env!("CARGO_BIN_EXE_mpvr-linkemu"))
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
-
 fn namespaces() -> String {
     sh(&["ip", "netns", "list"])
 }

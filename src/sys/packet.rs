@@ -1,6 +1,6 @@
-//! AF_PACKET sockets: whole Ethernet frames in and out of one interface, for
-//! the link emulator. Frames this socket sends are not read back
-//! (PACKET_IGNORE_OUTGOING).
+//! AF_PACKET sockets: whole frames in and out of one interface, for the
+//! link emulator (frames it sends are not read back: PACKET_IGNORE_OUTGOING)
+//! and for captures in the end-to-end tests and benchmarks (both directions).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,8 +24,19 @@ fn if_index(name: &str) -> io::Result<u32> {
 }
 
 impl PacketSocket {
-    /// Open and bind to interface `name`. Needs CAP_NET_RAW.
+    /// Open and bind to interface `name`; frames it sends itself are not
+    /// read back. Needs CAP_NET_RAW.
     pub fn bind(name: &str) -> io::Result<PacketSocket> {
+        Self::open(name, true)
+    }
+
+    /// Open and bind to interface `name` to watch it: what it receives and
+    /// what the host sends on it (a capture, as tcpdump's). Needs CAP_NET_RAW.
+    pub fn capture(name: &str) -> io::Result<PacketSocket> {
+        Self::open(name, false)
+    }
+
+    fn open(name: &str, ignore_outgoing: bool) -> io::Result<PacketSocket> {
         let index = if_index(name)?;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the result is checked.
@@ -46,7 +57,9 @@ impl PacketSocket {
             )
         })?;
         let s = PacketSocket { fd };
-        s.setopt(libc::SOL_PACKET, 23 /* PACKET_IGNORE_OUTGOING */, 1)?;
+        if ignore_outgoing {
+            s.setopt(libc::SOL_PACKET, 23 /* PACKET_IGNORE_OUTGOING */, 1)?;
+        }
         let _ = s.setopt(libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
         let _ = s.setopt(libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
         Ok(s)

@@ -142,6 +142,51 @@ pub fn mpvr() -> &'static str {
     env!("CARGO_BIN_EXE_mpvr")
 }
 
+pub fn linkemu() -> &'static str {
+    env!("CARGO_BIN_EXE_mpvr-linkemu")
+}
+
+/// The testbed script with its own namespace prefix, torn down on drop.
+pub struct Testbed {
+    pub prefix: String,
+}
+
+impl Testbed {
+    pub fn new(tag: &str) -> Testbed {
+        Testbed { prefix: format!("mt{}{tag}", std::process::id() % 10_000) }
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/netns.sh"))
+            .args(args)
+            .env("TESTBED_PREFIX", &self.prefix)
+            .env("MPVR_LINKEMU", linkemu())
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
 /// A fresh private key file (mode 600) and its public key.
 pub fn keypair(dir: &TempDir, name: &str) -> (PathBuf, String) {
     let private = sh(&[mpvr(), "genkey"]);
