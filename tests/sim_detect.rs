@@ -156,3 +156,27 @@ fn at_20_percent_loss_a_path_is_degraded_not_flapping() {
         }
     }
 }
+
+#[test]
+fn a_slower_path_is_not_suspect_while_its_copies_are_on_their_way() {
+    // 20 ms and 60 ms, and video-like bursts (a key frame: 40 packets 50
+    // us apart every 100 ms): the gaps inside a burst make the slow path's
+    // allowance short, the pause between bursts is longer, and every copy
+    // on it comes 40 ms after the fast path's. It stays up all the same,
+    // at both ends.
+    let mut p = scenario::pair(61, &[LinkModel::delay(ms(20)), LinkModel::delay(ms(60))], &|_| {});
+    for k in 0..40 {
+        p.stream(ms(1000) + Duration::from_micros(50 * k), ms(100), 100, 1200);
+    }
+    p.sim.run_until(at_ms(12_000));
+    for h in [p.a, p.b] {
+        let c = changes(&p, h, 1);
+        assert!(c.iter().all(|c| c.1 != Health::Suspect), "{c:?}");
+    }
+    // And it still is suspect soon when it really stops.
+    p.sim.blackout(p.wires[1], at_ms(13_000), at_ms(15_000));
+    p.stream(ms(12_500), ms(5), 1000, 200);
+    p.sim.run_until(at_ms(16_000));
+    let dead = dead_after(&p, p.b, 1, at_ms(13_000)).expect("the slow path's stall was seen");
+    assert!(dead <= ms(300), "{dead:?}");
+}

@@ -86,10 +86,9 @@ pub struct Bundle {
     pub(super) synced: bool,
     /// Probe ids, unique across its paths.
     next_probe_id: u32,
-    /// The last data packets' first arrivals: (key phase, sequence number, when).
+    /// The last data packets sent on several paths: (key phase, sequence
+    /// number, first arrival), at the sequence number modulo its size.
     firsts: [(bool, u64, Time); RECENT_FIRSTS],
-    /// Where the next first arrival goes in `firsts`.
-    next_first: usize,
     /// The last inner source address found routed to this neighbour, with
     /// the router version it was checked at (most packets repeat it).
     pub(super) source_ok: Option<(std::net::IpAddr, u64)>,
@@ -144,7 +143,6 @@ impl Bundle {
             synced: false,
             next_probe_id: 1,
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
-            next_first: 0,
             source_ok: None,
             roles: Vec::new(),
         }
@@ -302,10 +300,15 @@ impl Bundle {
         Some(u32::try_from(best.as_micros()).unwrap_or(u32::MAX).max(1))
     }
 
-    /// A data packet's first copy arrived at `now`.
+    /// A data packet's first copy arrived at `now` (one sent on several paths).
     pub(super) fn first_arrival(&mut self, phase: bool, seq: u64, now: Time) {
-        self.firsts[self.next_first] = (phase, seq, now);
-        self.next_first = (self.next_first + 1) % RECENT_FIRSTS;
+        self.firsts[(seq % RECENT_FIRSTS as u64) as usize] = (phase, seq, now);
+    }
+
+    /// When the first copy of data packet `seq` arrived, if it is remembered.
+    pub(super) fn first_arrived(&self, phase: bool, seq: u64) -> Option<Time> {
+        let (p, s, at) = self.firsts[(seq % RECENT_FIRSTS as u64) as usize];
+        (p == phase && s == seq && s != 0).then_some(at)
     }
 
     /// How many of the remembered data packets a path that last delivered

@@ -262,6 +262,8 @@ struct View<'a> {
     /// The UDP payload (empty for anything else).
     payload: &'a [u8],
     len: usize,
+    /// A fragment of a larger datagram: its identification, and whether it is the first.
+    fragment: Option<(u32, bool)>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -281,8 +283,10 @@ fn view(packet: &[u8]) -> Option<View<'_>> {
             }
             let src: [u8; 4] = packet[12..16].try_into().ok()?;
             let dst: [u8; 4] = packet[16..20].try_into().ok()?;
-            let offset = u16_at(packet, 6)? & 0x1fff;
-            (packet[1] >> 2, packet[9], IpAddr::from(src), IpAddr::from(dst), ihl, offset != 0)
+            let flags = u16_at(packet, 6)?;
+            let (more, offset) = (flags & 0x2000 != 0, flags & 0x1fff);
+            let frag = (more || offset != 0).then(|| (u32::from(u16_at(packet, 4).unwrap_or(0)), offset == 0));
+            (packet[1] >> 2, packet[9], IpAddr::from(src), IpAddr::from(dst), ihl, frag)
         }
         6 => {
             if packet.len() < 40 {
@@ -291,7 +295,7 @@ fn view(packet: &[u8]) -> Option<View<'_>> {
             let tc = (packet[0] & 0x0f) << 4 | packet[1] >> 4;
             let src: [u8; 16] = packet[8..24].try_into().ok()?;
             let dst: [u8; 16] = packet[24..40].try_into().ok()?;
-            (tc >> 2, packet[6], IpAddr::from(src), IpAddr::from(dst), 40, false)
+            (tc >> 2, packet[6], IpAddr::from(src), IpAddr::from(dst), 40, None)
         }
         _ => return None,
     };
@@ -305,7 +309,9 @@ fn view(packet: &[u8]) -> Option<View<'_>> {
                     l4 += len;
                 }
                 44 => {
-                    fragment |= u16_at(packet, l4 + 2)? >> 3 != 0;
+                    let off = u16_at(packet, l4 + 2)?;
+                    let id = u32::from_be_bytes(packet.get(l4 + 4..l4 + 8)?.try_into().ok()?);
+                    fragment = Some((id, off >> 3 == 0));
                     protocol = *packet.get(l4)?;
                     l4 += 8;
                 }
@@ -314,10 +320,11 @@ fn view(packet: &[u8]) -> Option<View<'_>> {
         }
     }
     let transport = packet.get(l4..).unwrap_or(&[]);
-    let ported = !fragment && (protocol == protocol::TCP || protocol == protocol::UDP);
+    let later_fragment = fragment.is_some_and(|(_, first)| !first);
+    let ported = !later_fragment && (protocol == protocol::TCP || protocol == protocol::UDP);
     let ports = if ported { Some((u16_at(transport, 0)?, u16_at(transport, 2)?)) } else { None };
     let payload = if ported && protocol == protocol::UDP { transport.get(8..).unwrap_or(&[]) } else { &[] };
-    Some(View { dscp, protocol, src, dst, ports, payload, len: packet.len() })
+    Some(View { dscp, protocol, src, dst, ports, payload, len: packet.len(), fragment })
 }
 
 /// Whether a UDP payload is STUN, DTLS, TURN channel data, RTP or RTCP
@@ -428,6 +435,18 @@ impl FlowTable {
         h.finish() | 1
     }
 
+    /// The keyed hash naming one fragmented datagram.
+    fn fragment_tag(&self, v: &View<'_>, id: u32) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.key[1]);
+        h.write_u64(self.key[0]);
+        h.write_u128(ip_bits(v.src));
+        h.write_u128(ip_bits(v.dst));
+        h.write_u8(v.protocol);
+        h.write_u32(id);
+        h.finish() | 1
+    }
+
     /// Note a UDP packet of its flow at `now`; whether the flow is steady.
     fn observe(&mut self, now: Time, v: &View<'_>) -> bool {
         let tag = self.hash(v);
@@ -474,18 +493,24 @@ fn ip_bits(a: IpAddr) -> u128 {
     }
 }
 
+/// Fragmented datagrams remembered, so the later fragments (which carry
+/// no ports or payload header) take the class of the first.
+const FRAGMENTS: usize = 256;
+
 /// Decides each packet's class: the rules, then the automatic tests.
 #[derive(Clone, Debug)]
 pub struct Classifier {
     rules: Vec<(Rule, u64)>,
     flows: FlowTable,
+    /// (keyed hash of source, destination, protocol and identification; class of the first fragment).
+    fragments: Vec<(u64, Class)>,
 }
 
 impl Classifier {
     /// A classifier with these (validated) rules and a flow table keyed with `key`.
     pub fn new(rules: &[Rule], key: [u64; 2]) -> Classifier {
         let rules = rules.iter().map(|r| (r.clone(), dscp_mask(&r.dscp))).collect();
-        Classifier { rules, flows: FlowTable::new(key) }
+        Classifier { rules, flows: FlowTable::new(key), fragments: vec![(0, Class::Bulk); FRAGMENTS] }
     }
 
     /// The rules in effect, in order.
@@ -499,9 +524,24 @@ impl Classifier {
     }
 
     /// The class of an inner IP packet seen at `now` (anything that is not
-    /// an IP packet we can read is bulk).
+    /// an IP packet we can read is bulk). A fragment after the first takes
+    /// the first one's class (bulk if it was not seen).
     pub fn classify(&mut self, now: Time, packet: &[u8]) -> Class {
         let Some(v) = view(packet) else { return Class::Bulk };
+        let Some((id, first)) = v.fragment else { return self.decide(now, &v) };
+        let tag = self.flows.fragment_tag(&v, id);
+        let slot = (tag >> 32) as usize % FRAGMENTS;
+        if !first {
+            let (t, class) = self.fragments[slot];
+            return if t == tag { class } else { Class::Bulk };
+        }
+        let class = self.decide(now, &v);
+        self.fragments[slot] = (tag, class);
+        class
+    }
+
+    fn decide(&mut self, now: Time, v: &View<'_>) -> Class {
+        let v = *v;
         if let Some((r, _)) = self.rules.iter().find(|(r, m)| r.matches(&v, *m)) {
             return r.class;
         }
@@ -684,6 +724,24 @@ mod tests {
             validate_rules(&[rule(Class::Bulk, None, &[(9, 2)], &[], &[])]),
             Err((0, RuleError::EmptyPorts(9, 2)))
         );
+    }
+
+    #[test]
+    fn later_fragments_take_the_first_fragments_class() {
+        let mut c = plain();
+        let mut rtp = vec![0x80, 96];
+        rtp.resize(1400, 1);
+        let mut first = udp(&rtp[..1000], 40000, 5006, 0);
+        first[4..6].copy_from_slice(&77u16.to_be_bytes());
+        first[6] = 0x20; // more fragments
+        let mut later = udp(&[3; 400], 0, 0, 0);
+        later[4..6].copy_from_slice(&77u16.to_be_bytes());
+        later[6..8].copy_from_slice(&(1008u16 / 8).to_be_bytes());
+        assert_eq!(c.classify(ms(0), &first), Class::Realtime);
+        assert_eq!(c.classify(ms(0), &later), Class::Realtime);
+        // Another datagram's later fragment, first never seen: bulk.
+        later[5] = 78;
+        assert_eq!(c.classify(ms(0), &later), Class::Bulk);
     }
 
     #[test]

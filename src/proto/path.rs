@@ -24,6 +24,11 @@ use super::time::Time;
 pub const MAX_PATHS: usize = 32;
 /// Most paths one bundle has that were learned rather than configured.
 pub const MAX_LEARNED_PATHS: usize = 8;
+/// Data packets a path remembers sending (to judge a peer's notice)...
+pub const SENT_KEPT: usize = 64;
+/// ... at most one per this interval (so they reach 256 ms back at any rate;
+/// the first packet after a pause is always kept).
+pub const SENT_SPACING: Duration = Duration::from_millis(4);
 
 /// A path's identity: its slot and the slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,12 +145,18 @@ pub struct Path {
     pub last_data: Option<Time>,
     /// Last time a data packet was sent on it.
     pub last_data_tx: Option<Time>,
-    /// Since when data has been sent on it without a pause of a second.
-    pub data_tx_since: Option<Time>,
+    /// The last data packets sent on it: (key phase, sequence number, when).
+    sent: [(bool, u64, Time); SENT_KEPT],
+    /// Where the next goes in `sent`.
+    next_sent: usize,
     /// The peer's slot for this path, from the path byte of its probes.
     pub peer_slot: Option<u8>,
     /// The highest sequence number of data it delivered, with its key phase.
     pub last_seq: Option<(bool, u64)>,
+    /// How long after the first copy its copies of data usually arrive
+    /// (smoothed, 1/8; zero when it delivers first): a slower path is not
+    /// silent while its copies are still on their way.
+    pub lateness: std::time::Duration,
     /// Probes, estimates, passive counts and state.
     pub monitor: PathMonitor,
 }
@@ -161,23 +172,24 @@ impl Path {
         self.last_data.is_some_and(|t| now - t < interval)
     }
 
-    /// A data packet goes out on it at `now`.
-    pub fn sent_data(&mut self, now: Time) {
-        if self.last_data_tx.is_none_or(|t| now - t >= Duration::from_secs(1)) {
-            self.data_tx_since = Some(now);
+    /// Data packet `seq` (of key phase `phase`) goes out on it at `now`.
+    pub fn sent_data(&mut self, now: Time, phase: bool, seq: u64) {
+        let prev = self.sent[(self.next_sent + SENT_KEPT - 1) % SENT_KEPT];
+        if prev.1 == 0 || prev.2 + SENT_SPACING <= now || prev.0 != phase {
+            self.sent[self.next_sent] = (phase, seq, now);
+            self.next_sent = (self.next_sent + 1) % SENT_KEPT;
         }
         self.last_data_tx = Some(now);
     }
 
-    /// Whether this end sent data on it all through a silence the peer
-    /// reports: the peer heard nothing on it for `silent`, and copies take
-    /// up to `transit` (a round trip covers the notice's way back). It must
-    /// have sent from before the silence began until well into it (past
-    /// its middle): a sender that paused when the silence began sent
-    /// nothing the peer missed, whatever the clocks' and batches' jitter.
-    pub fn sent_data_through(&self, now: Time, silent: Duration, transit: Duration) -> bool {
-        let (Some(since), Some(last)) = (self.data_tx_since, self.last_data_tx) else { return false };
-        since + transit + silent <= now && last + silent / 2 >= now
+    /// When this end sent the first data packet on it after the one the
+    /// peer says it last received (`phase`, `last`), as far as it
+    /// remembers (within [`SENT_SPACING`] after it; the oldest remembered,
+    /// if all are later): `None` if it
+    /// sent none after it (it paused; the peer's silence is no failure),
+    /// or none under that key phase (a rekey: nothing is concluded).
+    pub fn sent_after(&self, phase: bool, last: u64) -> Option<Time> {
+        self.sent.iter().filter(|&&(p, s, _)| s != 0 && p == phase && s > last).map(|&(_, _, at)| at).min()
     }
 
     /// Whether nothing was sent on it for `ka` (or ever).
@@ -312,7 +324,9 @@ impl Paths {
             later: Count::default(),
             last_data: None,
             last_data_tx: None,
-            data_tx_since: None,
+            sent: [(false, 0, Time::ZERO); SENT_KEPT],
+            next_sent: 0,
+            lateness: std::time::Duration::ZERO,
             peer_slot: None,
             last_seq: None,
             monitor: PathMonitor::new(now),

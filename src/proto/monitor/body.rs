@@ -76,31 +76,44 @@ impl ReplyBody {
 }
 
 /// A path notice's body: the receiver's slot of the path (as its probes
-/// named it) and how long no data had arrived on it here.
+/// named it), how long no data had arrived on it here, and the last data
+/// packet it did deliver (key phase, sequence number): the peer knows
+/// whether it sent anything after that one, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoticeBody {
     /// The receiver's path slot (from its probes' path byte).
     pub path: u8,
     /// Microseconds without data on the path at the sender of the notice.
     pub silent_us: u32,
+    /// Key phase of the last data packet the path delivered.
+    pub phase: bool,
+    /// Its sequence number.
+    pub last: u64,
 }
 
 impl NoticeBody {
     /// Encoded length.
-    pub const LEN: usize = 5;
+    pub const LEN: usize = 14;
 
     /// Encode into `out[..LEN]`.
     pub fn encode(&self, out: &mut [u8]) {
         out[0] = self.path;
         out[1..5].copy_from_slice(&self.silent_us.to_be_bytes());
+        out[5] = u8::from(self.phase);
+        out[6..14].copy_from_slice(&self.last.to_be_bytes());
     }
 
-    /// Decode; `None` if it is not exactly [`NoticeBody::LEN`] bytes.
+    /// Decode; `None` if it is not exactly [`NoticeBody::LEN`] bytes or the phase byte is not 0 or 1.
     pub fn decode(b: &[u8]) -> Option<NoticeBody> {
-        if b.len() != Self::LEN {
+        if b.len() != Self::LEN || b[5] > 1 {
             return None;
         }
-        Some(NoticeBody { path: b[0], silent_us: u32::from_be_bytes(b[1..5].try_into().ok()?) })
+        Some(NoticeBody {
+            path: b[0],
+            silent_us: u32::from_be_bytes(b[1..5].try_into().ok()?),
+            phase: b[5] == 1,
+            last: u64::from_be_bytes(b[6..14].try_into().ok()?),
+        })
     }
 }
 
@@ -123,7 +136,7 @@ mod tests {
         r.encode(&mut b);
         assert_eq!(ReplyBody::decode(&b), Some(r));
         assert_eq!(ReplyBody::decode(&b[1..]), None);
-        let n = NoticeBody { path: 3, silent_us: 86_000 };
+        let n = NoticeBody { path: 3, silent_us: 86_000, phase: true, last: 1 << 40 };
         n.encode(&mut b);
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN]), Some(n));
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN + 1]), None);

@@ -15,8 +15,8 @@
 //! that is: K packets in a row lost by chance happen less than once in
 //! [`FALSE_ALARM`] packets at the path's own loss rate, and the jitter seen
 //! in the gaps is allowed on top. At 100 packets/s on a clean path with a
-//! few ms of jitter that is about 50 ms; at 1 000 packets/s about 15 ms; at
-//! 5 % loss and 20 ms of jitter about 100 ms. A silence longer than that is
+//! few ms of jitter that is about 60 ms; at 1 000 packets/s about 25 ms; at
+//! 5 % loss and 20 ms of jitter about 110 ms. A silence longer than that is
 //! reported ([`DataGaps::stalled`]), and again at twice, four times ... the
 //! allowance until [`REPORT_FOR`], or until data arrives again. A gap
 //! longer than [`PAUSE`] is the sender pausing, not a sample: the estimate
@@ -30,8 +30,9 @@ use crate::proto::time::Time;
 pub const ARM_AFTER: u32 = 8;
 /// How rare a run of chance losses that looks like a stall may be.
 pub const FALSE_ALARM: f64 = 1e-6;
-/// Added to every allowance (scheduling, batching).
-pub const STALL_FLOOR: Duration = Duration::from_millis(10);
+/// Added to every allowance (scheduling, batching: a receiver on a loaded
+/// 2-core host was seen to read one link 13 ms behind the other).
+pub const STALL_FLOOR: Duration = Duration::from_millis(20);
 /// A gap this long is a pause of the sender: the estimate starts over.
 pub const PAUSE: Duration = Duration::from_secs(1);
 /// A stall is reported again, less and less often, until it is this long.
@@ -157,14 +158,14 @@ mod tests {
         for i in 5..50 {
             assert!(!g.on_data(at(10 * i)));
         }
-        // 10 ms gaps, no deviation: 3 x 10 + 10 ms.
+        // 10 ms gaps, no deviation: 3 x 10 + 20 ms.
         let allow = g.allow(0.0).unwrap();
-        assert!(allow.abs_diff(Duration::from_millis(40)) < Duration::from_millis(1), "{allow:?}");
-        assert_eq!(g.stalled(at(490 + 39), 0.0), None);
-        assert_eq!(g.stalled(at(490 + 41), 0.0), Some(Duration::from_millis(41)));
-        assert_eq!(g.stalled(at(490 + 60), 0.0), None, "reported once per doubling");
-        assert_eq!(g.stalled(at(490 + 81), 0.0), Some(Duration::from_millis(81)));
-        assert_eq!(g.stalled(at(490 + 161), 0.0), Some(Duration::from_millis(161)));
+        assert!(allow.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1), "{allow:?}");
+        assert_eq!(g.stalled(at(490 + 49), 0.0), None);
+        assert_eq!(g.stalled(at(490 + 51), 0.0), Some(Duration::from_millis(51)));
+        assert_eq!(g.stalled(at(490 + 80), 0.0), None, "reported once per doubling");
+        assert_eq!(g.stalled(at(490 + 101), 0.0), Some(Duration::from_millis(101)));
+        assert_eq!(g.stalled(at(490 + 201), 0.0), Some(Duration::from_millis(201)));
         let mut n = 3;
         while g.stalled(at(490 + 5_000), 0.0).is_some() {
             n += 1;

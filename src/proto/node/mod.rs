@@ -7,9 +7,11 @@
 //! send, written into a caller-owned [`super::Transmits`] batch, plaintext to
 //! deliver, returned as a range of the caller's own receive buffer, and
 //! [`Event`]s ([`Node::poll_event`]). The shell (or the simulator) sends,
-//! delivers and arms the timer from [`Node::poll_timeout`]. There is no
-//! internal transmit queue to poll: outputs go straight into the caller's
-//! batch, which saves a copy per packet.
+//! delivers and arms the timer from [`Node::poll_timeout`]. Outputs go
+//! straight into the caller's batch, which saves a copy per packet; the one
+//! place the node holds datagrams is a shaped link's queue
+//! ([`super::shaper`]), whose copies join the batch of whichever call (a
+//! packet, a datagram, a timeout) comes when the link's rate allows them.
 //!
 //! The node is a dispatcher over parts that own their state:
 //! - a [`Bundle`] per peer: its paths ([`super::path`], named by stable
@@ -22,15 +24,18 @@
 //!
 //! The packet path, one walk each way:
 //! - TUN -> [`Node::handle_tun_packet`] (`send`): destination, router
-//!   lookup, the bundle's policy picks a [`super::path::PathSet`], the
-//!   current session's next sequence number, sealed once, one datagram with
-//!   N paths in the batch. With no session yet the packet waits (bounded)
+//!   lookup, the packet's [`super::class::Class`], the bundle picks a
+//!   [`super::path::PathSet`] (the class's policy among the paths its
+//!   links' roles allow), the current session's next sequence number,
+//!   sealed once, one datagram with N paths in the batch (a copy for a
+//!   shaped link without the tokens for it waits in that link's queue, by
+//!   class). With no session yet the packet waits (bounded)
 //!   while a Noise IK handshake runs over every path.
 //! - link -> [`Node::handle_datagram`] (`receive`): header, for us and from
 //!   a peer, window check (cheap, before any crypto), open, mark the window
 //!   (only now), credit the path, then deliver to the TUN or, on a relay,
 //!   re-seal for the next hop through the same send path (hop by hop: every
-//!   hop deduplicates).
+//!   hop deduplicates, and classifies the packet again).
 //!
 //! Timers (`timers`): the link monitor probes every path (probes and
 //! replies are sealed like data, on that path only), follows its estimates

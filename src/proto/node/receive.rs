@@ -30,6 +30,9 @@ fn wire_drop(e: WireError) -> DropReason {
     }
 }
 
+/// Added to the trips a notice's packet took (scheduling, batching at both ends).
+const NOTICE_SLACK: Duration = Duration::from_millis(5);
+
 impl Node {
     /// A datagram received on `link` from `from`. `datagram` is opened in
     /// place; on [`Received::Deliver`] the IP packet is the returned range of it.
@@ -102,6 +105,7 @@ impl Node {
             session.window.mark(header.seq);
         }
         let first = fresh.then_some(HEADER_LEN + plain_len + TAG_LEN);
+        let first_at = if fresh { Some(now) } else { b.first_arrived(header.key_phase, header.seq.0) };
         let path = b.touch_path(now, addr, first);
         let mut change = None;
         if let Some(id) = path {
@@ -114,6 +118,10 @@ impl Node {
                     let seq = (header.key_phase, header.seq.0);
                     if p.last_seq.is_none_or(|last| last.0 != seq.0 || last.1 < seq.1) {
                         p.last_seq = Some(seq);
+                    }
+                    if let Some(t) = first_at.filter(|_| !header.sole) {
+                        let (late, l) = (now.saturating_since(t), p.lateness);
+                        p.lateness = l + late.saturating_sub(l) / 8 - l.saturating_sub(late) / 8;
                     }
                     change = p.monitor.on_data(now).map(|c| (id, c));
                 }
@@ -159,7 +167,7 @@ impl Node {
             }
             MessageType::Probe => self.on_probe(now, idx, path, &datagram[plain], out),
             MessageType::ProbeReply => self.on_probe_reply(now, idx, addr.link, &datagram[plain]),
-            MessageType::PathNotice => self.on_notice(now, idx, &datagram[plain]),
+            MessageType::PathNotice => self.on_notice(now, idx, path, &datagram[plain]),
             MessageType::RouteAdvert => self.on_advert(now, idx, &datagram[plain], out),
             _ => self.deliver_or_forward(now, idx, header, &datagram[plain.clone()], plain, out),
         }
@@ -256,22 +264,29 @@ impl Node {
         Ok(Received::Probe)
     }
 
-    /// An authenticated path notice: the peer says our data on one of our
-    /// paths stopped arriving. If this end did send data on it all through
-    /// that silence, the path is suspect (and probed fast).
-    fn on_notice(&mut self, now: Time, idx: usize, body: &[u8]) -> Result<Received, DropReason> {
+    /// An authenticated path notice, come on path `via`: the peer says our
+    /// data on one of our paths stopped arriving after a given packet. If
+    /// this end sent data on it after that packet long enough ago that it
+    /// should have arrived before the peer wrote the notice (a one-way trip
+    /// on that path, one back on `via`, and their variation), the path lost
+    /// it: it is suspect (and probed fast). A sender that paused, or sent
+    /// its next packet only just now (bursty video), sent nothing the peer
+    /// missed.
+    fn on_notice(&mut self, now: Time, idx: usize, via: Option<PathId>, body: &[u8]) -> Result<Received, DropReason> {
         let notice = NoticeBody::decode(body).ok_or(DropReason::BadNotice)?;
         let silent = Duration::from_micros(u64::from(notice.silent_us));
         let b = &mut self.bundles[idx];
+        let back = via.and_then(|v| b.paths.get(v)).map(|q| (q.monitor.rtt().srtt(), q.monitor.rtt().rttvar()));
         let Some(p) = b.paths.at_slot_mut(usize::from(notice.path)).filter(|p| p.usable) else {
             return Ok(Received::Probe);
         };
-        // The notice took a one-way trip on another path, our copies one on
-        // this path: a round trip (and its variation) covers both.
-        let transit = p.monitor.rtt().srtt().unwrap_or(silent) + p.monitor.rtt().rttvar() * 2;
-        if p.sent_data_through(now, silent, transit)
-            && let Some(c) = p.monitor.suspect(now, Reason::PeerSilent { silent })
-        {
+        let (out_rtt, out_var) = (p.monitor.rtt().srtt().unwrap_or(silent), p.monitor.rtt().rttvar());
+        let transit = match back {
+            Some((Some(back_rtt), back_var)) => (out_rtt + back_rtt) / 2 + (out_var + back_var) * 2,
+            _ => out_rtt + out_var * 2,
+        } + NOTICE_SLACK;
+        let lost = p.sent_after(notice.phase, notice.last).is_some_and(|t| t + transit <= now);
+        if lost && let Some(c) = p.monitor.suspect(now, Reason::PeerSilent { silent }) {
             let id = p.id();
             b.rerank();
             self.announce(idx, vec![(id, c)]);

@@ -32,17 +32,19 @@ pub(super) struct Kind {
     msg_type: MessageType,
     hop_limit: u8,
     class: Option<Class>,
+    /// The key phase and sequence number it is sealed with (set by [`Tx::seal`]).
+    seq: Option<(bool, u64)>,
 }
 
 impl Kind {
     /// A data packet of `class` with `hop_limit` hops left.
     pub(super) fn data(hop_limit: u8, class: Class) -> Kind {
-        Kind { msg_type: MessageType::Data, hop_limit, class: Some(class) }
+        Kind { msg_type: MessageType::Data, hop_limit, class: Some(class), seq: None }
     }
 
     /// A control message for the next hop only.
     pub(super) fn control(msg_type: MessageType) -> Kind {
-        Kind { msg_type, hop_limit: 1, class: None }
+        Kind { msg_type, hop_limit: 1, class: None, seq: None }
     }
 }
 
@@ -64,8 +66,8 @@ fn fan_out(
     for slot in set.slots() {
         let Some(p) = paths.at_slot_mut(slot) else { continue };
         p.last_tx = Some(now);
-        if kind.msg_type == MessageType::Data {
-            p.sent_data(now);
+        if let (MessageType::Data, Some((phase, seq))) = (kind.msg_type, kind.seq) {
+            p.sent_data(now, phase, seq);
         }
         p.tx.add(wire_len);
         let Some((l, shaper)) = links.parts_mut(p.addr.link) else {
@@ -119,8 +121,9 @@ impl Tx<'_> {
         let (key_phase, session) = b.sessions.sending(now).ok_or(DropReason::NoSession)?;
         let seq = session.next_seq().ok_or(DropReason::SeqExhausted)?;
         let wire_len = OVERHEAD + payload.len();
+        let kind = Kind { seq: Some((key_phase, seq.0)), ..kind };
         let held = fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out);
-        let Kind { msg_type, hop_limit, class } = kind;
+        let Kind { msg_type, hop_limit, class, .. } = kind;
         let sole = msg_type == MessageType::Data && set.len() == 1;
         let header = Header { msg_type, hop_limit, key_phase, sole, sender: self.me, receiver, seq };
         let copies = out.push_sealed(&header, payload, &session.keys) + held.len();

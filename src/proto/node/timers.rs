@@ -54,7 +54,7 @@ pub(super) fn send_notice(
     silent: Duration,
     out: &mut Transmits,
 ) {
-    let Some(path) = peer_slot else { return };
+    let (Some(path), Some((phase, last))) = (peer_slot, b.paths.get(id).and_then(|p| p.last_seq)) else { return };
     let mut set = PathSet::EMPTY;
     for q in b.paths.iter().filter(|q| q.usable && q.id() != id) {
         set.insert(q.id());
@@ -64,7 +64,7 @@ pub(super) fn send_notice(
     }
     let silent_us = u32::try_from(silent.as_micros()).unwrap_or(u32::MAX);
     let mut body = [0u8; NoticeBody::LEN];
-    NoticeBody { path, silent_us }.encode(&mut body);
+    NoticeBody { path, silent_us, phase, last }.encode(&mut body);
     if let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out) {
         tx.stats.drops.add(reason);
     }
@@ -97,7 +97,10 @@ pub(super) fn suspect_stalled(
         // Packets its siblings delivered after its last one, long enough
         // ago (its allowance) that its own copies should have come too; as
         // many as its loss makes a one-in-a-million run.
-        let missed = b.missed_since(last_seq, now - allow);
+        // A slower path's copies come later than the first: only packets
+        // first seen longer ago than its lateness and allowance count.
+        let lateness = p.lateness;
+        let missed = b.missed_since(last_seq, now - allow - lateness);
         if missed < p.monitor.chance_run() {
             continue;
         }
