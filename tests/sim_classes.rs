@@ -33,8 +33,8 @@ fn site(seed: u64, lte_role: Role, shaped: bool, tweak: &dyn Fn(&mut NodeConfig)
     let mut p = scenario::pair(seed, &[fibre(), lte()], tweak);
     for h in [p.a, p.b] {
         let up = |r: &str| if shaped { rate(r) } else { None };
-        p.sim.configure_link(h, p.wires[0], LinkSettings { role: Role::Primary, up: up("50mbit") });
-        p.sim.configure_link(h, p.wires[1], LinkSettings { role: lte_role, up: up("5mbit") });
+        p.sim.configure_link(h, p.wires[0], LinkSettings { role: Role::Primary, up: up("50mbit"), down: None });
+        p.sim.configure_link(h, p.wires[1], LinkSettings { role: lte_role, up: up("5mbit"), down: None });
     }
     p
 }
@@ -219,4 +219,55 @@ fn classification_cost_and_state_stay_bounded_under_any_payload() {
     }
     p.sim.run_until(Time::ZERO + MS(3000));
     assert!(p.sim.node(p.a).classifier().flows().live(p.sim.now()) <= 1024);
+}
+
+#[test]
+fn a_download_is_shaped_by_the_far_end_to_the_rate_this_end_tells() {
+    // Host 2 sends voice and a 60 Mbit/s flood to host 1: host 1's fibre
+    // downloads at 50 Mbit/s behind 40 ms of ISP queue. With `down` set on
+    // host 1's fibre, host 2 learns the rate from its probes and shapes
+    // what it sends toward it, voice first; without, the ISP's queue fills.
+    let run = |down: bool, flood: bool| {
+        let mut p = scenario::pair(36, &[fibre(), lte()], &|_| {});
+        for h in [p.a, p.b] {
+            let down = if down && h == p.a { rate("50mbit") } else { None };
+            p.sim.configure_link(h, p.wires[0], LinkSettings { role: Role::Primary, up: None, down });
+            p.sim.configure_link(h, p.wires[1], LinkSettings { role: Role::Secondary, up: None, down: None });
+        }
+        let from_b = |start: u64, interval: Duration, count: u64, size: usize, dscp: u8| Stream {
+            from: p.b,
+            src: addr4(2),
+            dst: addr4(1),
+            start: Time::ZERO + MS(start),
+            interval,
+            count,
+            size,
+            dscp,
+        };
+        let v = p.sim.add_stream(from_b(1000, MS(20), 400, 160, mpvr::sim::traffic::EF));
+        if flood {
+            p.sim.add_stream(from_b(2000, Duration::from_micros(160), 6 * 1_000_000 / 160, 1200, 0));
+        }
+        p.sim.run_until(Time::ZERO + MS(11_000));
+        let r = p.sim.stream_report(v, p.a);
+        assert_eq!((r.delivered_twice, r.mangled), (0, 0));
+        let drops = p.sim.channel(p.wires[0], mpvr::sim::Dir::Backward).stats.queue_drops;
+        let shaped = p
+            .sim
+            .node(p.b)
+            .bundle(mpvr::proto::HostId::new(1).unwrap())
+            .unwrap()
+            .paths()
+            .iter()
+            .any(|x| x.shaper.is_some());
+        (r.latency_percentile(99.0).unwrap(), r.lost(), drops, shaped)
+    };
+    let (calm, ..) = run(true, false);
+    let (told, lost, drops, shaped) = run(true, true);
+    let (untold, ..) = run(false, true);
+    assert!(shaped, "host 2 did not learn host 1's download rate");
+    assert_eq!(lost, 0);
+    assert_eq!(drops, 0, "the ISP's downstream queue overflowed");
+    assert!(told <= calm + MS(20), "p99 {told:?} under the download, {calm:?} without");
+    assert!(untold > calm + MS(30), "p99 {untold:?} untold: the test would not show the harm");
 }

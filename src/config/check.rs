@@ -296,11 +296,14 @@ pub(super) fn links(
                         Role::Primary
                     })
                 });
-                let up = l
-                    .up
-                    .as_deref()
-                    .and_then(|r| r.parse::<Rate>().map_err(|e| c.bad(format!("link.{name}.up"), e.to_string())).ok());
-                (name.clone(), LinkOptions { enabled: l.enabled, gateway, settings: LinkSettings { role, up } })
+                let mut rate = |field: &str, v: &Option<String>| {
+                    v.as_deref().and_then(|r| {
+                        r.parse::<Rate>().map_err(|e| c.bad(format!("link.{name}.{field}"), e.to_string())).ok()
+                    })
+                };
+                let (up, down) = (rate("up", &l.up), rate("down", &l.down));
+                let settings = LinkSettings { role, up, down };
+                (name.clone(), LinkOptions { enabled: l.enabled, gateway, settings })
             })
             .collect(),
     };
@@ -309,7 +312,14 @@ pub(super) fn links(
     for (name, o) in &selection.options {
         let taken = selection.include.is_match(name) && !selection.exclude.is_match(name);
         if !taken && o.settings != LinkSettings::default() {
-            let field = if link[name].role.is_some() { "role" } else { "up" };
+            let l = &link[name];
+            let field = if l.role.is_some() {
+                "role"
+            } else if l.up.is_some() {
+                "up"
+            } else {
+                "down"
+            };
             c.bad(
                 format!("link.{name}.{field}"),
                 format!("{name} is not selected by links.include / links.exclude, so this never applies: check the name, or add it to links.include"),

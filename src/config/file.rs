@@ -104,6 +104,7 @@ pub(super) struct LinkSection {
     pub(super) gateway: Option<String>,
     pub(super) role: Option<String>,
     pub(super) up: Option<String>,
+    pub(super) down: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -413,6 +413,7 @@ mod tests {
         assert_eq!(bad("", "[link.eth0]\nrole = \"spare\"\n"), ["link.eth0.role"]);
         assert_eq!(bad("", "[link.eth0]\nup = \"fast\"\n"), ["link.eth0.up"]);
         assert_eq!(bad("", "[link.eth0]\nup = \"10kbit\"\n"), ["link.eth0.up"]);
+        assert_eq!(bad("", "[link.eth0]\ndown = \"lots\"\n"), ["link.eth0.down"]);
         let e = check(&format!("{base}[links]\ninclude = [\"eth*\"]\n[link.wlan0]\nrole = \"backup\"\n")).unwrap_err();
         assert_eq!(e.problems[0].field, "link.wlan0.role");
         assert!(e.problems[0].message.contains("not selected"), "{e}");

@@ -83,6 +83,9 @@ pub struct LinkSettings {
     /// Its upload rate: what mpvr sends on it is shaped just under this,
     /// real-time first (`None`: not shaped).
     pub up: Option<Rate>,
+    /// Its download rate, told to the peers in every probe sent on it:
+    /// they shape what they send toward it just under this (`None`: not told).
+    pub down: Option<Rate>,
 }
 
 /// A link that is up: its counters and, if it has a rate, its shaper.
@@ -148,11 +151,24 @@ impl Links {
         self.up.iter().find(|u| u.id == link).and_then(|u| u.shaper.as_ref())
     }
 
+    /// Take `len` bytes from `link`'s tokens (a copy another shaper held
+    /// goes out on it now), whatever they are.
+    pub(crate) fn charge(&mut self, link: LinkId, len: usize) {
+        if let Some(s) = self.up.iter_mut().find(|u| u.id == link).and_then(|u| u.shaper.as_mut()) {
+            s.charge(len);
+        }
+    }
+
     /// Send what every shaper may send at `now`.
     pub(crate) fn release(&mut self, now: Time, out: &mut Transmits) {
         for s in self.up.iter_mut().filter_map(|u| u.shaper.as_mut()) {
             s.release(now, out);
         }
+    }
+
+    /// The download rate the config gives `link`, in kbit/s (0: none), for its probes.
+    pub fn down_kbps(&self, link: LinkId) -> u32 {
+        self.settings(link).down.map_or(0, |r| u32::try_from(r.bits() / 1000).unwrap_or(u32::MAX))
     }
 
     /// When a shaper next has a copy to send.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::ids::PathAddr;
 use super::monitor::PathMonitor;
+use super::shaper::{Rate, Shaper};
 use super::stats::Count;
 use super::time::Time;
 
@@ -159,6 +160,10 @@ pub struct Path {
     pub lateness: std::time::Duration,
     /// Probes, estimates, passive counts and state.
     pub monitor: PathMonitor,
+    /// The download rate the peer's end of this path told (in its probes).
+    pub peer_down: Option<Rate>,
+    /// What this end sends on it is shaped to `peer_down` (real-time first).
+    pub shaper: Option<Shaper>,
 }
 
 impl Path {
@@ -190,6 +195,15 @@ impl Path {
     /// or none under that key phase (a rekey: nothing is concluded).
     pub fn sent_after(&self, phase: bool, last: u64) -> Option<Time> {
         self.sent.iter().filter(|&&(p, s, _)| s != 0 && p == phase && s > last).map(|&(_, _, at)| at).min()
+    }
+
+    /// The peer says its end of this path downloads at `down` (at `now`):
+    /// what this end sends on it is shaped to that from now on.
+    pub fn set_peer_down(&mut self, now: Time, down: Option<Rate>) {
+        if self.peer_down != down {
+            self.peer_down = down;
+            self.shaper = down.map(|r| Shaper::new(r, now));
+        }
     }
 
     /// Whether nothing was sent on it for `ka` (or ever).
@@ -327,6 +341,8 @@ impl Paths {
             sent: [(false, 0, Time::ZERO); SENT_KEPT],
             next_sent: 0,
             lateness: std::time::Duration::ZERO,
+            peer_down: None,
+            shaper: None,
             peer_slot: None,
             last_seq: None,
             monitor: PathMonitor::new(now),

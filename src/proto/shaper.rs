@@ -311,6 +311,12 @@ impl Shaper {
         go
     }
 
+    /// Take `len` bytes of tokens whatever is left (a copy sent by another
+    /// shaper on the same link).
+    pub fn charge(&mut self, len: usize) {
+        self.tokens -= len as f64;
+    }
+
     /// Queue a copy of `datagram` for `path` in `lane` (or drop it: the
     /// lane is full).
     pub fn enqueue(&mut self, now: Time, lane: Lane, datagram: &[u8], path: PathAddr) {
@@ -329,8 +335,10 @@ impl Shaper {
         self.stats.queued[i] += 1;
     }
 
-    /// Send what the tokens allow at `now`, real-time first, into `out`.
-    pub fn release(&mut self, now: Time, out: &mut Transmits) {
+    /// Send what the tokens allow at `now`, real-time first, into `out`;
+    /// returns the bytes sent.
+    pub fn release(&mut self, now: Time, out: &mut Transmits) -> usize {
+        let mut sent = 0;
         self.refill(now);
         for i in 0..3 {
             while let Some(head) = self.lanes[i].front() {
@@ -340,7 +348,7 @@ impl Shaper {
                 let floor = if i == Lane::Bulk.index() { 0.0 } else { -self.depth };
                 let late = i == Lane::Realtime.index() && sojourn > REALTIME_MAX_WAIT;
                 if !late && self.tokens - len < floor {
-                    return;
+                    return sent;
                 }
                 let Some(q) = self.lanes[i].pop_front() else { break };
                 self.bytes[i] -= q.buf.len();
@@ -355,6 +363,7 @@ impl Shaper {
                         self.stats.bulk_delay = d + (sojourn.saturating_sub(d)) / 16 - d.saturating_sub(sojourn) / 16;
                     }
                     out.push_raw(&q.buf, q.path);
+                    sent += q.buf.len();
                 }
                 self.free.push(q.buf);
             }
@@ -362,6 +371,7 @@ impl Shaper {
                 self.codel.first_above = None;
             }
         }
+        sent
     }
 
     /// When the head of the queues can go (`None`: nothing queued).

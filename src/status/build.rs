@@ -60,6 +60,8 @@ fn path_snap(
         remote: p.addr.remote.to_string(),
         learned: p.learned,
         usable: p.usable,
+        peer_down: p.peer_down.map(|r| r.to_string()),
+        shaper: p.shaper.as_ref().map(shaper_snap),
         selected: selected.0,
         selected_bulk: selected.1,
         state: m.health().name().to_string(),
@@ -230,7 +232,8 @@ pub(crate) fn simulated() -> Snapshot {
     let ms = Duration::from_millis;
     let link = LinkModel::delay(ms(10)).with_jitter(Jitter::Uniform(ms(2))).with_loss(0.01);
     let mut p = scenario::pair(5, &[link.clone(), link], &|_| {});
-    let settings = crate::proto::LinkSettings { role: crate::proto::Role::Secondary, up: "10mbit".parse().ok() };
+    let settings =
+        crate::proto::LinkSettings { role: crate::proto::Role::Secondary, up: "10mbit".parse().ok(), down: None };
     p.sim.configure_link(p.a, p.wires[1], settings);
     p.sim.blackout(p.wires[1], Time::ZERO + ms(2_000), Time::ZERO + ms(4_000));
     p.stream(ms(100), ms(2), 2_000, 300);

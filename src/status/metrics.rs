@@ -194,6 +194,21 @@ pub fn render(s: &Snapshot) -> String {
                 }
             }
             b.gauge("mpvr_path_probe_loss_ratio", "Lost fraction of the last 64 probes", &l, x.probe_loss);
+            if let Some(sh) = &x.shaper {
+                let drops: u64 = sh.drops.values().sum();
+                b.counter(
+                    "mpvr_path_shaper_drops",
+                    "Copies dropped by the shaper toward the peer's download rate",
+                    &l,
+                    drops,
+                );
+                b.gauge(
+                    "mpvr_path_shaper_bulk_delay_seconds",
+                    "Smoothed bulk queueing delay in the shaper toward the peer's download rate",
+                    &l,
+                    sh.bulk_delay_ms / 1e3,
+                );
+            }
             b.counter("mpvr_path_probes_sent", "Probes sent on the path", &l, x.probes.sent);
             b.counter("mpvr_path_probes_lost", "Probes given up on the path", &l, x.probes.lost);
             b.counter("mpvr_path_tx_packets", "Copies sent on the path", &l, x.tx.packets);

@@ -218,6 +218,18 @@ pub fn render_text(s: &Snapshot) -> String {
         }
         let rows: Vec<Vec<String>> = p.paths.iter().map(|x| path_cells(x).to_vec()).collect();
         table(&mut o, "  ", &PATH_COLUMNS, &rows);
+        for x in p.paths.iter().filter(|x| x.peer_down.is_some()) {
+            let drops = x.shaper.as_ref().map_or(0, |sh| sh.drops.values().sum::<u64>());
+            let bulk = x.shaper.as_ref().map_or(0.0, |sh| sh.bulk_delay_ms);
+            let _ = writeln!(
+                o,
+                "  {} -> {}: shaped to the peer's download rate {} (bulk queue {}, {drops} dropped)",
+                x.link,
+                x.remote,
+                x.peer_down.as_deref().unwrap_or("-"),
+                human_ms(Some(bulk))
+            );
+        }
     }
     if !s.routes.is_empty() {
         let _ = writeln!(o);

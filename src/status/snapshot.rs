@@ -190,6 +190,13 @@ pub struct PathSnap {
     pub learned: bool,
     /// Its local link is up.
     pub usable: bool,
+    /// The download rate the peer told for its end of the path (what this
+    /// end shapes its sending on the path to).
+    #[serde(default)]
+    pub peer_down: Option<String>,
+    /// The shaper toward that rate.
+    #[serde(default)]
+    pub shaper: Option<ShaperSnap>,
     /// The real-time policy copies data onto it now.
     pub selected: bool,
     /// The bulk policy sends data on it now.

@@ -12,17 +12,21 @@ pub struct ProbeBody {
     pub path: u8,
     /// Sender's clock at sending, in nanoseconds.
     pub sent: u64,
+    /// The download rate of the sender's link this probe left on, kbit/s
+    /// (0: not set): the receiver shapes what it sends on this path to it.
+    pub down_kbps: u32,
 }
 
 impl ProbeBody {
     /// Encoded length.
-    pub const LEN: usize = 13;
+    pub const LEN: usize = 17;
 
     /// Encode into `out[..LEN]`.
     pub fn encode(&self, out: &mut [u8]) {
         out[..4].copy_from_slice(&self.id.to_be_bytes());
         out[4] = self.path;
         out[5..13].copy_from_slice(&self.sent.to_be_bytes());
+        out[13..17].copy_from_slice(&self.down_kbps.to_be_bytes());
     }
 
     /// Decode; `None` if it is not exactly [`ProbeBody::LEN`] bytes.
@@ -34,6 +38,7 @@ impl ProbeBody {
             id: u32::from_be_bytes(b[..4].try_into().ok()?),
             path: b[4],
             sent: u64::from_be_bytes(b[5..13].try_into().ok()?),
+            down_kbps: u32::from_be_bytes(b[13..17].try_into().ok()?),
         })
     }
 }
@@ -57,9 +62,10 @@ impl ReplyBody {
 
     /// Encode into `out[..LEN]`.
     pub fn encode(&self, out: &mut [u8]) {
+        const P: usize = ProbeBody::LEN;
         self.probe.encode(out);
-        out[13..21].copy_from_slice(&self.received.to_be_bytes());
-        self.counts.encode(&mut out[21..Self::LEN]);
+        out[P..P + 8].copy_from_slice(&self.received.to_be_bytes());
+        self.counts.encode(&mut out[P + 8..Self::LEN]);
     }
 
     /// Decode; `None` if it is not exactly [`ReplyBody::LEN`] bytes.
@@ -67,10 +73,11 @@ impl ReplyBody {
         if b.len() != Self::LEN {
             return None;
         }
+        const P: usize = ProbeBody::LEN;
         Some(ReplyBody {
-            probe: ProbeBody::decode(&b[..13])?,
-            received: u64::from_be_bytes(b[13..21].try_into().ok()?),
-            counts: PassiveCounts::decode(&b[21..]),
+            probe: ProbeBody::decode(&b[..P])?,
+            received: u64::from_be_bytes(b[P..P + 8].try_into().ok()?),
+            counts: PassiveCounts::decode(&b[P + 8..]),
         })
     }
 }
@@ -123,7 +130,7 @@ mod tests {
 
     #[test]
     fn bodies_round_trip_and_reject_bad_lengths() {
-        let p = ProbeBody { id: 7, path: 2, sent: 123_456_789 };
+        let p = ProbeBody { id: 7, path: 2, sent: 123_456_789, down_kbps: 50_000 };
         let mut b = [0u8; ReplyBody::LEN];
         p.encode(&mut b);
         assert_eq!(ProbeBody::decode(&b[..ProbeBody::LEN]), Some(p));

@@ -759,7 +759,7 @@ mod tests {
             if !lost(i) {
                 let at = now + rtt;
                 let reply = ReplyBody {
-                    probe: ProbeBody { id, path: 0, sent: now.as_nanos() },
+                    probe: ProbeBody { id, path: 0, sent: now.as_nanos(), down_kbps: 0 },
                     received: (now + rtt / 2).as_nanos(),
                     counts: PassiveCounts::default(),
                 };

@@ -14,6 +14,7 @@ use crate::proto::mesh::{Advert, Heard};
 use crate::proto::monitor::{NoticeBody, ProbeBody, Reason, ReplyBody};
 use crate::proto::path::{PathId, PathSet};
 use crate::proto::route::NextHop;
+use crate::proto::shaper::Rate;
 use crate::proto::stats::DropReason;
 use crate::proto::time::Time;
 use crate::proto::transmit::Transmits;
@@ -45,7 +46,7 @@ impl Node {
         out: &mut Transmits,
     ) -> Received {
         self.tick(now);
-        self.links.release(now, out);
+        self.release_shapers(now, out);
         self.stats.datagrams_in.add(datagram.len());
         let Some(ls) = self.links.stats_mut(link) else {
             self.stats.drops.add(DropReason::UnknownLink);
@@ -233,8 +234,10 @@ impl Node {
         let (b, mut tx) = self.tx(idx);
         let Some(p) = path.and_then(|id| b.paths.get_mut(id)) else { return Err(DropReason::NoPath) };
         // The peer names this path by its slot in its probes: a notice about
-        // it names it so too.
+        // it names it so too. And its end of the path downloads at this
+        // rate: what goes on the path is shaped to it.
         p.peer_slot = Some(probe.path);
+        p.set_peer_down(now, Rate::from_bits(u64::from(probe.down_kbps) * 1000));
         let (id, counts) = (p.id(), p.monitor.local);
         let mut reply = [0u8; ReplyBody::LEN];
         ReplyBody { probe, received: now.as_nanos(), counts }.encode(&mut reply);

@@ -48,10 +48,24 @@ impl Kind {
     }
 }
 
+/// Copies of one datagram a shaper could not send at once: held by their
+/// path's shaper (the peer's download rate) or their link's (its upload rate).
+#[derive(Clone, Copy, Default)]
+struct Held {
+    path: PathSet,
+    link: PathSet,
+}
+
+impl Held {
+    fn len(self) -> usize {
+        self.path.len() + self.link.len()
+    }
+}
+
 /// Account one copy of `wire_len` bytes to every path in `set` and its
 /// link, and stage the paths for the next datagram of `out`; returns the
-/// paths on a shaped link without the tokens for it now (their copies are
-/// queued once the datagram is sealed).
+/// paths whose path or link shaper has not the tokens for it now (their
+/// copies are queued once the datagram is sealed).
 fn fan_out(
     paths: &mut Paths,
     links: &mut Links,
@@ -60,8 +74,8 @@ fn fan_out(
     kind: Kind,
     wire_len: usize,
     out: &mut Transmits,
-) -> PathSet {
-    let mut held = PathSet::EMPTY;
+) -> Held {
+    let mut held = Held::default();
     let lane = Lane::of(kind.class);
     for slot in set.slots() {
         let Some(p) = paths.at_slot_mut(slot) else { continue };
@@ -70,6 +84,7 @@ fn fan_out(
             p.sent_data(now, phase, seq);
         }
         p.tx.add(wire_len);
+        let by_path = p.shaper.as_mut().is_some_and(|s| !s.try_now(now, lane, wire_len));
         let Some((l, shaper)) = links.parts_mut(p.addr.link) else {
             out.add_path(p.addr);
             continue;
@@ -78,8 +93,10 @@ fn fan_out(
         if let Some(c) = kind.class {
             l.class_tx[c.index()].add(wire_len);
         }
-        if shaper.is_some_and(|s| !s.try_now(now, lane, wire_len)) {
-            held.insert(p.id());
+        if by_path {
+            held.path.insert(p.id());
+        } else if shaper.is_some_and(|s| !s.try_now(now, lane, wire_len)) {
+            held.link.insert(p.id());
         } else {
             out.add_path(p.addr);
         }
@@ -88,14 +105,20 @@ fn fan_out(
 }
 
 /// Hand the datagram just sealed into `out` to the shapers of the `held` copies.
-fn hold(links: &mut Links, paths: &Paths, now: Time, kind: Kind, held: PathSet, out: &mut Transmits) {
-    if held.is_empty() {
+fn hold(links: &mut Links, paths: &mut Paths, now: Time, kind: Kind, held: Held, out: &mut Transmits) {
+    if held.len() == 0 {
         return;
     }
+    let lane = Lane::of(kind.class);
     if let Some(dgram) = out.last_datagram() {
-        for p in held.slots().filter_map(|slot| paths.at_slot(slot)) {
-            if let Some((_, Some(s))) = links.parts_mut(p.addr.link) {
-                s.enqueue(now, Lane::of(kind.class), dgram, p.addr);
+        for slot in held.path.union(held.link).slots() {
+            let Some(p) = paths.at_slot_mut(slot) else { continue };
+            if held.path.contains_slot(slot) {
+                if let Some(s) = p.shaper.as_mut() {
+                    s.enqueue(now, lane, dgram, p.addr);
+                }
+            } else if let Some((_, Some(s))) = links.parts_mut(p.addr.link) {
+                s.enqueue(now, lane, dgram, p.addr);
             }
         }
     }
@@ -127,7 +150,7 @@ impl Tx<'_> {
         let sole = msg_type == MessageType::Data && set.len() == 1;
         let header = Header { msg_type, hop_limit, key_phase, sole, sender: self.me, receiver, seq };
         let copies = out.push_sealed(&header, payload, &session.keys) + held.len();
-        hold(self.links, &b.paths, now, kind, held, out);
+        hold(self.links, &mut b.paths, now, kind, held, out);
         b.stats.sealed.add(wire_len);
         self.stats.sealed.add(wire_len);
         if let Some(c) = class {
@@ -163,7 +186,7 @@ impl Tx<'_> {
             seq: Seq(0),
         };
         let copies = out.push_plain(&header, payload) + held.len();
-        hold(self.links, &b.paths, now, kind, held, out);
+        hold(self.links, &mut b.paths, now, kind, held, out);
         self.count_copies(copies, wire_len);
     }
 
@@ -184,7 +207,7 @@ impl Node {
     /// every path the policy picks.
     pub fn handle_tun_packet(&mut self, now: Time, packet: &[u8], out: &mut Transmits) -> Result<Sent, DropReason> {
         self.tick(now);
-        self.links.release(now, out);
+        self.release_shapers(now, out);
         self.stats.tun_in.add(packet.len());
         let r = self.route_tun_packet(now, packet, out);
         if let Err(reason) = r {

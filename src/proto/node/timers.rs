@@ -113,6 +113,23 @@ pub(super) fn suspect_stalled(
 }
 
 impl Node {
+    /// Send what the shapers (of links, and of paths toward a peer's
+    /// download rate) may send at `now`. A copy a path's shaper releases
+    /// takes its link's tokens too.
+    pub(super) fn release_shapers(&mut self, now: Time, out: &mut Transmits) {
+        for b in &mut self.bundles {
+            for p in b.paths.iter_mut() {
+                if let Some(s) = p.shaper.as_mut() {
+                    let sent = s.release(now, out);
+                    if sent > 0 {
+                        self.links.charge(p.addr.link, sent);
+                    }
+                }
+            }
+        }
+        self.links.release(now, out);
+    }
+
     /// When [`Node::handle_timeout`] wants to be called next.
     pub fn poll_timeout(&self) -> Option<Time> {
         let keepalive = self.cfg.keepalive.and_then(|ka| {
@@ -125,7 +142,9 @@ impl Node {
         });
         let sessions = self.bundles.iter().filter_map(|b| b.sessions.next_timer()).min();
         let monitor = self.bundles.iter().filter_map(|b| next_monitor_timer(b, &self.cfg.monitor, self.clock)).min();
-        let shapers = self.links.next_release();
+        let paths =
+            self.bundles.iter().flat_map(|b| b.paths().iter()).filter_map(|p| p.shaper.as_ref()?.next_release());
+        let shapers = self.links.next_release().into_iter().chain(paths).min();
         [keepalive, sessions, monitor, self.router.next_timeout(), shapers].into_iter().flatten().min()
     }
 
@@ -135,7 +154,7 @@ impl Node {
     /// with no session, a handshake instead) and the mesh.
     pub fn handle_timeout(&mut self, now: Time, out: &mut Transmits) {
         self.tick(now);
-        self.links.release(now, out);
+        self.release_shapers(now, out);
         for idx in 0..self.bundles.len() {
             match self.bundles[idx].sessions.on_timeout(now) {
                 SessionTimeout::Nothing => {}
@@ -190,7 +209,8 @@ impl Node {
                     p.monitor.sent_probe_as(now, probe_id);
                 }
                 let mut body = [0u8; ProbeBody::LEN];
-                ProbeBody { id: probe_id, path: slot as u8, sent: now.as_nanos() }.encode(&mut body);
+                let down_kbps = b.paths.get(id).map_or(0, |p| tx.links.down_kbps(p.addr.link));
+                ProbeBody { id: probe_id, path: slot as u8, sent: now.as_nanos(), down_kbps }.encode(&mut body);
                 if let Err(reason) = tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::Probe), &body, out) {
                     tx.stats.drops.add(reason);
                 }
