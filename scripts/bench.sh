@@ -5,13 +5,15 @@
 #   plain          the raw link 0, no tunnel (baseline)
 #   wireguard-go   Debian's userspace WireGuard over link 0
 #   mpvr-1link     mpvr over link 0 only
-#   mpvr-2links    mpvr over both links (every packet duplicated)
+#   mpvr-2links    mpvr over both links (every packet duplicated: bulk_policy "all")
 #
 # For each: TCP throughput (iperf3, 1 stream), UDP throughput (iperf3, 1200-byte
 # datagrams), ping RTT percentiles, the resident memory of the tunnel process,
 # and the residual loss of a 2000 packets/s stream while each link drops 5 %
 # of the packets (nftables numgen). Prints a table and writes JSON
-# (default target/bench/bench.json). Needs root. Usage: scripts/bench.sh [seconds]
+# (default target/bench/bench.json), then runs scripts/bench-realtime.sh
+# (real-time quality under bulk load; BENCH_REALTIME=0 skips it).
+# Needs root. Usage: scripts/bench.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -103,9 +105,12 @@ EON
   fi
 }
 
-start_mpvr() { # ns id key addr peer peerpub endpoints include
+start_mpvr() { # ns id key addr peer peerpub endpoints include [bulk_policy]
   local cfg="$work/$1.toml"
+  # iperf3's TCP and UDP are bulk: with two links the run copies them onto
+  # both (bulk_policy "all"), to measure what duplication costs.
   cat > "$cfg" <<EOC
+bulk_policy = "${9:-failover}"
 [host]
 id = $2
 private_key_file = "$3"
@@ -147,8 +152,8 @@ kill "$wga" "$wgb"; sleep 0.3
 
 for links in 1 2; do
   if [ "$links" = 1 ]; then inc_a='["a0"]'; inc_b='["b0"]'; else inc_a='["a0", "a1"]'; inc_b='["b0", "b1"]'; fi
-  start_mpvr "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a"; ma=$last_pid
-  start_mpvr "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b"; mb=$last_pid
+  start_mpvr "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a" all; ma=$last_pid
+  start_mpvr "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b" all; mb=$last_pid
   for _ in $(seq 50); do ip netns exec "$A" ping -c 1 -W 0.2 10.9.0.2 >/dev/null 2>&1 && break; done
   measure "mpvr-${links}link" 10.9.0.2 "$ma"
   kill "$ma" "$mb"; wait "$ma" "$mb" 2>/dev/null || true
@@ -180,3 +185,7 @@ for name, r in rows.items():
           f"{r['loss_pct_at_5pct_per_link']:7.3f} {r['rss_kib'] / 1024:8.1f}")
 print(f"(JSON: {sys.argv[2]})")
 EOP
+
+if [ "${BENCH_REALTIME:-1}" != 0 ]; then
+  "$root/scripts/bench-realtime.sh" "$((secs * 2))"
+fi

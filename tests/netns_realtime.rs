@@ -284,5 +284,6 @@ fn a_primary_blackout_under_bulk_moves_bulk_within_300_ms_and_real_time_loses_no
     let first = big.iter().find(|&&t| t >= cut_at).expect("bulk moved to LTE");
     // LTE's own 60 ms delay is on top of the decision.
     let moved = *first - cut_at;
+    eprintln!("bulk on LTE {moved:?} after the cut");
     assert!(moved <= Duration::from_millis(300 + 60), "bulk moved after {moved:?}");
 }

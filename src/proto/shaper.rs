@@ -14,7 +14,10 @@
 //! Real-time and control never wait for bulk: while their own queue is
 //! empty they go at once, even if that borrows up to one bucket depth from
 //! the next tokens (bulk then waits for the debt to be paid), and bulk
-//! waits whenever anything else is queued. Bulk is bounded by its sojourn
+//! waits whenever anything else is queued. Real-time has that precedence
+//! up to [`REALTIME_SHARE`] of the rate (its own bucket, [`REALTIME_BURST`]
+//! deep); past it, it is served after bulk: an application that marks a
+//! transfer real-time cannot starve the link's bulk, or its control. Bulk is bounded by its sojourn
 //! time with CoDel (RFC 8289: target [`CODEL_TARGET`], interval
 //! [`CODEL_INTERVAL`]) so TCP backs off here rather than filling the
 //! link's buffer, and by [`BULK_LIMIT`] packets. A real-time copy older
@@ -53,6 +56,12 @@ pub const BULK_MAX_DELAY: Duration = Duration::from_millis(100);
 pub const BULK_MIN_BYTES: usize = 64 * 1024;
 /// Most real-time or control copies queued on one link.
 pub const PRIORITY_LIMIT: usize = 512;
+/// Real-time goes ahead of everything up to this share of the rate (over
+/// [`REALTIME_BURST`]); past it, it waits behind bulk: traffic that marks
+/// itself real-time cannot starve the rest.
+pub const REALTIME_SHARE: f64 = 0.8;
+/// The span over which real-time's share is counted (a key frame's burst fits).
+pub const REALTIME_BURST: Duration = Duration::from_millis(100);
 /// A real-time copy queued longer than this is dropped.
 pub const REALTIME_MAX_WAIT: Duration = Duration::from_millis(50);
 /// A full-size datagram, for the bucket's smallest depth.
@@ -240,6 +249,10 @@ pub struct Shaper {
     fill: f64,
     depth: f64,
     tokens: f64,
+    /// Real-time's own bucket: its share of the rate.
+    rt_fill: f64,
+    rt_depth: f64,
+    rt_tokens: f64,
     bulk_bytes: usize,
     last: Time,
     lanes: [VecDeque<Queued>; 3],
@@ -259,6 +272,9 @@ impl Shaper {
             fill,
             depth,
             tokens: depth,
+            rt_fill: fill * REALTIME_SHARE,
+            rt_depth: (fill * REALTIME_SHARE * REALTIME_BURST.as_secs_f64()).max(8.0 * FULL_PACKET),
+            rt_tokens: (fill * REALTIME_SHARE * REALTIME_BURST.as_secs_f64()).max(8.0 * FULL_PACKET),
             bulk_bytes: ((fill * BULK_MAX_DELAY.as_secs_f64()) as usize).max(BULK_MIN_BYTES),
             last: now,
             lanes: Default::default(),
@@ -286,7 +302,9 @@ impl Shaper {
 
     fn refill(&mut self, now: Time) {
         if now > self.last {
-            self.tokens = (self.tokens + self.fill * (now - self.last).as_secs_f64()).min(self.depth);
+            let dt = (now - self.last).as_secs_f64();
+            self.tokens = (self.tokens + self.fill * dt).min(self.depth);
+            self.rt_tokens = (self.rt_tokens + self.rt_fill * dt).min(self.rt_depth);
             self.last = now;
         }
     }
@@ -297,16 +315,23 @@ impl Shaper {
     pub fn try_now(&mut self, now: Time, lane: Lane, len: usize) -> bool {
         self.refill(now);
         let len = len as f64;
-        let i = lane.index();
+        let [rt, ctl, bulk] = [Lane::Realtime, Lane::Control, Lane::Bulk].map(|l| self.lanes[l.index()].is_empty());
+        // Queued real-time past its share is served after bulk: it holds
+        // back nothing but later real-time.
+        let rt_ahead = self.lanes[Lane::Realtime.index()].front().is_some_and(|h| self.rt_tokens >= h.buf.len() as f64);
         let go = match lane {
-            // Ahead of bulk, borrowing up to one bucket depth.
-            Lane::Realtime | Lane::Control => {
-                self.lanes[..=i].iter().all(VecDeque::is_empty) && self.tokens - len >= -self.depth
-            }
-            Lane::Bulk => self.lanes.iter().all(VecDeque::is_empty) && self.tokens >= len,
+            // Ahead of everything (borrowing up to one bucket) within its
+            // share; past it, like bulk.
+            Lane::Realtime if self.rt_tokens >= len => rt && self.tokens - len >= -self.depth,
+            Lane::Realtime => rt && ctl && bulk && self.tokens >= len,
+            Lane::Control => ctl && !rt_ahead && self.tokens - len >= -self.depth,
+            Lane::Bulk => bulk && ctl && !rt_ahead && self.tokens >= len,
         };
         if go {
             self.tokens -= len;
+            if lane == Lane::Realtime {
+                self.rt_tokens -= len;
+            }
         }
         go
     }
@@ -335,56 +360,88 @@ impl Shaper {
         self.stats.queued[i] += 1;
     }
 
+    /// The lane served next, and the token floor it may go down to:
+    /// real-time within its share (or late: it is dropped), control, bulk,
+    /// then real-time past its share, as bulk.
+    fn next_lane(&self) -> Option<(usize, f64)> {
+        let rt = Lane::Realtime.index();
+        if let Some(h) = self.lanes[rt].front()
+            && self.rt_tokens >= h.buf.len() as f64
+        {
+            return Some((rt, -self.depth));
+        }
+        if !self.lanes[Lane::Control.index()].is_empty() {
+            return Some((Lane::Control.index(), -self.depth));
+        }
+        if !self.lanes[Lane::Bulk.index()].is_empty() {
+            return Some((Lane::Bulk.index(), 0.0));
+        }
+        (!self.lanes[rt].is_empty()).then_some((rt, 0.0))
+    }
+
     /// Send what the tokens allow at `now`, real-time first, into `out`;
     /// returns the bytes sent.
     pub fn release(&mut self, now: Time, out: &mut Transmits) -> usize {
         let mut sent = 0;
         self.refill(now);
-        for i in 0..3 {
-            while let Some(head) = self.lanes[i].front() {
-                let len = head.buf.len() as f64;
-                let sojourn = now.saturating_since(head.at);
-                // Real-time and control may borrow, as when admitted.
-                let floor = if i == Lane::Bulk.index() { 0.0 } else { -self.depth };
-                let late = i == Lane::Realtime.index() && sojourn > REALTIME_MAX_WAIT;
-                if !late && self.tokens - len < floor {
-                    return sent;
-                }
-                let Some(q) = self.lanes[i].pop_front() else { break };
-                self.bytes[i] -= q.buf.len();
-                let drop = late || (i == Lane::Bulk.index() && self.codel.should_drop(now, sojourn, self.bytes[i]));
-                if drop {
-                    self.stats.drops[i] += 1;
-                } else {
-                    self.tokens -= len;
-                    self.stats.delay[i] = sojourn;
-                    if i == Lane::Bulk.index() {
-                        let d = self.stats.bulk_delay;
-                        self.stats.bulk_delay = d + (sojourn.saturating_sub(d)) / 16 - d.saturating_sub(sojourn) / 16;
-                    }
-                    out.push_raw(&q.buf, q.path);
-                    sent += q.buf.len();
-                }
+        // Late real-time copies go first: dropped, whatever the tokens.
+        let rt = Lane::Realtime.index();
+        while self.lanes[rt].front().is_some_and(|h| now.saturating_since(h.at) > REALTIME_MAX_WAIT) {
+            if let Some(q) = self.lanes[rt].pop_front() {
+                self.bytes[rt] -= q.buf.len();
+                self.stats.drops[rt] += 1;
                 self.free.push(q.buf);
             }
-            if i == Lane::Bulk.index() && self.lanes[i].is_empty() {
-                self.codel.first_above = None;
+        }
+        while let Some((i, floor)) = self.next_lane() {
+            let Some(head) = self.lanes[i].front() else { break };
+            let len = head.buf.len() as f64;
+            if self.tokens - len < floor {
+                break;
             }
+            let Some(q) = self.lanes[i].pop_front() else { break };
+            let sojourn = now.saturating_since(q.at);
+            self.bytes[i] -= q.buf.len();
+            let late = i == rt && sojourn > REALTIME_MAX_WAIT;
+            if late || (i == Lane::Bulk.index() && self.codel.should_drop(now, sojourn, self.bytes[i])) {
+                self.stats.drops[i] += 1;
+            } else {
+                self.tokens -= len;
+                if i == rt {
+                    self.rt_tokens -= len;
+                }
+                self.stats.delay[i] = sojourn;
+                if i == Lane::Bulk.index() {
+                    let d = self.stats.bulk_delay;
+                    self.stats.bulk_delay = d + (sojourn.saturating_sub(d)) / 16 - d.saturating_sub(sojourn) / 16;
+                }
+                out.push_raw(&q.buf, q.path);
+                sent += q.buf.len();
+            }
+            self.free.push(q.buf);
+        }
+        if self.lanes[Lane::Bulk.index()].is_empty() {
+            self.codel.first_above = None;
         }
         sent
     }
 
     /// When the head of the queues can go (`None`: nothing queued).
     pub fn next_release(&self) -> Option<Time> {
-        let (i, head) = (0..3).find_map(|i| self.lanes[i].front().map(|h| (i, h)))?;
-        let floor = if i == Lane::Bulk.index() { 0.0 } else { -self.depth };
+        let (i, floor) = self.next_lane()?;
+        let head = self.lanes[i].front()?;
         let need = head.buf.len() as f64 + floor - self.tokens;
         // Rounded up: at that time the tokens are there.
         let wait =
             if need <= 0.0 { Duration::ZERO } else { Duration::from_nanos((need / self.fill * 1e9).ceil() as u64 + 1) };
         let mut at = self.last + wait;
-        if i == Lane::Realtime.index() {
-            at = at.min(head.at + REALTIME_MAX_WAIT + Duration::from_micros(1));
+        // A real-time head past its share may regain it, or run late, sooner.
+        if let Some(h) = self.lanes[Lane::Realtime.index()].front() {
+            at = at.min(h.at + REALTIME_MAX_WAIT + Duration::from_micros(1));
+            let short = h.buf.len() as f64 - self.rt_tokens;
+            if short > 0.0 {
+                at = at.min(self.last + Duration::from_nanos((short / self.rt_fill * 1e9).ceil() as u64 + 1));
+            }
         }
         Some(at)
     }
@@ -490,6 +547,37 @@ mod tests {
         assert!(s.stats().drops[Lane::Bulk.index()] > 1000);
         assert!(s.stats().bulk_delay <= Duration::from_millis(140), "{:?}", s.stats().bulk_delay);
         assert!(s.backlog()[Lane::Bulk.index()] <= 64 * 1024, "{:?}", s.backlog());
+    }
+
+    #[test]
+    fn real_time_past_its_share_cannot_starve_bulk() {
+        // A "real-time" flood at twice the link's rate, and bulk.
+        let rate = Rate::from_bits(4_000_000).unwrap();
+        let mut s = Shaper::new(rate, Time::ZERO);
+        let mut out = Transmits::new();
+        let (mut rt, mut bulk) = (0u64, 0u64);
+        for t in (0..3_000_000u64).step_by(1000) {
+            let now = at_us(t);
+            s.release(now, &mut out);
+            for (lane, n) in [(Lane::Realtime, 0u32), (Lane::Realtime, 1), (Lane::Bulk, 2)] {
+                let d = tagged(n as u8, 0);
+                if s.try_now(now, lane, d.len()) {
+                    out.push_raw(&d, path());
+                } else {
+                    s.enqueue(now, lane, &d, path());
+                }
+            }
+            for tx in out.iter() {
+                if tx.datagram[0] == 2 { bulk += 1 } else { rt += 1 }
+            }
+            out.clear();
+        }
+        // 3 s of a 3.8 Mbit/s shaper: 1425 packets; bulk got its 20 %, less
+        // the real-time burst of the first 100 ms.
+        let total = (rt + bulk) as f64;
+        assert!((1350.0..=1450.0).contains(&total), "{rt} + {bulk}");
+        assert!(bulk as f64 >= 0.16 * total, "bulk {bulk} of {total}");
+        assert!(rt as f64 >= 0.75 * total, "real-time {rt} of {total}");
     }
 
     #[test]

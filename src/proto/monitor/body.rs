@@ -96,6 +96,9 @@ pub struct NoticeBody {
     pub phase: bool,
     /// Its sequence number.
     pub last: u64,
+    /// The sender of the notice saw the path's siblings deliver packets it
+    /// missed (it is suspect there): the peer was sending, the path failed.
+    pub confirmed: bool,
 }
 
 impl NoticeBody {
@@ -106,19 +109,21 @@ impl NoticeBody {
     pub fn encode(&self, out: &mut [u8]) {
         out[0] = self.path;
         out[1..5].copy_from_slice(&self.silent_us.to_be_bytes());
-        out[5] = u8::from(self.phase);
+        out[5] = u8::from(self.phase) | u8::from(self.confirmed) << 1;
         out[6..14].copy_from_slice(&self.last.to_be_bytes());
     }
 
-    /// Decode; `None` if it is not exactly [`NoticeBody::LEN`] bytes or the phase byte is not 0 or 1.
+    /// Decode; `None` if it is not exactly [`NoticeBody::LEN`] bytes or
+    /// its flags byte has undefined bits.
     pub fn decode(b: &[u8]) -> Option<NoticeBody> {
-        if b.len() != Self::LEN || b[5] > 1 {
+        if b.len() != Self::LEN || b[5] > 3 {
             return None;
         }
         Some(NoticeBody {
             path: b[0],
             silent_us: u32::from_be_bytes(b[1..5].try_into().ok()?),
-            phase: b[5] == 1,
+            phase: b[5] & 1 != 0,
+            confirmed: b[5] & 2 != 0,
             last: u64::from_be_bytes(b[6..14].try_into().ok()?),
         })
     }
@@ -143,7 +148,7 @@ mod tests {
         r.encode(&mut b);
         assert_eq!(ReplyBody::decode(&b), Some(r));
         assert_eq!(ReplyBody::decode(&b[1..]), None);
-        let n = NoticeBody { path: 3, silent_us: 86_000, phase: true, last: 1 << 40 };
+        let n = NoticeBody { path: 3, silent_us: 86_000, phase: true, last: 1 << 40, confirmed: true };
         n.encode(&mut b);
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN]), Some(n));
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN + 1]), None);

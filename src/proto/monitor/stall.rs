@@ -91,11 +91,14 @@ impl DataGaps {
     }
 
     /// When the current silence becomes a stall, or, once it is one, when
-    /// it is reported again: at 1, 2, 4, ... times the allowance, up to
-    /// [`REPORT_FOR`] of silence (`None`: not armed, or reported enough).
+    /// it is reported again: at 1, 2, 3, 4, then 8, 16, ... times the
+    /// allowance, up to [`REPORT_FOR`] of silence (`None`: not armed, or
+    /// reported enough). The first reports come often: the sender can only
+    /// judge one once its own next packet should have arrived.
     pub fn deadline(&self, p: f64) -> Option<Time> {
         let allow = self.allow(p)?;
-        let wait = allow.saturating_mul(1 << self.reported.min(16));
+        let r = self.reported.min(20);
+        let wait = allow.saturating_mul(if r < 4 { r + 1 } else { 1 << (r - 1) });
         (wait <= REPORT_FOR).then(|| self.last.map(|l| l + wait)).flatten()
     }
 
@@ -115,8 +118,9 @@ impl DataGaps {
     }
 
     /// The silence so far if it is a stall due to be reported (then it is):
-    /// once when the allowance runs out, then again after twice as long
-    /// each time (the sender may have paused when it was first reported).
+    /// once when the allowance runs out, then again on the schedule of
+    /// [`DataGaps::deadline`] (the sender may have paused when it was first
+    /// reported).
     pub fn stalled(&mut self, now: Time, p: f64) -> Option<Duration> {
         let d = self.deadline(p)?;
         if now < d {
@@ -163,10 +167,13 @@ mod tests {
         assert!(allow.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1), "{allow:?}");
         assert_eq!(g.stalled(at(490 + 49), 0.0), None);
         assert_eq!(g.stalled(at(490 + 51), 0.0), Some(Duration::from_millis(51)));
-        assert_eq!(g.stalled(at(490 + 80), 0.0), None, "reported once per doubling");
+        assert_eq!(g.stalled(at(490 + 80), 0.0), None, "reported once per step");
         assert_eq!(g.stalled(at(490 + 101), 0.0), Some(Duration::from_millis(101)));
+        assert_eq!(g.stalled(at(490 + 151), 0.0), Some(Duration::from_millis(151)));
         assert_eq!(g.stalled(at(490 + 201), 0.0), Some(Duration::from_millis(201)));
-        let mut n = 3;
+        assert_eq!(g.stalled(at(490 + 300), 0.0), None);
+        assert_eq!(g.stalled(at(490 + 401), 0.0), Some(Duration::from_millis(401)));
+        let mut n = 5;
         while g.stalled(at(490 + 5_000), 0.0).is_some() {
             n += 1;
         }

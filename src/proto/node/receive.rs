@@ -274,7 +274,8 @@ impl Node {
     /// on that path, one back on `via`, and their variation), the path lost
     /// it: it is suspect (and probed fast). A sender that paused, or sent
     /// its next packet only just now (bursty video), sent nothing the peer
-    /// missed.
+    /// missed. A confirmed notice (the peer's other paths delivered packets
+    /// this one missed) needs only that this end sent something after it.
     fn on_notice(&mut self, now: Time, idx: usize, via: Option<PathId>, body: &[u8]) -> Result<Received, DropReason> {
         let notice = NoticeBody::decode(body).ok_or(DropReason::BadNotice)?;
         let silent = Duration::from_micros(u64::from(notice.silent_us));
@@ -288,7 +289,10 @@ impl Node {
             Some((Some(back_rtt), back_var)) => (out_rtt + back_rtt) / 2 + (out_var + back_var) * 2,
             _ => out_rtt + out_var * 2,
         } + NOTICE_SLACK;
-        let lost = p.sent_after(notice.phase, notice.last).is_some_and(|t| t + transit <= now);
+        // A confirmed notice: the peer saw this path's siblings deliver
+        // packets it missed, so this end was sending and the path failed.
+        let after = p.sent_after(notice.phase, notice.last);
+        let lost = after.is_some_and(|t| notice.confirmed || t + transit <= now);
         if lost && let Some(c) = p.monitor.suspect(now, Reason::PeerSilent { silent }) {
             let id = p.id();
             b.rerank();

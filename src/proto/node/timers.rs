@@ -44,17 +44,18 @@ fn next_monitor_timer(b: &Bundle, cfg: &MonitorConfig, clock: Time) -> Option<Ti
 }
 
 /// Tell the peer, on the other usable paths, that its data on path `id`
-/// (its slot `peer_slot`) stopped arriving here `silent` ago.
+/// (named by the peer's slot for it) stopped arriving here `silent` ago;
+/// `confirmed`: its siblings delivered packets it missed.
 pub(super) fn send_notice(
     tx: &mut Tx<'_>,
     b: &mut Bundle,
     now: Time,
     id: PathId,
-    peer_slot: Option<u8>,
     silent: Duration,
+    confirmed: bool,
     out: &mut Transmits,
 ) {
-    let (Some(path), Some((phase, last))) = (peer_slot, b.paths.get(id).and_then(|p| p.last_seq)) else { return };
+    let Some((Some(path), Some((phase, last)))) = b.paths.get(id).map(|p| (p.peer_slot, p.last_seq)) else { return };
     let mut set = PathSet::EMPTY;
     for q in b.paths.iter().filter(|q| q.usable && q.id() != id) {
         set.insert(q.id());
@@ -64,7 +65,7 @@ pub(super) fn send_notice(
     }
     let silent_us = u32::try_from(silent.as_micros()).unwrap_or(u32::MAX);
     let mut body = [0u8; NoticeBody::LEN];
-    NoticeBody { path, silent_us, phase, last }.encode(&mut body);
+    NoticeBody { path, silent_us, phase, last, confirmed }.encode(&mut body);
     if let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out) {
         tx.stats.drops.add(reason);
     }
@@ -87,7 +88,7 @@ pub(super) fn suspect_stalled(
     let mut changes = Vec::new();
     for slot in b.usable().slots() {
         let Some(p) = b.paths.at_slot(slot).filter(|p| p.monitor.stall_pending()) else { continue };
-        let (id, peer_slot) = (p.id(), p.peer_slot);
+        let id = p.id();
         let (gap, last) = p.monitor.data_pace();
         let (Some(gap), Some(last), Some(allow), Some(last_seq)) = (gap, last, p.monitor.allowance(), p.last_seq)
         else {
@@ -106,7 +107,7 @@ pub(super) fn suspect_stalled(
         }
         if let Some(c) = b.paths.get_mut(id).and_then(|p| p.monitor.suspect(now, Reason::Stalled { silent, gap })) {
             changes.push((id, c));
-            send_notice(tx, b, now, id, peer_slot, silent, out);
+            send_notice(tx, b, now, id, silent, true, out);
         }
     }
     changes
@@ -192,12 +193,12 @@ impl Node {
                 changes.push((p.id(), c));
             }
             if let Some((silent, _)) = p.monitor.stalled(now) {
-                stalls.push((p.id(), p.peer_slot, silent));
+                stalls.push((p.id(), silent));
             }
         }
         // Tell the peer on the other paths: it knows whether it was sending.
-        for (id, peer_slot, silent) in stalls {
-            send_notice(&mut tx, b, now, id, peer_slot, silent, out);
+        for (id, silent) in stalls {
+            send_notice(&mut tx, b, now, id, silent, false, out);
         }
         changes.extend(suspect_stalled(&mut tx, b, now, out));
         for slot in b.usable().slots().filter(|&s| s < PROBED_SLOTS) {
