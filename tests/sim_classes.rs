@@ -144,14 +144,21 @@ fn real_time_keeps_its_quality_under_bulk_and_lte_carries_no_bulk() {
     );
 }
 
-#[test]
-fn a_backup_link_carries_nothing_until_the_primary_dies_then_everything() {
-    let mut p = site(33, Role::Backup, true, &|_| {});
+/// The shaped site with LTE as `role`, voice and the flood, arrivals
+/// recorded, the fibre cut at 5 s until `back` (ms); the voice and the cut.
+fn cut_under_load(seed: u64, role: Role, back: u64) -> (Pair, StreamIx, Time) {
+    let mut p = site(seed, role, true, &|_| {});
     p.sim.record_arrivals = true;
     let v = voice(&mut p, 8);
     bulk(&mut p, 6);
     let cut = Time::ZERO + MS(5000);
-    p.sim.blackout(p.wires[0], cut, Time::ZERO + MS(20_000));
+    p.sim.blackout(p.wires[0], cut, Time::ZERO + MS(back));
+    (p, v, cut)
+}
+
+#[test]
+fn a_backup_link_carries_nothing_until_the_primary_dies_then_everything() {
+    let (mut p, v, cut) = cut_under_load(33, Role::Backup, 20_000);
     p.sim.run_until(cut);
     let [_, lte] = by_class(&p);
     assert_eq!(lte, [0, 0], "the backup link carried data while the primary was up");
@@ -180,12 +187,7 @@ fn a_backup_link_carries_nothing_until_the_primary_dies_then_everything() {
 
 #[test]
 fn a_primary_blackout_moves_bulk_within_300_ms_and_real_time_loses_nothing() {
-    let mut p = site(34, Role::Secondary, true, &|_| {});
-    p.sim.record_arrivals = true;
-    let v = voice(&mut p, 8);
-    bulk(&mut p, 6);
-    let cut = Time::ZERO + MS(5000);
-    p.sim.blackout(p.wires[0], cut, Time::ZERO + MS(7000));
+    let (mut p, v, cut) = cut_under_load(34, Role::Secondary, 7000);
     p.sim.run_until(Time::ZERO + MS(11_000));
     let bulk_on_lte = |from: Time, to: Time| {
         p.sim
