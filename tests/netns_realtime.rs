@@ -19,7 +19,7 @@ const FIBRE: &str = "delay=20ms,rate=20mbit,queue=100kb";
 const LTE: &str = "delay=60ms,rate=4mbit,queue=250kb";
 const FIBRE_BPS: f64 = 20e6;
 
-fn config(me: u32, key: &std::path::Path, peer_pub: &str, peer: u32, ifs: [&str; 2]) -> String {
+fn config(me: u32, key: &std::path::Path, peer_pub: &str, peer: u32, ifs: [&str; 2], lte_role: &str) -> String {
     format!(
         r#"
 [host]
@@ -35,7 +35,7 @@ allow_virtual = true
 up = "20mbit"
 
 [link.{i1}]
-role = "secondary"
+role = "{lte_role}"
 up = "4mbit"
 
 [[peer]]
@@ -68,6 +68,11 @@ impl Drop for Site {
 }
 
 fn site() -> Site {
+    site_with("secondary")
+}
+
+/// The site with LTE in role `lte_role` (on both hosts).
+fn site_with(lte_role: &str) -> Site {
     let tb = Testbed::new("rt");
     tb.ok(&["up", "pair"]);
     tb.ok(&["impair", "link0", FIBRE]);
@@ -75,8 +80,8 @@ fn site() -> Site {
     let dir = TempDir::new();
     let (ka, pa) = keypair(&dir, "a.key");
     let (kb, pb) = keypair(&dir, "b.key");
-    let ca = dir.write("a.toml", &config(1, &ka, &pb, 2, ["a0", "a1"]));
-    let cb = dir.write("b.toml", &config(2, &kb, &pa, 1, ["b0", "b1"]));
+    let ca = dir.write("a.toml", &config(1, &ka, &pb, 2, ["a0", "a1"], lte_role));
+    let cb = dir.write("b.toml", &config(2, &kb, &pa, 1, ["b0", "b1"], lte_role));
     // The namespaces belong to the testbed: handles that do not delete them.
     let (a, b) = (Netns { name: tb.ns("a") }, Netns { name: tb.ns("b") });
     let da = Daemon::start(&a, &ca, dir.0.join("a.log"));
@@ -204,11 +209,15 @@ fn bulk_bps(client: Proc) -> f64 {
     j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
 }
 
-/// Bulk bytes host A sent on each link so far: [fibre, lte].
-fn bulk_bytes(d: &Daemon) -> [u64; 2] {
+/// `class` bytes host A sent on each link so far: [fibre, lte].
+fn class_bytes(d: &Daemon, class: &str) -> [u64; 2] {
     let s = d.snapshot();
-    let by = |name: &str| s.links.iter().find(|l| l.name == name).map_or(0, |l| l.by_class["bulk"].bytes);
+    let by = |name: &str| s.links.iter().find(|l| l.name == name).map_or(0, |l| l.by_class[class].bytes);
     [by("a0"), by("a1")]
+}
+
+fn bulk_bytes(d: &Daemon) -> [u64; 2] {
+    class_bytes(d, "bulk")
 }
 
 #[test]
@@ -286,4 +295,39 @@ fn a_primary_blackout_under_bulk_moves_bulk_within_300_ms_and_real_time_loses_no
     let moved = *first - cut_at;
     eprintln!("bulk on LTE {moved:?} after the cut");
     assert!(moved <= Duration::from_millis(300 + 60), "bulk moved after {moved:?}");
+}
+
+#[test]
+fn a_backup_link_carries_no_data_until_the_primary_dies_then_all_of_it() {
+    if !root_or_skip("a_backup_link_carries_no_data_until_the_primary_dies_then_all_of_it") {
+        return;
+    }
+    let _serial = serial();
+    let s = site_with("backup");
+    let (_server, client) = bulk(&s, 8, 1);
+    let tb_prefix = s.tb.prefix.clone();
+    // Voice for 6 s; the fibre is cut 3 s in, for good.
+    let da_socket = s.da.socket.clone();
+    let cutter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(3300));
+        let status = |class: &str| {
+            let out = Command::new(mpvr()).args(["status", "--json", "-s"]).arg(&da_socket).output().unwrap();
+            let snap: mpvr::status::Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+            snap.links.iter().find(|l| l.name == "a1").map_or(0, |l| l.by_class[class].bytes)
+        };
+        let before = (status("realtime"), status("bulk"));
+        let tb = Testbed { prefix: tb_prefix };
+        tb.ok(&["cut", "link0", "on"]);
+        std::mem::forget(tb);
+        before
+    });
+    let v = voice(&s, 6);
+    let before_cut = cutter.join().unwrap();
+    let _ = bulk_bps(client);
+    let after = (class_bytes(&s.da, "realtime")[1], class_bytes(&s.da, "bulk")[1]);
+    eprintln!("backup link: {before_cut:?} bytes (realtime, bulk) before the cut, {after:?} after; voice {v:?}");
+    assert_eq!(before_cut, (0, 0), "the backup link carried data while the primary was up");
+    assert!(after.0 > 10_000 && after.1 > 1_000_000, "the backup did not take over: {after:?}");
+    // What the detection took, at 50 packets/s: well under a second.
+    assert!(v.lost <= 25, "{v:?}");
 }
