@@ -6,7 +6,8 @@
 # ffmpeg over RTP (Opus audio at 50 packets/s on port 5004, H.264 video,
 # 640x360 at 30 fps and 1 Mbit/s, on port 5006) from host a to host b through
 # mpvr, per-packet one-way delay from captures of both TUNs on the machine's
-# one clock (mpvr-stream owd), TCP bulk from iperf3.
+# one clock (mpvr-stream owd), TCP bulk from iperf3 (its first second, slow
+# start, left out of the throughput).
 #
 # Runs, each SECS long (default 10):
 #   alone      the media alone
@@ -111,7 +112,7 @@ run() { # name tcp-flows
   if [ "$flows" -gt 0 ]; then
     ip netns exec "$B" iperf3 -s -1 -p 5299 >/dev/null 2>&1 & pids+=($!)
     sleep 0.3
-    ip netns exec "$A" iperf3 -c 10.9.0.2 -p 5299 -t $((secs + 3)) -P "$flows" -J > "$work/$name.iperf" &
+    ip netns exec "$A" iperf3 -c 10.9.0.2 -p 5299 -t $((secs + 3)) -O 1 -P "$flows" -J > "$work/$name.iperf" &
     local iperf=$!
     sleep 2
   fi
