@@ -102,6 +102,10 @@ struct Up {
 pub struct Links {
     up: Vec<Up>,
     settings: Vec<(LinkId, LinkSettings)>,
+    /// Paths given a shaper toward a peer's download rate (counted up when
+    /// made, down when removed; a path forgotten with one leaves it high,
+    /// which only costs a look): 0 lets the send path skip looking.
+    pub(crate) path_shapers: usize,
 }
 
 impl Links {

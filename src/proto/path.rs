@@ -199,11 +199,15 @@ impl Path {
 
     /// The peer says its end of this path downloads at `down` (at `now`):
     /// what this end sends on it is shaped to that from now on.
-    pub fn set_peer_down(&mut self, now: Time, down: Option<Rate>) {
-        if self.peer_down != down {
-            self.peer_down = down;
-            self.shaper = down.map(|r| Shaper::new(r, now));
+    /// Returns +1 if it has a shaper now and had none, -1 the other way, else 0.
+    pub fn set_peer_down(&mut self, now: Time, down: Option<Rate>) -> isize {
+        if self.peer_down == down {
+            return 0;
         }
+        let had = self.shaper.is_some();
+        self.peer_down = down;
+        self.shaper = down.map(|r| Shaper::new(r, now));
+        isize::from(self.shaper.is_some()) - isize::from(had)
     }
 
     /// Whether nothing was sent on it for `ka` (or ever).

@@ -237,7 +237,8 @@ impl Node {
         // it names it so too. And its end of the path downloads at this
         // rate: what goes on the path is shaped to it.
         p.peer_slot = Some(probe.path);
-        p.set_peer_down(now, Rate::from_bits(u64::from(probe.down_kbps) * 1000));
+        let shapers = p.set_peer_down(now, Rate::from_bits(u64::from(probe.down_kbps) * 1000));
+        tx.links.path_shapers = tx.links.path_shapers.saturating_add_signed(shapers);
         let (id, counts) = (p.id(), p.monitor.local);
         let mut reply = [0u8; ReplyBody::LEN];
         ReplyBody { probe, received: now.as_nanos(), counts }.encode(&mut reply);

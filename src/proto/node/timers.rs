@@ -118,7 +118,8 @@ impl Node {
     /// download rate) may send at `now`. A copy a path's shaper releases
     /// takes its link's tokens too.
     pub(super) fn release_shapers(&mut self, now: Time, out: &mut Transmits) {
-        for b in &mut self.bundles {
+        let bundles = if self.links.path_shapers > 0 { &mut self.bundles[..] } else { &mut [] };
+        for b in bundles {
             for p in b.paths.iter_mut() {
                 if let Some(s) = p.shaper.as_mut() {
                     let sent = s.release(now, out);
@@ -143,8 +144,8 @@ impl Node {
         });
         let sessions = self.bundles.iter().filter_map(|b| b.sessions.next_timer()).min();
         let monitor = self.bundles.iter().filter_map(|b| next_monitor_timer(b, &self.cfg.monitor, self.clock)).min();
-        let paths =
-            self.bundles.iter().flat_map(|b| b.paths().iter()).filter_map(|p| p.shaper.as_ref()?.next_release());
+        let bundles = if self.links.path_shapers > 0 { &self.bundles[..] } else { &[] };
+        let paths = bundles.iter().flat_map(|b| b.paths().iter()).filter_map(|p| p.shaper.as_ref()?.next_release());
         let shapers = self.links.next_release().into_iter().chain(paths).min();
         [keepalive, sessions, monitor, self.router.next_timeout(), shapers].into_iter().flatten().min()
     }
