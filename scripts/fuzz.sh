@@ -4,6 +4,7 @@
 #   receive    any datagram into a node with a session (nothing unauthenticated accepted)
 #   handshake  any bytes as a Noise initiation
 #   classify   any bytes as inner packets through the traffic classifier
+#   bodies     any bytes as an advert, probe, probe reply or path notice body
 # The machine has a stable toolchain only; cargo-fuzz's sanitizer flags are
 # unstable, so RUSTC_BOOTSTRAP=1 lets stable rustc accept them.
 # Usage: scripts/fuzz.sh [SECONDS]   (scripts/fuzz.sh 3600 for an hour each)
@@ -16,7 +17,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 cargo fuzz build -O
-for t in parse receive handshake classify; do
+for t in parse receive handshake classify bodies; do
   echo "== fuzz $t for ${secs}s"
   cargo fuzz run -O "$t" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" || true
   # cargo fuzz exits non-zero on a finding; check the artifacts too.
