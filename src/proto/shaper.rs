@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use super::class::Class;
 use super::ids::PathAddr;
-use super::time::Time;
+use super::time::{Time, smooth};
 use super::transmit::Transmits;
 
 /// The shaper runs at this fraction of a link's configured rate (the
@@ -412,8 +412,7 @@ impl Shaper {
                 }
                 self.stats.delay[i] = sojourn;
                 if i == Lane::Bulk.index() {
-                    let d = self.stats.bulk_delay;
-                    self.stats.bulk_delay = d + (sojourn.saturating_sub(d)) / 16 - d.saturating_sub(sojourn) / 16;
+                    self.stats.bulk_delay = smooth(self.stats.bulk_delay, sojourn, 16);
                 }
                 out.push_raw(&q.buf, q.path);
                 sent += q.buf.len();

@@ -74,6 +74,12 @@ impl fmt::Display for Time {
     }
 }
 
+/// `avg` moved 1/`n` of the way toward `sample` (an exponentially weighted
+/// mean of durations, without going through floats).
+pub fn smooth(avg: Duration, sample: Duration, n: u32) -> Duration {
+    avg + sample.saturating_sub(avg) / n - avg.saturating_sub(sample) / n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

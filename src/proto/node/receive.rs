@@ -16,7 +16,7 @@ use crate::proto::path::{PathId, PathSet};
 use crate::proto::route::NextHop;
 use crate::proto::shaper::Rate;
 use crate::proto::stats::DropReason;
-use crate::proto::time::Time;
+use crate::proto::time::{Time, smooth};
 use crate::proto::transmit::Transmits;
 use crate::proto::window::Verdict;
 use crate::proto::wire::{HEADER_LEN, Header, MessageType, Packet, TAG_LEN, WireError};
@@ -121,8 +121,7 @@ impl Node {
                         p.last_seq = Some(seq);
                     }
                     if let Some(t) = first_at.filter(|_| !header.sole) {
-                        let (late, l) = (now.saturating_since(t), p.lateness);
-                        p.lateness = l + late.saturating_sub(l) / 8 - l.saturating_sub(late) / 8;
+                        p.lateness = smooth(p.lateness, now.saturating_since(t), 8);
                     }
                     change = p.monitor.on_data(now).map(|c| (id, c));
                 }
