@@ -28,6 +28,7 @@
 pub mod bundle;
 pub mod class;
 pub mod crypto;
+pub mod fit;
 pub mod handshake;
 pub mod ids;
 pub mod ip;
@@ -36,6 +37,7 @@ pub mod mesh;
 pub mod monitor;
 pub mod node;
 pub mod path;
+pub mod pmtu;
 pub mod policy;
 pub mod route;
 pub mod router;

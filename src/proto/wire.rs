@@ -41,7 +41,8 @@
 //!
 //! Every [`MessageType`] but 7 (cookie reply) is handled by this version:
 //! data, keepalive, probe and probe reply, handshake initiation and
-//! response, route advertisement, path notice. A cookie reply is dropped as
+//! response, route advertisement, path notice, path MTU probe and reply
+//! ([`super::pmtu`]). A cookie reply is dropped as
 //! `unsupported_type`.
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
@@ -130,6 +131,10 @@ pub enum MessageType {
     /// Path notice (link monitor): data sent on one of the receiver's paths
     /// stopped arriving here.
     PathNotice = 9,
+    /// Path MTU probe: padded to the size it tests, answered on its path.
+    MtuProbe = 10,
+    /// Path MTU probe reply: the probe's id and size.
+    MtuReply = 11,
 }
 
 impl MessageType {
@@ -145,6 +150,8 @@ impl MessageType {
             7 => MessageType::Cookie,
             8 => MessageType::RouteAdvert,
             9 => MessageType::PathNotice,
+            10 => MessageType::MtuProbe,
+            11 => MessageType::MtuReply,
             _ => return None,
         })
     }

@@ -129,6 +129,40 @@ impl NoticeBody {
     }
 }
 
+/// A path MTU probe's body: its id (unique in the bundle, like a
+/// probe's) and the datagram size it tests, then padding (zeros) up to that
+/// size. A reply's body is the same 6 bytes without padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MtuProbeBody {
+    /// Probe id.
+    pub id: u32,
+    /// The whole datagram's length: a probe that arrives shorter was cut.
+    pub size: u16,
+}
+
+impl MtuProbeBody {
+    /// Encoded length, before the padding.
+    pub const LEN: usize = 6;
+
+    /// Encode into `out[..LEN]`.
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.id.to_be_bytes());
+        out[4..6].copy_from_slice(&self.size.to_be_bytes());
+    }
+
+    /// Decode a probe (`padded`: any length from [`MtuProbeBody::LEN`], padding
+    /// ignored) or a reply (exactly `LEN` bytes).
+    pub fn decode(b: &[u8], padded: bool) -> Option<MtuProbeBody> {
+        if b.len() < Self::LEN || (!padded && b.len() != Self::LEN) {
+            return None;
+        }
+        Some(MtuProbeBody {
+            id: u32::from_be_bytes(b[..4].try_into().ok()?),
+            size: u16::from_be_bytes(b[4..6].try_into().ok()?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +186,11 @@ mod tests {
         n.encode(&mut b);
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN]), Some(n));
         assert_eq!(NoticeBody::decode(&b[..NoticeBody::LEN + 1]), None);
+        let m = MtuProbeBody { id: 9, size: 1472 };
+        m.encode(&mut b);
+        assert_eq!(MtuProbeBody::decode(&b[..MtuProbeBody::LEN], false), Some(m));
+        assert_eq!(MtuProbeBody::decode(&b[..MtuProbeBody::LEN + 3], true), Some(m));
+        assert_eq!(MtuProbeBody::decode(&b[..MtuProbeBody::LEN + 3], false), None);
+        assert_eq!(MtuProbeBody::decode(&b[..MtuProbeBody::LEN - 1], true), None);
     }
 }

@@ -36,7 +36,7 @@ mod estimators;
 mod passive;
 mod stall;
 
-pub use body::{NoticeBody, ProbeBody, ReplyBody};
+pub use body::{MtuProbeBody, NoticeBody, ProbeBody, ReplyBody};
 pub use estimators::{JitterEstimator, LOSS_WINDOW, LossWindow, OwdVariation, RttEstimator};
 pub use passive::{Credit, PASSIVE_SLOTS, Passive, PassiveCounts, SETTLE_AFTER};
 pub use stall::{DataGaps, chance_run};
