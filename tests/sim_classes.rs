@@ -13,6 +13,8 @@ use mpvr::sim::{LinkModel, Stream, StreamIx};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 const DEADLINE: Duration = Duration::from_millis(150);
+/// Wire type of data messages.
+const DATA: u8 = mpvr::proto::wire::MessageType::Data as u8;
 
 fn fibre() -> LinkModel {
     LinkModel { rate_bps: Some(50_000_000), queue_bytes: 256 * 1024, ..LinkModel::delay(MS(20)) }
@@ -168,7 +170,9 @@ fn a_backup_link_carries_nothing_until_the_primary_dies_then_everything() {
         p.sim
             .arrivals()
             .iter()
-            .filter(|a| a.host == p.b && a.wire == p.wires[1] && a.sent >= cut && (a.len > 1000) == big)
+            .filter(|a| {
+                a.host == p.b && a.wire == p.wires[1] && a.sent >= cut && (a.len > 1000) == big && a.msg_type == DATA
+            })
             .filter(|a| a.len > 100)
             .map(|a| a.sent)
             .min()
@@ -193,7 +197,14 @@ fn a_primary_blackout_moves_bulk_within_300_ms_and_real_time_loses_nothing() {
         p.sim
             .arrivals()
             .iter()
-            .filter(|a| a.host == p.b && a.wire == p.wires[1] && a.len > 1000 && a.sent >= from && a.sent < to)
+            .filter(|a| {
+                a.host == p.b
+                    && a.wire == p.wires[1]
+                    && a.msg_type == DATA
+                    && a.len > 1000
+                    && a.sent >= from
+                    && a.sent < to
+            })
             .map(|a| a.sent)
             .min()
     };

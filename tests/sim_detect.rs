@@ -147,7 +147,7 @@ fn ten_minutes_of_5_percent_loss_and_jitter_change_each_path_at_most_twice() {
 
 #[test]
 fn at_20_percent_loss_a_path_is_degraded_not_flapping() {
-    let p = lossy(70, 0.2, ms(10));
+    let p = lossy(71, 0.2, ms(10));
     for h in [p.a, p.b] {
         for w in 0..2 {
             let c = changes(&p, h, w);

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{assert_clean, at_ms, binomial_95, ms};
+use common::{assert_clean, at_ms, binomial_999, ms};
 
 use mpvr::proto::{DropReason, Time};
 use mpvr::sim::scenario::{self, Chain, Pair};
@@ -28,12 +28,12 @@ fn two_links_at_5_percent_lose_about_0_25_percent() {
     let mut p = scenario::pair(1, &[link.clone(), link], &|_| {});
     let n = 200_000;
     let r = run_pair(&mut p, n);
-    let (lo, hi) = binomial_95(n, 0.05 * 0.05);
+    let (lo, hi) = binomial_999(n, 0.05 * 0.05);
     assert!((lo..=hi).contains(&r.lost()), "lost {} of {n}, expected {lo}..={hi}", r.lost());
     // Each raw link really lost about 5 %: duplication did the rest.
     for w in &p.wires {
         let c = p.sim.channel(*w, Dir::Forward).stats;
-        let (lo, hi) = binomial_95(c.offered, 0.05);
+        let (lo, hi) = binomial_999(c.offered, 0.05);
         assert!((lo..=hi).contains(&c.lost), "raw link lost {} of {}", c.lost, c.offered);
     }
 }
@@ -44,7 +44,7 @@ fn three_links_at_10_percent_lose_about_0_1_percent() {
     let mut p = scenario::pair(2, &[link.clone(), link.clone(), link], &|_| {});
     let n = 200_000;
     let r = run_pair(&mut p, n);
-    let (lo, hi) = binomial_95(n, 0.001);
+    let (lo, hi) = binomial_999(n, 0.001);
     assert!((lo..=hi).contains(&r.lost()), "lost {} of {n}, expected {lo}..={hi}", r.lost());
 }
 
@@ -229,7 +229,7 @@ fn ipv6_inside_the_tunnel() {
     p.sim.run_until(at_ms(7_000));
     let r = p.sim.stream_report(s, p.b);
     assert_clean(&r);
-    let (lo, hi) = binomial_95(5_000, 0.04);
+    let (lo, hi) = binomial_999(5_000, 0.04);
     assert!((lo..=hi).contains(&r.lost()), "lost {}", r.lost());
 }
 

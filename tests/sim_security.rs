@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_clean, at_ms, binomial_95, ms};
+use common::{assert_clean, at_ms, binomial_999, ms};
 
 use mpvr::proto::{DropReason, Event, HostId, Time};
 use mpvr::sim::scenario::{self, Pair};
@@ -37,7 +37,7 @@ fn sessions_rekey_every_two_minutes_under_loss_without_losing_more() {
     for (stream, to) in [(s, p.b), (back, p.a)] {
         let r = p.sim.stream_report(stream, to);
         assert_clean(&r);
-        let (_, hi) = binomial_95(n, 0.0025);
+        let (_, hi) = binomial_999(n, 0.0025);
         assert!(r.lost() <= hi, "lost {} of {n} (rekeying must cost nothing beyond 0.25 %)", r.lost());
     }
     let hs = |h| p.sim.node(h).bundle(HostId::new(if h == p.a { 2 } else { 1 }).unwrap()).unwrap().stats().handshakes;
@@ -61,7 +61,7 @@ fn a_restarted_peer_gets_traffic_flowing_again_within_a_second_of_its_first_pack
     // Packets wait for the handshake (one round trip), none are lost to it.
     let first = r.latency[0];
     assert!(first < ms(1_000), "first packet after the restart took {first:?}");
-    let (_, hi) = binomial_95(1_000, 0.0004);
+    let (_, hi) = binomial_999(1_000, 0.0004);
     assert!(r.lost() <= hi.max(2), "lost {}", r.lost());
 }
 

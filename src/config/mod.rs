@@ -194,6 +194,7 @@ impl Config {
     pub fn node_config(&self, max_packet: usize, wall_epoch_ns: u64, rng_seed: [u8; 32]) -> NodeConfig {
         let mut nc = NodeConfig::new(self.host, self.private_key);
         nc.window_packets = self.window;
+        nc.transport_header = self.transport.header_len();
         nc.hop_limit = self.hop_limit;
         nc.keepalive = self.keepalive;
         nc.max_packet = max_packet;

@@ -52,7 +52,11 @@ impl Links {
             match self.up.get_mut(&index) {
                 Some(entry) if entry.nic == nic => {}
                 Some(entry) => {
-                    info!(link = %nic.name, addrs = ?nic.addrs, "link changed");
+                    info!(link = %nic.name, addrs = ?nic.addrs, mtu = nic.mtu, "link changed");
+                    if entry.nic.mtu != nic.mtu {
+                        let mtu = u16::try_from(nic.mtu).unwrap_or(u16::MAX);
+                        self.shared.node().set_link_mtu(self.shared.now(), LinkId(index), mtu);
+                    }
                     let old = std::mem::take(&mut entry.installed);
                     entry.nic = nic.clone();
                     for i in &old {
@@ -94,6 +98,7 @@ impl Links {
             let mut node = self.shared.node();
             let now = self.shared.now();
             node.configure_link(now, link, settings);
+            node.set_link_mtu(now, link, u16::try_from(nic.mtu).unwrap_or(u16::MAX));
             node.add_link(now, link);
         }
         let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));

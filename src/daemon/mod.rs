@@ -195,6 +195,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         sockets: RwLock::new(HashMap::new()),
         tun,
         epoch,
+        tun_mtu: std::sync::atomic::AtomicU16::new(mtu),
+        tun_mtu_bounds: plan::tun_mtu_bounds(&cfg, mtu),
         io: IoCounters::default(),
         send_error_log: Default::default(),
         rejection_log: Default::default(),

@@ -123,6 +123,20 @@ pub fn underlay_family(cfg: &Config) -> Family {
     if v6 { Family::V6 } else { Family::V4 }
 }
 
+/// The bounds of the TUN's MTU when it follows the paths (`host.mtu =
+/// "auto"`): 1280 if the TUN has an IPv6 address (Linux removes IPv6
+/// from a device below it), else 576; at most `start`, what the links
+/// allow. `None` when the MTU is fixed.
+pub fn tun_mtu_bounds(cfg: &Config, start: u16) -> Option<(u16, u16)> {
+    match cfg.mtu {
+        Mtu::Fixed(_) => None,
+        Mtu::Auto => {
+            let lo = if cfg.addresses.iter().any(|a| a.addr().is_ipv6()) { 1280 } else { 576 };
+            Some((lo.min(start), start))
+        }
+    }
+}
+
 /// The TUN MTU: fixed, or the smallest link MTU (1500 when there is no link
 /// yet) minus the encapsulation overhead.
 pub fn mtu(cfg: &Config, links: &[&Nic]) -> u16 {

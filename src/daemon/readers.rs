@@ -74,6 +74,7 @@ pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<S
     let mut storage = vec![0u8; TUN_BATCH * BUF_LEN];
     let mut lens = [0usize; TUN_BATCH];
     let mut out = Transmits::new();
+    let mut answers: Vec<Vec<u8>> = Vec::new();
     loop {
         let mut slots = storage.chunks_mut(BUF_LEN);
         let first = slots.next().expect("TUN_BATCH slots");
@@ -100,10 +101,17 @@ pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<S
             for (slot, len) in storage.chunks(BUF_LEN).zip(&lens[..n]) {
                 let _ = node.handle_tun_packet(now, &slot[..*len], &mut out);
             }
+            answers.extend(std::iter::from_fn(|| node.poll_tun_packet()));
             shared.log_events(&mut node);
             shared.timer_moved(&node);
         }
         shared.send(&out);
         out.clear();
+        // ICMP "too big" for packets no path carries: the sender's stack adapts.
+        for a in answers.drain(..) {
+            if shared.tun.send(&a).await.is_err() {
+                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

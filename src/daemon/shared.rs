@@ -78,6 +78,10 @@ pub(super) struct Shared {
     pub(super) sockets: RwLock<HashMap<LinkId, Arc<LinkIo>>>,
     pub(super) tun: Arc<AsyncDevice>,
     pub(super) epoch: std::time::Instant,
+    /// The TUN's MTU now, and its bounds when it follows the paths
+    /// (`host.mtu = "auto"`; `None`: fixed).
+    pub(super) tun_mtu: std::sync::atomic::AtomicU16,
+    pub(super) tun_mtu_bounds: Option<(u16, u16)>,
     pub(super) io: IoCounters,
     /// Send errors are logged once per interval and link.
     pub(super) send_error_log: LogLimiter<LinkId>,
@@ -136,11 +140,38 @@ impl Shared {
                     }
                     None => info!("route to host {}: none from the mesh (configured routes apply)", dest.get()),
                 },
+                Event::PathMtu { peer, path, datagram, mtu } => {
+                    let link = self.link_name(path.link);
+                    let remote = path.remote;
+                    info!(
+                        "path {link} -> host {} ({remote}): MTU {mtu} (datagrams up to {datagram} bytes)",
+                        peer.get()
+                    );
+                }
+                Event::TunnelMtu { mtu } => self.follow_tunnel_mtu(mtu),
                 Event::PathChanged(pc) => {
                     let link = self.link_name(pc.path.link);
                     let (peer, remote, to, reason) = (pc.peer.get(), pc.path.remote, pc.change.to, pc.change.reason);
                     info!("path {link} -> host {peer} ({remote}): {to}, {reason}");
                 }
+            }
+        }
+    }
+
+    /// With `host.mtu = "auto"`, set the TUN's MTU to what the paths carry
+    /// (within its bounds: IPv6 needs 1280, and never above the links').
+    fn follow_tunnel_mtu(&self, mtu: usize) {
+        let Some((lo, hi)) = self.tun_mtu_bounds else { return };
+        let want = u16::try_from(mtu).unwrap_or(u16::MAX).clamp(lo, hi);
+        let was = self.tun_mtu.swap(want, Ordering::Relaxed);
+        if was == want {
+            return;
+        }
+        match self.tun.set_mtu(want) {
+            Ok(()) => info!(tun = %self.tun_name, mtu = want, was, "TUN MTU follows the paths"),
+            Err(e) => {
+                self.tun_mtu.store(was, Ordering::Relaxed);
+                warn!(tun = %self.tun_name, mtu = want, error = %e, "cannot set the TUN MTU");
             }
         }
     }

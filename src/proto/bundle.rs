@@ -20,8 +20,9 @@ use super::monitor::{Change, Credit, EXPECT_WITHIN, Health, PassiveCounts};
 use super::path::{MAX_LEARNED_PATHS, Path, PathId, PathSet, Paths};
 use super::policy::{Candidate, Policy, Ranking};
 use super::session::Sessions;
-use super::stats::Count;
+use super::stats::{Count, DropReason};
 use super::time::Time;
+use super::wire::OVERHEAD;
 
 /// A remote endpoint of a peer, optionally pinned to one local link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +230,41 @@ impl Bundle {
             Class::Bulk => policies.bulk,
         };
         policy.select(allowed, is_usable, &self.ranking)
+    }
+
+    /// The paths a datagram of `len` bytes of `class` goes on:
+    /// [`Bundle::select`]'s that carry it (their path MTU); if none of
+    /// those does, the best ranked usable path that does, whatever its role
+    /// or the policy ([`DropReason::PathMtu`] if none does).
+    pub fn select_fitting(&self, class: Class, policies: Policies, len: usize) -> Result<PathSet, DropReason> {
+        let set = self.select(class, policies);
+        if set.is_empty() {
+            return Err(DropReason::NoPath);
+        }
+        let mut fit = PathSet::EMPTY;
+        for slot in set.slots() {
+            if let Some(p) = self.paths.at_slot(slot).filter(|p| p.pmtu.fits(len)) {
+                fit.insert(p.id());
+            }
+        }
+        if !fit.is_empty() {
+            return Ok(fit);
+        }
+        let carries = |p: &Path| p.usable && p.pmtu.fits(len);
+        let best = self.ranking.order.iter().copied().find(|&id| self.paths.get(id).is_some_and(carries));
+        best.or_else(|| self.paths.iter().find(|p| carries(p)).map(Path::id))
+            .map(PathSet::of)
+            .ok_or(DropReason::PathMtu)
+    }
+
+    /// The largest inner packet every usable path that is not down carries
+    /// (every usable path, if all are down): what the TUN's MTU, an MSS
+    /// and an ICMP "too big" toward this neighbour are sized to. `None`
+    /// without a usable path.
+    pub fn mtu(&self) -> Option<usize> {
+        let inner = |p: &Path| usize::from(p.pmtu.usable()).saturating_sub(OVERHEAD);
+        let usable = || self.paths.iter().filter(|p| p.usable);
+        usable().filter(|p| p.monitor.health() != Health::Down).map(inner).min().or_else(|| usable().map(inner).min())
     }
 
     /// The usable paths the links' roles let carry `class` now: real-time

@@ -88,6 +88,9 @@ pub struct LinkSettings {
     pub down: Option<Rate>,
 }
 
+/// The MTU a link is taken to have until its NIC's is told (Ethernet's).
+pub const DEFAULT_LINK_MTU: u16 = 1500;
+
 /// A link that is up: its counters and, if it has a rate, its shaper.
 #[derive(Debug)]
 struct Up {
@@ -102,6 +105,8 @@ struct Up {
 pub struct Links {
     up: Vec<Up>,
     settings: Vec<(LinkId, LinkSettings)>,
+    /// Each link's MTU as its NIC reports it (kept while it is down).
+    mtus: Vec<(LinkId, u16)>,
     /// Paths given a shaper toward a peer's download rate (counted up when
     /// made, down when removed; a path forgotten with one leaves it high,
     /// which only costs a look): 0 lets the send path skip looking.
@@ -133,6 +138,19 @@ impl Links {
         {
             u.shaper = s.up.map(|r| Shaper::new(r, now));
         }
+    }
+
+    /// `link`'s MTU is `mtu` (its NIC's).
+    pub fn set_mtu(&mut self, link: LinkId, mtu: u16) {
+        match self.mtus.iter_mut().find(|(id, _)| *id == link) {
+            Some((_, old)) => *old = mtu,
+            None => self.mtus.push((link, mtu)),
+        }
+    }
+
+    /// `link`'s MTU ([`DEFAULT_LINK_MTU`] if never told).
+    pub fn mtu(&self, link: LinkId) -> u16 {
+        self.mtus.iter().find(|(id, _)| *id == link).map_or(DEFAULT_LINK_MTU, |(_, m)| *m)
     }
 
     /// What the config says of `link` (defaults if nothing).

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::ids::PathAddr;
 use super::monitor::PathMonitor;
+use super::pmtu::{FLOOR_V4, FLOOR_V6, Pmtu};
 use super::shaper::{Rate, Shaper};
 use super::stats::Count;
 use super::time::Time;
@@ -164,6 +165,8 @@ pub struct Path {
     pub peer_down: Option<Rate>,
     /// What this end sends on it is shaped to `peer_down` (real-time first).
     pub shaper: Option<Shaper>,
+    /// Its MTU discovery (datagram sizes it carries).
+    pub pmtu: Pmtu,
 }
 
 impl Path {
@@ -350,6 +353,8 @@ impl Paths {
             peer_slot: None,
             last_seq: None,
             monitor: PathMonitor::new(now),
+            // The link's limit is set by the node before anything is sent.
+            pmtu: Pmtu::new(now, if addr.remote.is_ipv4() { FLOOR_V4 } else { FLOOR_V6 }, u16::MAX - 1),
         });
         id
     }

@@ -101,6 +101,8 @@ pub struct Pmtu {
     /// No size is measured (a first search, or one after a shrink): the
     /// path is used up to what the search has not ruled out.
     optimistic: bool,
+    /// The measured size last reported by [`Pmtu::changed`].
+    reported: Option<u16>,
     /// Searches run and shrinks found.
     searches: u64,
     shrinks: u64,
@@ -149,6 +151,7 @@ impl Pmtu {
             large_bytes: 0,
             control_ok: false,
             optimistic: true,
+            reported: None,
             searches: 0,
             shrinks: 0,
         }
@@ -170,6 +173,16 @@ impl Pmtu {
     /// search looks for a larger one).
     pub fn measured(&self) -> Option<u16> {
         (!self.optimistic).then_some(self.good)
+    }
+
+    /// The measured size, if it changed since last asked.
+    pub fn changed(&mut self) -> Option<u16> {
+        let m = self.measured();
+        if m == self.reported {
+            return None;
+        }
+        self.reported = m;
+        m
     }
 
     /// Where discovery stands.

@@ -65,6 +65,10 @@ drop_reasons! {
     /// routed back to the neighbour it came from (a neighbour sending as
     /// another host).
     BadSource => "bad_source",
+    /// Larger than any path toward its next hop carries (measured path
+    /// MTU), and not allowed to be fragmented: answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big".
+    PathMtu => "path_mtu",
     /// Relay: the hop limit ran out.
     HopLimit => "hop_limit",
     /// Relay: the route points back to the host the packet came from.
@@ -176,6 +180,14 @@ pub struct NodeStats {
     pub class_out: [Count; 2],
     /// Data packets delivered to the TUN, by class.
     pub class_in: [Count; 2],
+    /// ICMP "too big" answers written (toward the TUN or a relayed packet's sender).
+    pub icmp_too_big: u64,
+    /// IPv4 packets fragmented to fit the paths (DF clear), and the fragments made.
+    pub fragmented: u64,
+    /// Fragments made of them.
+    pub fragments: u64,
+    /// TCP SYNs whose MSS option was lowered to what the paths carry.
+    pub mss_clamped: u64,
     /// Every drop, by reason.
     pub drops: DropCounts,
 }

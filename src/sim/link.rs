@@ -80,6 +80,10 @@ pub struct LinkModel {
     pub rate_bps: Option<u64>,
     /// Drop-tail queue limit in bytes when rate-limited.
     pub queue_bytes: usize,
+    /// The path MTU somewhere along the link: an IPv4 packet (the datagram
+    /// with 28 bytes of IP and UDP headers) larger than this is dropped,
+    /// silently, as by a router that sends no ICMP (`None`: no limit).
+    pub mtu: Option<usize>,
 }
 
 impl Default for LinkModel {
@@ -99,6 +103,7 @@ impl Default for LinkModel {
             replay_after: Duration::from_secs(1),
             rate_bps: None,
             queue_bytes: 256 * 1024,
+            mtu: None,
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct ChannelStats {
     pub corrupted: u64,
     /// Replayed copies.
     pub replayed: u64,
+    /// Dropped for being larger than the link's MTU.
+    pub too_big: u64,
 }
 
 /// One copy the link will hand over.
@@ -183,6 +190,10 @@ impl Channel {
         self.stats.offered += 1;
         if m.blackouts.iter().any(|&(s, e)| s <= now && now < e) {
             self.stats.blacked_out += 1;
+            return;
+        }
+        if m.mtu.is_some_and(|mtu| len + 28 > mtu) {
+            self.stats.too_big += 1;
             return;
         }
         let mut depart = now;

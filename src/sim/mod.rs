@@ -118,6 +118,8 @@ pub struct Arrival {
     pub len: usize,
     /// When it was sent.
     pub sent: Time,
+    /// Its message type (wire value).
+    pub msg_type: u8,
 }
 
 /// What `handle_tun_packet` returned for a stream packet.
@@ -199,6 +201,7 @@ pub struct Sim {
     /// Record every datagram arrival in [`Sim::arrivals`].
     pub record_arrivals: bool,
     deliveries: Vec<Delivery>,
+    answers: Vec<Delivery>,
     arrivals: Vec<Arrival>,
     tun_sends: Vec<TunSend>,
     /// Datagrams a node addressed to an endpoint its link does not lead to.
@@ -220,6 +223,7 @@ impl Sim {
             copies: Vec::new(),
             record_arrivals: false,
             deliveries: Vec::new(),
+            answers: Vec::new(),
             arrivals: Vec::new(),
             tun_sends: Vec::new(),
             unreachable: 0,
@@ -454,10 +458,12 @@ impl Sim {
                 }
                 let result = self.hosts[host.0].node.handle_tun_packet(now, &packet, &mut self.out);
                 self.tun_sends.push(TunSend { id, host, at: now, result });
+                self.take_answers(host);
                 self.flush(host);
             }
             EventKind::Tun { host, packet } => {
                 let _ = self.hosts[host.0].node.handle_tun_packet(now, &packet, &mut self.out);
+                self.take_answers(host);
                 self.flush(host);
             }
             EventKind::Arrive { host, link, from, mut bytes } => {
@@ -525,6 +531,18 @@ impl Sim {
         }
     }
 
+    /// Record the ICMP answers host `h` wrote to its TUN.
+    fn take_answers(&mut self, h: HostIx) {
+        while let Some(packet) = self.hosts[h.0].node.poll_tun_packet() {
+            self.answers.push(Delivery { host: h, at: self.now, packet });
+        }
+    }
+
+    /// ICMP answers the hosts wrote to their TUNs ("too big"), in order.
+    pub fn tun_answers(&self) -> &[Delivery] {
+        &self.answers
+    }
+
     /// Put what host `h` queued on the wires, then re-arm its timer.
     fn flush(&mut self, h: HostIx) {
         let out = std::mem::take(&mut self.out);
@@ -562,6 +580,7 @@ impl Sim {
                             corrupted: c.flip_bit.is_some(),
                             len: t.datagram.len(),
                             sent: self.now,
+                            msg_type: p.msg_type(),
                         });
                     }
                     self.push(c.at, EventKind::Arrive { host: dst.0, link: dst.1, from: src.2, bytes });

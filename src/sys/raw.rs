@@ -30,6 +30,26 @@ fn open(domain: Domain, ifname: &str, protocol: u8) -> io::Result<AsyncFd<Socket
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
+    // Don't fragment, and ignore what ICMP says of the path: mpvr measures
+    // each path's MTU itself (as quinn-udp sets the UDP sockets).
+    let (level, name, value) = match domain {
+        Domain::IPV6 => (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_PROBE),
+        _ => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_PROBE),
+    };
+    // SAFETY: the descriptor is valid for the call, and the option value
+    // is a c_int that lives for it, with its size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the Socket owns a valid file descriptor and is neither closed
     // nor replaced while the AsyncFd owns it.
     unsafe { AsyncFd::register_with_interest(s, Interest::READABLE | Interest::WRITABLE) }.map_err(io::Error::from)

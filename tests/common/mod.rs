@@ -25,11 +25,15 @@ pub fn at_ms(n: u64) -> mpvr::proto::Time {
     mpvr::proto::Time::from_duration(ms(n))
 }
 
-/// Normal approximation of the binomial 95 % interval for `n` trials at `p`.
-pub fn binomial_95(n: u64, p: f64) -> (u64, u64) {
+/// Normal approximation of the binomial 99.9 % interval for `n` trials at
+/// `p` (3.29 standard deviations): wide enough that a change in how many
+/// random draws a run takes (a new message type, say) does not fail a
+/// check by chance one time in twenty, narrow enough to tell 5 % from
+/// 0.25 %.
+pub fn binomial_999(n: u64, p: f64) -> (u64, u64) {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    ((mean - 1.96 * sd).floor() as u64, (mean + 1.96 * sd).ceil() as u64)
+    ((mean - 3.29 * sd).floor() as u64, (mean + 3.29 * sd).ceil() as u64)
 }
 
 /// A simulated stream delivered nothing twice and nothing modified.

@@ -37,6 +37,22 @@ pub enum Event {
     },
     /// A path changed state.
     PathChanged(PathChange),
+    /// A path's MTU was measured, or changed.
+    PathMtu {
+        /// The peer.
+        peer: HostId,
+        /// The path.
+        path: PathAddr,
+        /// The largest datagram it carries.
+        datagram: u16,
+        /// The outer MTU that is (the datagram with the IP and transport headers).
+        mtu: u16,
+    },
+    /// The tunnel MTU ([`crate::proto::Node::tunnel_mtu`]) changed.
+    TunnelMtu {
+        /// The largest inner packet now.
+        mtu: usize,
+    },
     /// The next hop toward a host changed (`None`: no mesh route any more).
     RouteChanged {
         /// The destination host.

@@ -76,7 +76,7 @@ use super::router::Router;
 use super::stats::{DropReason, LinkStats, NodeStats};
 use super::time::Time;
 use super::window::{DEFAULT_WINDOW_PACKETS, MAX_WINDOW_PACKETS, MIN_WINDOW_PACKETS};
-use super::wire::{DEFAULT_HOP_LIMIT, OVERHEAD};
+use super::wire::{DEFAULT_HOP_LIMIT, Family, OVERHEAD, UDP_HEADER_LEN};
 
 /// Default interval after which a path that sent nothing gets a keepalive
 /// (holds NAT mappings; WireGuard's persistent-keepalive value).
@@ -102,6 +102,10 @@ pub struct NodeConfig {
     pub keepalive: Option<Duration>,
     /// Largest TUN packet accepted (the TUN MTU).
     pub max_packet: usize,
+    /// Bytes the transport adds between the outer IP header and an mpvr
+    /// datagram (8 for UDP, 0 for the raw-IP transport): with the link's
+    /// MTU, it says how large a datagram a path may be probed up to.
+    pub transport_header: usize,
     /// Real-time traffic's duplication policy.
     pub policy: Policy,
     /// Bulk traffic's duplication policy.
@@ -137,6 +141,7 @@ impl NodeConfig {
             hop_limit: DEFAULT_HOP_LIMIT,
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_packet: MAX_PACKET_LIMIT,
+            transport_header: UDP_HEADER_LEN,
             policy: Policy::All,
             bulk_policy: Policy::Failover,
             rules: Vec::new(),
@@ -291,6 +296,14 @@ pub struct Node {
     events: events::EventLog,
     stats: NodeStats,
     classifier: Classifier,
+    /// ICMP answers for the TUN, oldest first (bounded), and the budget
+    /// that limits how many are made.
+    to_tun: std::collections::VecDeque<Vec<u8>>,
+    icmp_budget: (Time, u32),
+    /// The tunnel MTU last announced ([`Event::TunnelMtu`]).
+    tunnel_mtu: Option<usize>,
+    /// Scratch for a packet being changed (an MSS lowered, a fragment).
+    scratch: Vec<u8>,
     /// The latest `now` any entry point was given (for link changes, which come without one).
     clock: Time,
 }
@@ -308,6 +321,10 @@ impl Node {
             router: Router::new(cfg.host, cfg.mesh),
             handshakes,
             classifier,
+            to_tun: std::collections::VecDeque::new(),
+            icmp_budget: (Time::ZERO, 0),
+            tunnel_mtu: None,
+            scratch: Vec::new(),
             events: events::EventLog::default(),
             stats: NodeStats::default(),
             clock: Time::ZERO,
@@ -464,6 +481,43 @@ impl Node {
         self.router.remove(prefix)
     }
 
+    /// `link`'s MTU (its NIC's) is `mtu`, up or not: its paths are
+    /// probed up to the datagram that leaves room for the outer headers.
+    pub fn set_link_mtu(&mut self, now: Time, link: LinkId, mtu: u16) {
+        self.tick(now);
+        self.links.set_mtu(link, mtu);
+        let hdr = self.cfg.transport_header;
+        for b in &mut self.bundles {
+            for p in b.paths.iter_mut().filter(|p| p.addr.link == link) {
+                p.pmtu.set_ceiling(self.clock, path_ceiling(&self.links, hdr, p.addr));
+            }
+        }
+    }
+
+    /// The largest inner packet every neighbour with a session can be sent
+    /// on the paths not down ([`Bundle::mtu`], smallest over the
+    /// neighbours): what `host.mtu = "auto"` sets the TUN's MTU to.
+    pub fn tunnel_mtu(&self) -> Option<usize> {
+        self.bundles.iter().filter(|b| b.sessions.can_send()).filter_map(Bundle::mtu).min()
+    }
+
+    /// The next ICMP answer to write to the TUN ("too big" for a packet
+    /// read from it), if any.
+    pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.to_tun.pop_front()
+    }
+
+    /// Announce the tunnel MTU if it changed.
+    fn check_tunnel_mtu(&mut self) {
+        let m = self.tunnel_mtu();
+        if m != self.tunnel_mtu {
+            self.tunnel_mtu = m;
+            if let Some(mtu) = m {
+                self.events.push(Event::TunnelMtu { mtu });
+            }
+        }
+    }
+
     /// A local link came up at `now` (idempotent): paths over it are used from now on.
     pub fn add_link(&mut self, now: Time, link: LinkId) {
         self.tick(now);
@@ -496,4 +550,12 @@ impl Node {
             self.announce(idx, changes);
         }
     }
+}
+
+/// The largest datagram a path over `addr.link` may carry: the link's MTU
+/// less the outer IP header of `addr`'s family and the transport's.
+pub(super) fn path_ceiling(links: &Links, transport_header: usize, addr: crate::proto::ids::PathAddr) -> u16 {
+    let family = if addr.remote.is_ipv4() { Family::V4 } else { Family::V6 };
+    let mtu = usize::from(links.mtu(addr.link));
+    u16::try_from(mtu.saturating_sub(family.ip_header_len() + transport_header)).unwrap_or(u16::MAX)
 }

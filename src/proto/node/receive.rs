@@ -8,10 +8,11 @@ use std::time::Duration;
 use super::send::Kind;
 use super::{Event, Node, Received};
 use crate::proto::bundle::PathCredit;
+use crate::proto::fit;
 use crate::proto::ids::{LinkId, PathAddr};
 use crate::proto::ip;
 use crate::proto::mesh::{Advert, Heard};
-use crate::proto::monitor::{NoticeBody, ProbeBody, Reason, ReplyBody};
+use crate::proto::monitor::{MtuProbeBody, NoticeBody, ProbeBody, Reason, ReplyBody};
 use crate::proto::path::{PathId, PathSet};
 use crate::proto::route::NextHop;
 use crate::proto::shaper::Rate;
@@ -168,8 +169,10 @@ impl Node {
             MessageType::Probe => self.on_probe(now, idx, path, &datagram[plain], out),
             MessageType::ProbeReply => self.on_probe_reply(now, idx, addr.link, &datagram[plain]),
             MessageType::PathNotice => self.on_notice(now, idx, path, &datagram[plain]),
+            MessageType::MtuProbe => self.on_mtu_probe(now, idx, path, wire_len, &datagram[plain], out),
+            MessageType::MtuReply => self.on_mtu_reply(now, idx, path, &datagram[plain]),
             MessageType::RouteAdvert => self.on_advert(now, idx, &datagram[plain], out),
-            _ => self.deliver_or_forward(now, idx, header, &datagram[plain.clone()], plain, out),
+            _ => self.deliver_or_forward(now, idx, header, &mut datagram[plain.clone()], plain, out),
         }
     }
 
@@ -179,7 +182,7 @@ impl Node {
         now: Time,
         from: usize,
         header: Header,
-        packet: &[u8],
+        packet: &mut [u8],
         plain: std::ops::Range<usize>,
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
@@ -198,7 +201,21 @@ impl Node {
         }
         // Each hop classifies the packet itself (the class is not on the wire).
         let class = self.classifier.classify(now, packet);
-        match self.router.lookup(dst) {
+        let next_hop = self.router.lookup(dst);
+        if fit::is_syn(packet) {
+            // The MSS fits what the paths both ways carry: those it came
+            // on (the answer goes back on them) and, relayed, the next hop's.
+            let next = match next_hop {
+                Some(NextHop::Host(h)) => self.index.get(&h).and_then(|&i| self.bundles[i].mtu()),
+                _ => None,
+            };
+            if let Some(mtu) = self.bundles[from].mtu().into_iter().chain(next).min()
+                && fit::clamp_mss(packet, fit::mss_for(mtu, dst))
+            {
+                self.stats.mss_clamped += 1;
+            }
+        }
+        match next_hop {
             None | Some(NextHop::Local) => {
                 self.stats.tun_out.add(packet.len());
                 self.stats.class_in[class.index()].add(packet.len());
@@ -212,7 +229,13 @@ impl Node {
                     return Err(DropReason::HopLimit);
                 }
                 let next_idx = self.index[&next];
-                let sent = self.send_data(now, next_idx, header.hop_limit - 1, class, packet, out)?;
+                let hops = header.hop_limit - 1;
+                let sent = match self.send_data(now, next_idx, hops, class, packet, out) {
+                    Err(DropReason::PathMtu) => {
+                        self.too_big(now, next_idx, Kind::data(hops, class), packet, false, out)
+                    }
+                    r => r,
+                }?;
                 self.stats.forwarded.add(packet.len());
                 Ok(Received::Forwarded { next_hop: next, copies: sent.map_or(0, |(_, c)| c) })
             }
@@ -242,6 +265,51 @@ impl Node {
         let mut reply = [0u8; ReplyBody::LEN];
         ReplyBody { probe, received: now.as_nanos(), counts }.encode(&mut reply);
         tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::ProbeReply), &reply, out)?;
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated path MTU probe of `wire_len` bytes came on `path`:
+    /// if it is as long as it says (nothing cut it), answer on that path.
+    fn on_mtu_probe(
+        &mut self,
+        now: Time,
+        idx: usize,
+        path: Option<PathId>,
+        wire_len: usize,
+        body: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let probe = MtuProbeBody::decode(body, true).ok_or(DropReason::BadProbe)?;
+        if usize::from(probe.size) != wire_len {
+            return Err(DropReason::BadProbe);
+        }
+        let id = path.ok_or(DropReason::NoPath)?;
+        let mut reply = [0u8; MtuProbeBody::LEN];
+        probe.encode(&mut reply);
+        let (b, mut tx) = self.tx(idx);
+        tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::MtuReply), &reply, out)?;
+        Ok(Received::Probe)
+    }
+
+    /// An authenticated path MTU probe reply, come on `path`: the size got through.
+    fn on_mtu_reply(
+        &mut self,
+        now: Time,
+        idx: usize,
+        path: Option<PathId>,
+        body: &[u8],
+    ) -> Result<Received, DropReason> {
+        let reply = MtuProbeBody::decode(body, false).ok_or(DropReason::BadProbe)?;
+        let b = &mut self.bundles[idx];
+        let peer = b.host();
+        let Some(p) = path.and_then(|id| b.paths.get_mut(id)) else { return Ok(Received::Probe) };
+        if p.pmtu.answered(now, reply.id, reply.size)
+            && let Some(datagram) = p.pmtu.changed()
+        {
+            let addr = p.addr;
+            self.announce_pmtu(peer, vec![(addr, datagram)]);
+            self.check_tunnel_mtu();
+        }
         Ok(Received::Probe)
     }
 
@@ -294,6 +362,8 @@ impl Node {
         let after = p.sent_after(notice.phase, notice.last);
         let lost = after.is_some_and(|t| notice.confirmed || t + transit <= now);
         if lost && let Some(c) = p.monitor.suspect(now, Reason::PeerSilent { silent }) {
+            // Large packets may be what it lost (its MTU shrank).
+            p.pmtu.confirm_now(now);
             let id = p.id();
             b.rerank();
             self.announce(idx, vec![(id, c)]);

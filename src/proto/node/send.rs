@@ -5,6 +5,7 @@
 use super::{Node, Sent};
 use crate::proto::bundle::Bundle;
 use crate::proto::class::Class;
+use crate::proto::fit;
 use crate::proto::ids::{HostId, Seq};
 use crate::proto::ip;
 use crate::proto::link::Links;
@@ -16,12 +17,21 @@ use crate::proto::time::Time;
 use crate::proto::transmit::Transmits;
 use crate::proto::wire::{HEADER_LEN, Header, MessageType, OVERHEAD};
 
+/// ICMP answers made at most per [`ICMP_WINDOW`].
+const ICMP_PER_WINDOW: u32 = 10;
+/// The window of that limit (so 100 per second).
+const ICMP_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+/// ICMP answers held for the TUN at most (the shell takes them after every call).
+const MAX_TUN_ANSWERS: usize = 32;
+
 /// What sending needs besides the bundle: this host's id and the counters
 /// of the links and the node.
 pub(super) struct Tx<'a> {
     pub(super) me: HostId,
     pub(super) links: &'a mut Links,
     pub(super) stats: &'a mut NodeStats,
+    /// Padding for MTU probes (grown once).
+    pub(super) pad: &'a mut Vec<u8>,
 }
 
 /// What is sealed: the message type, the hop limit it carries (1 for
@@ -84,6 +94,9 @@ fn fan_out(
             p.sent_data(now, phase, seq);
         }
         p.tx.add(wire_len);
+        if kind.msg_type == MessageType::Data {
+            p.pmtu.sent(wire_len);
+        }
         let by_path = p.shaper.as_mut().is_some_and(|s| !s.try_now(now, lane, wire_len));
         let Some((l, shaper)) = links.parts_mut(p.addr.link) else {
             out.add_path(p.addr);
@@ -199,7 +212,7 @@ impl Tx<'_> {
 impl Node {
     /// Bundle `idx` and what sending to it needs.
     pub(super) fn tx(&mut self, idx: usize) -> (&mut Bundle, Tx<'_>) {
-        let tx = Tx { me: self.cfg.host, links: &mut self.links, stats: &mut self.stats };
+        let tx = Tx { me: self.cfg.host, links: &mut self.links, stats: &mut self.stats, pad: &mut self.scratch };
         (&mut self.bundles[idx], tx)
     }
 
@@ -228,8 +241,82 @@ impl Node {
         };
         let idx = self.index[&next];
         let class = self.classifier.classify(now, packet);
-        let sent = self.send_data(now, idx, self.cfg.hop_limit, class, packet, out)?;
+        let hops = self.cfg.hop_limit;
+        // A SYN's MSS is lowered to what the paths carry (on a copy).
+        let mut copy = std::mem::take(&mut self.scratch);
+        let packet = match self.bundles[idx].mtu() {
+            Some(mtu) if fit::is_syn(packet) => {
+                copy.clear();
+                copy.extend_from_slice(packet);
+                if fit::clamp_mss(&mut copy, fit::mss_for(mtu, dst)) {
+                    self.stats.mss_clamped += 1;
+                }
+                &copy[..]
+            }
+            _ => packet,
+        };
+        let sent = match self.send_data(now, idx, hops, class, packet, out) {
+            Err(DropReason::PathMtu) => self.too_big(now, idx, Kind::data(hops, class), packet, true, out),
+            r => r,
+        };
+        self.scratch = copy;
+        let sent = sent?;
         Ok(Sent { next_hop: next, seq: sent.map(|(seq, _)| seq), copies: sent.map_or(0, |(_, c)| c) })
+    }
+
+    /// `packet` (data of `kind`, for bundle `idx`) is larger than any of its
+    /// paths carries: an IPv4 packet that allows it goes in fragments that
+    /// fit them all ([`crate::proto::Bundle::mtu`]); any other gets an ICMP
+    /// "too big" naming that size (to the TUN if `local`, else routed
+    /// back to its sender) and is dropped as [`DropReason::PathMtu`].
+    pub(super) fn too_big(
+        &mut self,
+        now: Time,
+        idx: usize,
+        kind: Kind,
+        packet: &[u8],
+        local: bool,
+        out: &mut Transmits,
+    ) -> Result<Option<(Seq, usize)>, DropReason> {
+        let (hop_limit, class) = (kind.hop_limit, kind.class.unwrap_or(Class::Bulk));
+        let Some(mtu) = self.bundles[idx].mtu() else { return Err(DropReason::NoPath) };
+        let mut piece = Vec::new();
+        if fit::may_fragment(packet) {
+            let mut pieces = 0;
+            let mut last = Err(DropReason::PathMtu);
+            let made = fit::fragment_v4(packet, mtu, &mut piece, |f| {
+                pieces += 1;
+                last = self.send_data(now, idx, hop_limit, class, f, out);
+            });
+            if made {
+                self.stats.fragmented += 1;
+                self.stats.fragments += pieces;
+                return last;
+            }
+        }
+        if self.icmp_allowed(now) && fit::too_big(packet, u16::try_from(mtu).unwrap_or(u16::MAX), &mut piece) {
+            self.stats.icmp_too_big += 1;
+            if local {
+                if self.to_tun.len() < MAX_TUN_ANSWERS {
+                    self.to_tun.push_back(piece);
+                }
+            } else if let Err(reason) = self.route_tun_packet(now, &piece, out) {
+                self.stats.drops.add(reason);
+            }
+        }
+        Err(DropReason::PathMtu)
+    }
+
+    /// Whether one more ICMP answer may be made at `now` (at most
+    /// [`ICMP_PER_WINDOW`] per [`ICMP_WINDOW`], as a router limits them).
+    fn icmp_allowed(&mut self, now: Time) -> bool {
+        let (start, n) = &mut self.icmp_budget;
+        if now.saturating_since(*start) >= ICMP_WINDOW {
+            *start = now;
+            *n = 0;
+        }
+        *n += 1;
+        *n <= ICMP_PER_WINDOW
     }
 
     /// Seal `packet` (of `class`) for bundle `idx` on the paths its
@@ -245,10 +332,7 @@ impl Node {
         out: &mut Transmits,
     ) -> Result<Option<(Seq, usize)>, DropReason> {
         let policies = self.policies();
-        let set = self.bundles[idx].select(class, policies);
-        if set.is_empty() {
-            return Err(DropReason::NoPath);
-        }
+        let set = self.bundles[idx].select_fitting(class, policies, OVERHEAD + packet.len())?;
         if self.bundles[idx].sessions.sending(now).is_some() {
             let (b, mut tx) = self.tx(idx);
             let r = tx.seal(b, now, set, Kind::data(hop_limit, class), packet, out).map(Some);
@@ -270,8 +354,10 @@ impl Node {
         let policies = self.policies();
         for s in staged {
             let (b, mut tx) = self.tx(idx);
-            let set = b.select(s.class, policies);
-            if let Err(reason) = tx.seal(b, now, set, Kind::data(s.hop_limit, s.class), &s.packet, out) {
+            let set = b.select_fitting(s.class, policies, OVERHEAD + s.packet.len());
+            if let Err(reason) =
+                set.and_then(|set| tx.seal(b, now, set, Kind::data(s.hop_limit, s.class), &s.packet, out))
+            {
                 tx.stats.drops.add(reason);
             }
         }

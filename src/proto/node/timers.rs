@@ -16,9 +16,10 @@ use crate::proto::mesh::{Advert, RouteChange};
 use std::time::Duration;
 
 use super::send::Tx;
-use crate::proto::monitor::{Change, MonitorConfig, NoticeBody, ProbeBody, Reason};
+use crate::proto::monitor::{Change, Health, MonitorConfig, MtuProbeBody, NoticeBody, ProbeBody, Reason};
 use crate::proto::path::PathId;
 use crate::proto::path::PathSet;
+use crate::proto::pmtu::Phase;
 use crate::proto::session::SessionTimeout;
 use crate::proto::stats::DropReason;
 use crate::proto::time::Time;
@@ -36,7 +37,10 @@ fn next_monitor_timer(b: &Bundle, cfg: &MonitorConfig, clock: Time) -> Option<Ti
         .filter(|p| p.usable && p.id().slot() < PROBED_SLOTS)
         .flat_map(|p| {
             let probe = can_send.then(|| p.monitor.next_probe(cfg, p.busy(clock, cfg.interval)));
-            [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx), p.monitor.next_stall()]
+            // A path MTU search starts as soon as the path is alive.
+            let idle = p.pmtu.phase() == Phase::Idle && p.monitor.health() != Health::Down;
+            let pmtu = can_send.then(|| if idle { Some(clock) } else { p.pmtu.next_timer() }).flatten();
+            [probe, p.monitor.next_loss(), p.monitor.next_silence(cfg, p.last_rx), p.monitor.next_stall(), pmtu]
         })
         .flatten()
         .chain(b.sessions.next_settle())
@@ -69,6 +73,22 @@ pub(super) fn send_notice(
     if let Err(reason) = tx.seal(b, now, set, Kind::control(MessageType::PathNotice), &body, out) {
         tx.stats.drops.add(reason);
     }
+}
+
+/// Send path `id` of `b` an MTU probe of `size` bytes (a datagram of
+/// exactly that length: the body's id and size, then zeros).
+fn send_mtu_probe(tx: &mut Tx<'_>, b: &mut Bundle, now: Time, id: PathId, size: u16, out: &mut Transmits) {
+    let probe_id = b.probe_id();
+    let Some(p) = b.paths.get_mut(id) else { return };
+    p.pmtu.probing(now, probe_id, size);
+    let mut body = std::mem::take(tx.pad);
+    body.clear();
+    body.resize(usize::from(size).saturating_sub(OVERHEAD).max(MtuProbeBody::LEN), 0);
+    MtuProbeBody { id: probe_id, size }.encode(&mut body);
+    if let Err(reason) = tx.seal(b, now, PathSet::of(id), Kind::control(MessageType::MtuProbe), &body, out) {
+        tx.stats.drops.add(reason);
+    }
+    *tx.pad = body;
 }
 
 /// Paths of `b` whose data stalled while its siblings delivered packets it
@@ -106,6 +126,10 @@ pub(super) fn suspect_stalled(
             continue;
         }
         if let Some(c) = b.paths.get_mut(id).and_then(|p| p.monitor.suspect(now, Reason::Stalled { silent, gap })) {
+            // Large packets may be what it lost (its MTU shrank).
+            if let Some(p) = b.paths.get_mut(id) {
+                p.pmtu.confirm_now(now);
+            }
             changes.push((id, c));
             send_notice(tx, b, now, id, silent, true, out);
         }
@@ -176,6 +200,7 @@ impl Node {
             }
         }
         self.mesh_tick(now, out);
+        self.check_tunnel_mtu();
     }
 
     /// Probe the paths of bundle `idx` that are due, give up probes
@@ -218,8 +243,38 @@ impl Node {
                 }
             }
         }
+        let hdr = self.cfg.transport_header;
+        let (b, mut tx) = self.tx(idx);
+        let mut pmtu_events = Vec::new();
+        for slot in b.usable().slots() {
+            let Some(p) = b.paths.at_slot_mut(slot) else { continue };
+            p.pmtu.set_ceiling(now, super::path_ceiling(tx.links, hdr, p.addr));
+            if can_send {
+                let sizes = p.pmtu.poll(now, p.monitor.health() != Health::Down, p.monitor.probe_timeout());
+                let id = p.id();
+                for size in sizes.iter() {
+                    send_mtu_probe(&mut tx, b, now, id, size, out);
+                }
+            }
+            if let Some(p) = b.paths.at_slot_mut(slot)
+                && let Some(datagram) = p.pmtu.changed()
+            {
+                pmtu_events.push((p.addr, datagram));
+            }
+        }
         b.rerank();
+        let peer = b.host();
         self.announce(idx, changes);
+        self.announce_pmtu(peer, pmtu_events);
+    }
+
+    /// Log the paths' new MTUs.
+    pub(super) fn announce_pmtu(&mut self, peer: HostId, changes: Vec<(crate::proto::ids::PathAddr, u16)>) {
+        for (path, datagram) in changes {
+            let family = if path.remote.is_ipv4() { 20 } else { 40 };
+            let mtu = (usize::from(datagram) + family + self.cfg.transport_header).min(usize::from(u16::MAX)) as u16;
+            self.events.push(Event::PathMtu { peer, path, datagram, mtu });
+        }
     }
 
     /// The peers reachable now, with the cost of their best path that is
