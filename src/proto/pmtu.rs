@@ -23,15 +23,18 @@
 //!
 //! Once `bad = good + 1` the path is **settled** at `good`. It is
 //! confirmed (a probe at `good`, with a control probe at the floor) every
-//! [`CONFIRM_BUSY`] while it carries large datagrams (and has sent 100
-//! times the confirmation's bytes since the last one, so a thin stream
-//! pays at most 1 %), every [`CONFIRM_IDLE`] otherwise, and at once when
-//! the node asks ([`Pmtu::confirm_now`]: the path looked stalled while small
-//! probes still passed). [`CONFIRM_TRIES`] confirmations lost while their
-//! control probes were answered mean the MTU shrank: `bad` becomes the old
-//! size and the search starts again from the floor. A path below its
-//! link's limit searches upward again every [`CONFIRM_IDLE`] (RFC 8899's
-//! raise timer), so one whose MTU grew is found then.
+//! [`CONFIRM_BUSY`] while it carries large datagrams and has sent 100
+//! times the confirmation's bytes since the last one (so it costs at most
+//! 1 %), every [`CONFIRM_THIN`] while it carries fewer, every
+//! [`CONFIRM_IDLE`] at rest, and at once when the node asks
+//! ([`Pmtu::confirm_now`]: the path looked stalled while small probes still
+//! passed). [`CONFIRM_TRIES`] confirmations lost while their control
+//! probes were answered mean the MTU shrank: `bad` becomes the old size and
+//! the search starts again from the floor. A path below its link's limit
+//! adds a probe at that limit to a confirmation every [`CONFIRM_IDLE`]
+//! (RFC 8899's raise timer): a path whose MTU is back to normal is found
+//! then. (One that grew part of the way is not: it stays at its smaller
+//! measured size until it shrinks or reaches the link's limit.)
 
 use std::time::Duration;
 
@@ -41,6 +44,8 @@ use super::time::Time;
 pub const ROUND_SIZES: usize = 7;
 /// How often a settled path that carries large datagrams is confirmed.
 pub const CONFIRM_BUSY: Duration = Duration::from_millis(250);
+/// How often a settled path that carries a few large datagrams is confirmed.
+pub const CONFIRM_THIN: Duration = Duration::from_secs(10);
 /// How often an idle settled path is confirmed, and a path below its
 /// link's limit searches upward (RFC 8899's PMTU_RAISE_TIMER).
 pub const CONFIRM_IDLE: Duration = Duration::from_secs(600);
@@ -94,6 +99,8 @@ pub struct Pmtu {
     due: Time,
     /// When the last confirmation or search ended.
     settled_at: Time,
+    /// When the last search ended (the raise timer runs from it).
+    searched_at: Time,
     /// Bytes of datagrams above the floor sent since then.
     large_bytes: u64,
     /// A control probe of the run in flight was answered.
@@ -148,6 +155,7 @@ impl Pmtu {
             outstanding: [None; OUTSTANDING],
             due: now,
             settled_at: now,
+            searched_at: now,
             large_bytes: 0,
             control_ok: false,
             optimistic: true,
@@ -236,17 +244,25 @@ impl Pmtu {
     pub fn next_timer(&self) -> Option<Time> {
         match self.phase {
             Phase::Idle => None,
-            Phase::Settled => Some(self.due.min(self.busy_due())),
+            Phase::Settled => Some(self.due.min(self.busy_due()).min(self.raise_due().unwrap_or(self.due))),
             Phase::Searching | Phase::Confirming { .. } => Some(self.due),
         }
     }
 
+    /// When a path below its link's limit searches upward again.
+    fn raise_due(&self) -> Option<Time> {
+        (self.bad <= self.ceiling).then_some(self.searched_at + CONFIRM_IDLE)
+    }
+
     fn busy_due(&self) -> Time {
         let confirm = u64::from(self.good) + u64::from(self.floor);
-        if self.good > self.floor && self.large_bytes >= confirm * CONFIRM_SHARE {
+        if self.good <= self.floor || self.large_bytes == 0 {
+            self.due
+        } else if self.large_bytes >= confirm * CONFIRM_SHARE {
             self.settled_at + CONFIRM_BUSY
         } else {
-            self.due
+            // A thin stream of large packets: confirmed now and then.
+            self.settled_at + CONFIRM_THIN
         }
     }
 
@@ -258,9 +274,11 @@ impl Pmtu {
     }
 
     fn settle(&mut self, now: Time) {
+        if self.phase == Phase::Searching {
+            self.searched_at = now;
+        }
         self.phase = Phase::Settled;
         self.optimistic = false;
-        self.outstanding = [None; OUTSTANDING];
         self.settled_at = now;
         self.large_bytes = 0;
         self.due = now + CONFIRM_IDLE;
@@ -310,24 +328,27 @@ impl Pmtu {
                 self.begin_run(now, timeout);
             }
             Phase::Settled => {
-                if self.bad <= self.ceiling && self.settled_at + CONFIRM_IDLE <= now {
-                    // Below the link's limit: look upward again.
-                    self.bad = self.ceiling.saturating_add(1);
-                    self.start_search(now);
-                    return self.poll(now, alive, timeout);
-                }
-                if self.good <= self.floor {
+                let raise = self.raise_due().is_some_and(|t| t <= now);
+                if self.good <= self.floor && !raise {
                     self.settle(now);
                     return sizes;
                 }
                 if !alive {
-                    // Down: confirmed once it is alive again.
+                    // Down: confirmed (and raised) once it is alive again.
                     self.settled_at = now;
                     self.due = self.due.max(now + timeout);
+                    if raise {
+                        self.searched_at = now;
+                    }
                     return sizes;
                 }
                 self.phase = Phase::Confirming { tries: 0 };
                 self.confirm(now, timeout, &mut sizes);
+                if raise {
+                    // Below the link's limit: does the path carry it again?
+                    sizes.push(self.ceiling);
+                    self.searched_at = now;
+                }
             }
             Phase::Confirming { tries } => {
                 if !self.control_ok {
@@ -412,13 +433,15 @@ impl Pmtu {
                     self.due = now;
                 }
             }
-            Phase::Confirming { .. } => {
-                if size == self.good {
-                    self.settle(now);
-                } else {
-                    self.control_ok = true;
-                }
+            Phase::Confirming { .. } | Phase::Settled if size > self.good => {
+                // The raise probe: the path carries its link's limit again.
+                self.good = size;
+                self.bad = self.bad.max(size.saturating_add(1));
+                self.searched_at = now;
+                self.settle(now);
             }
+            Phase::Confirming { .. } if size == self.good => self.settle(now),
+            Phase::Confirming { .. } => self.control_ok = true,
             Phase::Idle | Phase::Settled => {}
         }
         true

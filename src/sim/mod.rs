@@ -122,6 +122,20 @@ pub struct Arrival {
     pub msg_type: u8,
 }
 
+/// A datagram handed to a wire, whatever became of it (recorded only
+/// when [`Sim::record_arrivals`] is set).
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    /// The wire.
+    pub wire: WireIx,
+    /// When.
+    pub at: Time,
+    /// Datagram length.
+    pub len: usize,
+    /// Its message type (wire value).
+    pub msg_type: u8,
+}
+
 /// What `handle_tun_packet` returned for a stream packet.
 #[derive(Clone, Copy, Debug)]
 pub struct TunSend {
@@ -202,6 +216,7 @@ pub struct Sim {
     pub record_arrivals: bool,
     deliveries: Vec<Delivery>,
     answers: Vec<Delivery>,
+    offers: Vec<Offer>,
     arrivals: Vec<Arrival>,
     tun_sends: Vec<TunSend>,
     /// Datagrams a node addressed to an endpoint its link does not lead to.
@@ -224,6 +239,7 @@ impl Sim {
             record_arrivals: false,
             deliveries: Vec::new(),
             answers: Vec::new(),
+            offers: Vec::new(),
             arrivals: Vec::new(),
             tun_sends: Vec::new(),
             unreachable: 0,
@@ -538,6 +554,11 @@ impl Sim {
         }
     }
 
+    /// Every datagram handed to a wire, in order (with [`Sim::record_arrivals`]).
+    pub fn offers(&self) -> &[Offer] {
+        &self.offers
+    }
+
     /// ICMP answers the hosts wrote to their TUNs ("too big"), in order.
     pub fn tun_answers(&self) -> &[Delivery] {
         &self.answers
@@ -562,6 +583,10 @@ impl Sim {
                     continue;
                 }
                 self.copies.clear();
+                if self.record_arrivals {
+                    let msg_type = Packet::new_unchecked(t.datagram).msg_type();
+                    self.offers.push(Offer { wire: w, at: self.now, len: t.datagram.len(), msg_type });
+                }
                 wire.channels[dir as usize].transit(&mut self.rng, self.now, t.datagram.len(), &mut self.copies);
                 for i in 0..self.copies.len() {
                     let c = self.copies[i];
