@@ -184,6 +184,7 @@ impl Shared {
             uptime: self.epoch.elapsed(),
             link_name: &|l| self.link_name(l),
             io: io.named(),
+            tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
         };
         let now = self.now();
         let node = self.node();

@@ -6,8 +6,10 @@ use std::time::Duration;
 use super::snapshot::*;
 use crate::proto::Path;
 use crate::proto::monitor::PassiveCounts;
+use crate::proto::pmtu::Phase;
 use crate::proto::shaper::{Lane, Shaper};
 use crate::proto::stats::DropCounts;
+use crate::proto::wire::OVERHEAD;
 use crate::proto::{Class, DropReason, LinkId, NextHop, Node, Time};
 
 fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
@@ -50,6 +52,7 @@ fn path_snap(
     now: Time,
     name: &dyn Fn(LinkId) -> String,
     firsts: (u64, u64),
+    transport_header: usize,
 ) -> PathSnap {
     let m = &p.monitor;
     let rtt = m.rtt();
@@ -82,6 +85,31 @@ fn path_snap(
         last_rx_s_ago: p.last_rx.map(|t| (now - t).as_secs_f64()),
         inbound: data(&m.local, firsts.0),
         outbound: data(&m.remote, firsts.1),
+        mtu: mtu_snap(p, transport_header),
+    }
+}
+
+fn mtu_snap(p: &Path, transport_header: usize) -> MtuSnap {
+    let headers = if p.addr.remote.is_ipv4() { 20 } else { 40 } + transport_header as u32;
+    let outer = |d: u16| u32::from(d) + headers;
+    let (floor, ceiling) = p.pmtu.bounds();
+    let (searches, shrinks) = p.pmtu.counts();
+    let usable = p.pmtu.usable();
+    MtuSnap {
+        state: match p.pmtu.phase() {
+            Phase::Idle => "not probed",
+            Phase::Searching => "searching",
+            Phase::Settled => "settled",
+            Phase::Confirming { .. } => "confirming",
+        }
+        .to_string(),
+        mtu: outer(usable),
+        measured: p.pmtu.measured().map(outer),
+        carries: u32::from(usable).saturating_sub(OVERHEAD as u32),
+        floor: outer(floor),
+        link: outer(ceiling.min(u16::MAX - 1)),
+        searches,
+        shrinks,
     }
 }
 
@@ -95,6 +123,8 @@ pub struct ShellInfo<'a> {
     pub link_name: &'a dyn Fn(LinkId) -> String,
     /// I/O counters by name.
     pub io: Vec<(&'static str, u64)>,
+    /// The TUN's MTU now, and whether it follows the paths.
+    pub tun_mtu: Option<(u16, bool)>,
 }
 
 /// The snapshot of `node` at `now`.
@@ -146,7 +176,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                     .iter()
                     .map(|p| {
                         let selected = (chosen.contains(&p.id()), chosen_bulk.contains(&p.id()));
-                        path_snap(p, selected, now, name, (firsts_in, firsts_out))
+                        path_snap(p, selected, now, name, (firsts_in, firsts_out), node.config().transport_header)
                     })
                     .collect(),
             }
@@ -207,6 +237,10 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 (c.name().to_string(), ClassSnap { out: s.class_out[i].into(), into: s.class_in[i].into() })
             })
             .collect(),
+        icmp_too_big: s.icmp_too_big,
+        fragmented: s.fragmented,
+        fragments: s.fragments,
+        mss_clamped: s.mss_clamped,
     };
     Snapshot {
         version: SNAPSHOT_VERSION,
@@ -221,6 +255,9 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         routes,
         changes,
         totals,
+        tun_mtu: shell.tun_mtu.map(|(m, _)| u32::from(m)),
+        tun_mtu_auto: shell.tun_mtu.is_some_and(|(_, auto)| auto),
+        tunnel_mtu: node.tunnel_mtu().map(|m| m as u32),
     }
 }
 
@@ -244,6 +281,7 @@ pub(crate) fn simulated() -> Snapshot {
         uptime: ms(3_000),
         link_name: &|l: LinkId| format!("wan{}", l.0),
         io: vec![("send_errors", 0)],
+        tun_mtu: Some((1436, true)),
     };
     snapshot(node, p.sim.now(), &shell)
 }

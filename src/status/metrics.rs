@@ -80,6 +80,12 @@ pub fn render(s: &Snapshot) -> String {
         b.counter("mpvr_tun_bytes", "Bytes read from (in) or written to (out) the TUN", &[("direction", dir)], c.bytes);
     }
     b.counter("mpvr_copies_sent", "Copies sent (datagrams x paths)", &[], t.copies_out.packets);
+    if let Some(m) = s.tun_mtu {
+        b.gauge("mpvr_tun_mtu_bytes", "The TUN's MTU", &[], f64::from(m));
+    }
+    b.counter("mpvr_icmp_too_big", "Packets no path carries answered with ICMP too big", &[], t.icmp_too_big);
+    b.counter("mpvr_fragmented_packets", "IPv4 packets fragmented to fit the paths", &[], t.fragmented);
+    b.counter("mpvr_mss_clamped", "TCP SYNs whose MSS was lowered to what the paths carry", &[], t.mss_clamped);
     b.counter("mpvr_datagrams_received", "Datagrams received on all links", &[], t.datagrams_in.packets);
     b.counter("mpvr_forwarded_packets", "Packets relayed toward another neighbour", &[], t.forwarded.packets);
     for (reason, n) in &t.drops {
@@ -194,6 +200,19 @@ pub fn render(s: &Snapshot) -> String {
                 }
             }
             b.gauge("mpvr_path_probe_loss_ratio", "Lost fraction of the last 64 probes", &l, x.probe_loss);
+            b.gauge(
+                "mpvr_path_mtu_bytes",
+                "Largest packet (outer IP) sent on the path: measured, or not yet ruled out",
+                &l,
+                f64::from(x.mtu.mtu),
+            );
+            b.gauge(
+                "mpvr_path_mtu_measured",
+                "1 once the path's MTU is measured (0 while a first search runs)",
+                &l,
+                f64::from(u8::from(x.mtu.measured.is_some())),
+            );
+            b.counter("mpvr_path_mtu_shrinks", "Times the path's MTU was found to have shrunk", &l, x.mtu.shrinks);
             if let Some(sh) = &x.shaper {
                 let drops: u64 = sh.drops.values().sum();
                 b.counter(

@@ -42,11 +42,33 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// The columns of a path row, shared by the table and the live view.
-pub const PATH_COLUMNS: [&str; 11] =
-    ["path", "state", "data", "for", "rtt", "jitter", "probe loss", "data loss in/out", "first", "rescues", "reason"];
+pub const PATH_COLUMNS: [&str; 12] = [
+    "path",
+    "state",
+    "data",
+    "for",
+    "rtt",
+    "jitter",
+    "mtu",
+    "probe loss",
+    "data loss in/out",
+    "first",
+    "rescues",
+    "reason",
+];
+
+/// A path's MTU cell: the measured MTU, "1500?" while a first search has
+/// not ruled it out, "-" before any probe.
+pub fn mtu_cell(m: &MtuSnap) -> String {
+    match (m.measured, m.state.as_str()) {
+        (Some(v), _) => v.to_string(),
+        (None, "searching") => format!("{}?", m.mtu),
+        _ => "-".to_string(),
+    }
+}
 
 /// A path's cells, in [`PATH_COLUMNS`] order.
-pub fn path_cells(p: &PathSnap) -> [String; 11] {
+pub fn path_cells(p: &PathSnap) -> [String; 12] {
     [
         format!("{} -> {}", p.link, p.remote),
         p.state.clone(),
@@ -60,6 +82,7 @@ pub fn path_cells(p: &PathSnap) -> [String; 11] {
         human_duration(p.state_for_s),
         human_ms(p.rtt_ms),
         human_ms(Some(p.jitter_out_ms.max(p.jitter_in_ms))),
+        mtu_cell(&p.mtu),
         human_pct(p.probe_loss),
         format!("{} / {}", human_pct(p.inbound.loss), human_pct(p.outbound.loss)),
         format!("{:.1} %", p.inbound.first_share * 100.0),
@@ -134,9 +157,14 @@ pub fn render_text(s: &Snapshot) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "host {}  tun {}  policy {} (realtime), {} (bulk)  up {}  probes every {:.0} ms",
+        "host {}  tun {}{}  policy {} (realtime), {} (bulk)  up {}  probes every {:.0} ms",
         s.host,
         s.tun,
+        match (s.tun_mtu, s.tun_mtu_auto) {
+            (Some(m), true) => format!(" (mtu {m}, follows the paths)"),
+            (Some(m), false) => format!(" (mtu {m})"),
+            (None, _) => String::new(),
+        },
         s.policy,
         s.bulk_policy,
         human_duration(s.uptime_s),
@@ -165,6 +193,13 @@ pub fn render_text(s: &Snapshot) -> String {
         .collect();
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
+    }
+    if t.icmp_too_big + t.fragmented + t.mss_clamped > 0 {
+        let _ = writeln!(
+            o,
+            "  too big for the paths: {} answered with ICMP, {} fragmented ({} fragments); {} TCP SYNs' MSS lowered",
+            t.icmp_too_big, t.fragmented, t.fragments, t.mss_clamped
+        );
     }
     let classes: Vec<String> = t
         .classes
@@ -296,6 +331,8 @@ mod tests {
             "10mbit",
             "realtime out 1",
             "(realtime), failover (bulk)",
+            "mtu 1436, follows the paths",
+            " 1500 ",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");
         }

@@ -52,6 +52,15 @@ pub struct Snapshot {
     pub changes: Vec<ChangeSnap>,
     /// Host-wide counters.
     pub totals: Totals,
+    /// The TUN's MTU now.
+    #[serde(default)]
+    pub tun_mtu: Option<u32>,
+    /// The TUN's MTU follows the paths (`host.mtu = "auto"`).
+    #[serde(default)]
+    pub tun_mtu_auto: bool,
+    /// The largest inner packet the paths toward every neighbour carry.
+    #[serde(default)]
+    pub tunnel_mtu: Option<u32>,
 }
 
 /// One local link.
@@ -238,6 +247,32 @@ pub struct PathSnap {
     pub inbound: DataSnap,
     /// Data to the peer on this path (counted by the peer, from its probe replies).
     pub outbound: DataSnap,
+    /// Its MTU discovery.
+    #[serde(default)]
+    pub mtu: MtuSnap,
+}
+
+/// A path's MTU discovery. Sizes are outer IP packets (what `ip link`
+/// calls an MTU), as the path's local link sends them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MtuSnap {
+    /// "not probed", "searching", "settled" or "confirming".
+    pub state: String,
+    /// The largest packet sent on the path now (measured, or during a
+    /// first search what is not yet ruled out).
+    pub mtu: u32,
+    /// The measured MTU, once a search settled.
+    pub measured: Option<u32>,
+    /// The largest inner packet that fits (`mtu` less the encapsulation).
+    pub carries: u32,
+    /// The smallest MTU assumed of every path (576 over IPv4, 1280 over IPv6).
+    pub floor: u32,
+    /// The local link's MTU.
+    pub link: u32,
+    /// Searches run.
+    pub searches: u64,
+    /// Shrinks found by confirmation.
+    pub shrinks: u64,
 }
 
 /// One route.
@@ -304,4 +339,16 @@ pub struct Totals {
     /// Data packets by class.
     #[serde(default)]
     pub classes: BTreeMap<String, ClassSnap>,
+    /// ICMP "too big" answers written.
+    #[serde(default)]
+    pub icmp_too_big: u64,
+    /// IPv4 packets fragmented to fit the paths.
+    #[serde(default)]
+    pub fragmented: u64,
+    /// Fragments made of them.
+    #[serde(default)]
+    pub fragments: u64,
+    /// TCP SYNs whose MSS was lowered.
+    #[serde(default)]
+    pub mss_clamped: u64,
 }

@@ -119,6 +119,7 @@ pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
         Constraint::Length(7),
         Constraint::Length(9),
         Constraint::Length(8),
+        Constraint::Length(5),
         Constraint::Length(10),
         Constraint::Length(17),
         Constraint::Length(7),
