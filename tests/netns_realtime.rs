@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,37 +97,6 @@ fn site_with(lte_role: &str) -> Site {
         std::thread::sleep(Duration::from_millis(100));
     }
     Site { da, db, tb, _dir: dir }
-}
-
-/// A child killed (by pid) and reaped on drop, unless its output was taken.
-struct Proc(Option<Child>);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(ns: &str, args: &[&str]) -> Proc {
-    Proc(Some(
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}")),
-    ))
-}
-
-/// Wait for `p` to end; its standard output (it must succeed).
-fn output(mut p: Proc) -> String {
-    let out = p.0.take().expect("not taken yet").wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[derive(Debug)]

@@ -1,8 +1,10 @@
 //! Just enough of the inner IP header to route a packet and check where it
 //! came from: version, source and destination.
 //!
-//! mpvr never changes the application's packet (DESIGN.md invariant 1); it
-//! only reads where the packet goes.
+//! mpvr does not change the application's packet (DESIGN.md invariant 1)
+//! beyond what a router on its path would: an MSS lowered in a TCP SYN,
+//! an IPv4 packet fragmented, an ICMP "too big" answered
+//! ([`super::fit`]). Here it only reads where the packet goes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -25,7 +25,9 @@
 //! confirmed (a probe at `good`, with a control probe at the floor) every
 //! [`CONFIRM_BUSY`] while it carries large datagrams and has sent 100
 //! times the confirmation's bytes since the last one (so it costs at most
-//! 1 %), every [`CONFIRM_THIN`] while it carries fewer, every
+//! 1 %), every [`CONFIRM_THIN`] while it carries fewer, at once when it
+//! carries a large one after [`RESUME_AFTER`] without (traffic moved onto
+//! it), every
 //! [`CONFIRM_IDLE`] at rest, and at once when the node asks
 //! ([`Pmtu::confirm_now`]: the path looked stalled while small probes still
 //! passed). [`CONFIRM_TRIES`] confirmations lost while their control
@@ -52,6 +54,9 @@ pub const CONFIRM_IDLE: Duration = Duration::from_secs(600);
 /// Lost confirmations in a row (with their controls answered) that mean
 /// the MTU shrank.
 pub const CONFIRM_TRIES: u32 = 3;
+/// A path that sent no large datagram for this long has its size
+/// confirmed when it sends one again.
+pub const RESUME_AFTER: Duration = Duration::from_secs(1);
 /// A busy confirmation waits until the path sent this many times its bytes.
 const CONFIRM_SHARE: u64 = 100;
 /// Smallest datagram every IPv4 path carries: 576 - 20 - 8 (RFC 791).
@@ -103,6 +108,8 @@ pub struct Pmtu {
     searched_at: Time,
     /// Bytes of datagrams above the floor sent since then.
     large_bytes: u64,
+    /// When the last datagram above the floor was sent.
+    last_large: Option<Time>,
     /// A control probe of the run in flight was answered.
     control_ok: bool,
     /// No size is measured (a first search, or one after a shrink): the
@@ -157,6 +164,7 @@ impl Pmtu {
             settled_at: now,
             searched_at: now,
             large_bytes: 0,
+            last_large: None,
             control_ok: false,
             optimistic: true,
             reported: None,
@@ -226,11 +234,19 @@ impl Pmtu {
         }
     }
 
-    /// A datagram of `len` bytes went on the path.
-    pub fn sent(&mut self, len: usize) {
-        if len > usize::from(self.floor) {
-            self.large_bytes += len as u64;
+    /// A data datagram of `len` bytes went on the path at `now`. The first
+    /// large one after [`RESUME_AFTER`] without any has the size confirmed
+    /// at once: traffic that moves onto a path (a failover) finds out
+    /// within a few probe timeouts whether the path still carries it.
+    pub fn sent(&mut self, now: Time, len: usize) {
+        if len <= usize::from(self.floor) {
+            return;
         }
+        if self.last_large.is_none_or(|t| t + RESUME_AFTER <= now) {
+            self.confirm_now(now);
+        }
+        self.last_large = Some(now);
+        self.large_bytes += len as u64;
     }
 
     /// Confirm the size now (the path lost data while small probes passed).
@@ -514,7 +530,7 @@ mod tests {
         assert_eq!(p.measured(), Some(1472));
         // Busy: confirmed within CONFIRM_BUSY once enough was sent.
         for _ in 0..1000 {
-            p.sent(1400);
+            p.sent(now, 1400);
         }
         assert!(p.next_timer().unwrap() <= now + CONFIRM_BUSY);
         now = p.next_timer().unwrap();

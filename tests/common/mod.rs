@@ -359,3 +359,34 @@ pub fn udp_stream(
         missing: seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(i, _)| i as u64).collect(),
     }
 }
+
+/// A child killed (by pid) and reaped on drop, unless its output was taken.
+pub struct Proc(pub Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn spawn(ns: &str, args: &[&str]) -> Proc {
+    Proc(Some(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}")),
+    ))
+}
+
+/// Wait for `p` to end; its standard output (it must succeed).
+pub fn output(mut p: Proc) -> String {
+    let out = p.0.take().expect("not taken yet").wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -95,7 +95,7 @@ fn fan_out(
         }
         p.tx.add(wire_len);
         if kind.msg_type == MessageType::Data {
-            p.pmtu.sent(wire_len);
+            p.pmtu.sent(now, wire_len);
         }
         let by_path = p.shaper.as_mut().is_some_and(|s| !s.try_now(now, lane, wire_len));
         let Some((l, shaper)) = links.parts_mut(p.addr.link) else {
