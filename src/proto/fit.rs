@@ -417,4 +417,41 @@ mod tests {
         assert_eq!(mss_for(1356, "fd00::1".parse().unwrap()), 1296);
         assert!(!is_syn(&v4_packet(100, true, 17)));
     }
+
+    proptest::proptest! {
+        /// Any bytes (a TUN packet, or a peer's decrypted one): nothing
+        /// panics, fragments are well formed and carry the packet, a clamp
+        /// changes at most the two MSS bytes and the checksum.
+        #[test]
+        fn any_bytes_are_handled(mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600), max in 0usize..1600, mss in proptest::prelude::any::<u16>(), patch in proptest::prelude::any::<bool>()) {
+            // Half the inputs look like IPv4 (version, a header length
+            // from 20 to 60 bytes, total length right, DF clear).
+            if patch && bytes.len() >= 60 {
+                bytes[0] = 0x40 | if bytes[0] & 1 == 0 { 5 } else { 5 + bytes[0] % 11 };
+                let len = bytes.len() as u16;
+                bytes[2..4].copy_from_slice(&len.to_be_bytes());
+                bytes[6] &= !0x40;
+            }
+            let mut out = Vec::new();
+            let _ = too_big(&bytes, 1300, &mut out);
+            let mut scratch = Vec::new();
+            let mut data = Vec::new();
+            let fragmented = fragment_v4(&bytes, max, &mut scratch, |f| {
+                assert!(f.len() <= max.max(28));
+                assert_eq!(checksum(&f[..usize::from(f[0] & 0x0f) * 4]), 0);
+                data.extend_from_slice(&f[usize::from(f[0] & 0x0f) * 4..]);
+            });
+            if fragmented {
+                let h = v4(&bytes).unwrap();
+                proptest::prop_assert_eq!(&data[..], &bytes[h.ihl..h.total]);
+            }
+            let before = bytes.clone();
+            let _ = is_syn(&bytes);
+            if clamp_mss(&mut bytes, mss) {
+                let changed = before.iter().zip(&bytes).filter(|(a, b)| a != b).count();
+                proptest::prop_assert!(changed <= 4);
+            }
+            proptest::prop_assert_eq!(before.len(), bytes.len());
+        }
+    }
 }

@@ -68,7 +68,7 @@ use super::class::{Class, Classifier, Rule, RuleError, validate_rules};
 use super::ids::{HostId, LinkId, Seq};
 use super::link::{LinkSettings, Links};
 use super::mesh::{Mesh, MeshConfig, MeshConfigError};
-use super::monitor::{Change, MonitorConfig, MonitorConfigError};
+use super::monitor::{Change, Health, MonitorConfig, MonitorConfigError};
 use super::path::PathId;
 use super::policy::Policy;
 use super::route::{NextHop, RouteTable};
@@ -507,8 +507,18 @@ impl Node {
         self.to_tun.pop_front()
     }
 
-    /// Announce the tunnel MTU if it changed.
+    /// Announce the tunnel MTU if it changed; not while a path that is
+    /// not down searches (its size moves round by round: the TUN's MTU
+    /// changes once, to the measured size).
     fn check_tunnel_mtu(&mut self) {
+        let searching = self.bundles.iter().filter(|b| b.sessions.can_send()).any(|b| {
+            b.paths().iter().any(|p| {
+                p.usable && p.monitor.health() != Health::Down && p.pmtu.phase() == crate::proto::pmtu::Phase::Searching
+            })
+        });
+        if searching {
+            return;
+        }
         let m = self.tunnel_mtu();
         if m != self.tunnel_mtu {
             self.tunnel_mtu = m;
