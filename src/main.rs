@@ -194,7 +194,7 @@ fn check(config: &Path) -> Result<bool> {
     let cfg = mpvr::config::load(config)?;
     println!("{}: ok", config.display());
     println!("  host {} (public key {})", cfg.host.get(), keys::encode(&keys::public(&cfg.private_key)));
-    println!("  tun {} with {:?}, mtu {:?}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
+    println!("  tun {} with {:?}, mtu {}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
     let m = &cfg.monitor;
     println!(
         "  probes every {} ({} with data, {} while suspect or just down), down after {} lost or {} silent, up after {} answered, degraded at {}% loss",

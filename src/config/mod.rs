@@ -35,10 +35,20 @@ pub const DEFAULT_TUN: &str = "mpvr0";
 /// The TUN MTU: computed from the links, or fixed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mtu {
-    /// Smallest link MTU minus the encapsulation overhead.
+    /// Smallest link MTU minus the encapsulation overhead at start, then
+    /// what the paths are measured to carry.
     Auto,
     /// This value.
     Fixed(u16),
+}
+
+impl std::fmt::Display for Mtu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mtu::Auto => f.write_str("auto (from the links, then what the paths carry)"),
+            Mtu::Fixed(m) => write!(f, "{m}"),
+        }
+    }
 }
 
 /// Which NICs become links.
