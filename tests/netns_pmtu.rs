@@ -214,6 +214,24 @@ fn a_datagram_that_fits_the_tun_but_no_path_is_never_silently_lost() {
         assert!(t0.elapsed() < Duration::from_secs(5), "measured {:?}", s.measured());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // TCP over the 1436-byte TUN: the SYNs' MSS lowered to what both
+    // paths carry (1336 - 40), so the connection's segments fit.
+    let server = in_netns(&s.tb.ns("b"), || {
+        let l = std::net::TcpListener::bind("10.9.0.2:40010").unwrap();
+        let (c, _) = l.accept().unwrap();
+        socket2::SockRef::from(&c).tcp_mss().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let client = in_netns(&s.tb.ns("a"), || {
+        let c = std::net::TcpStream::connect("10.9.0.2:40010").unwrap();
+        socket2::SockRef::from(&c).tcp_mss().unwrap()
+    })
+    .join()
+    .unwrap();
+    let server = server.join().unwrap();
+    assert!(client <= 1296 && server <= 1296, "MSS: client {client}, server {server}");
+    // Each host lowered its own stack's SYN (neither knows better yet).
+    assert!(s.da.snapshot().totals.mss_clamped >= 1 && s.db.snapshot().totals.mss_clamped >= 1);
     // Without DF it arrives, in fragments mpvr made (first: once the
     // sender's stack knows the tunnel's MTU, it fragments itself).
     let rx = in_netns(&s.tb.ns("b"), || {
