@@ -41,21 +41,10 @@ prefixes = ["10.9.0.{peer}/32", "fd09::{peer}/128"]
 }
 
 struct Site {
-    da: Daemon,
-    db: Daemon,
+    d: PairDaemons,
     tb: Testbed,
     dir: TempDir,
     keys: [(std::path::PathBuf, String); 2],
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.da.stop();
-            self.db.stop();
-            eprintln!("--- host A log ---\n{}\n--- host B log ---\n{}", self.da.log(), self.db.log());
-        }
-    }
 }
 
 /// Set the middle of `link` (both of its veths in the wan namespace) to `mtu`.
@@ -65,19 +54,10 @@ fn middle_mtu(tb: &Testbed, link: &str, mtu: u32) {
     }
 }
 
-fn start(tb: &Testbed, dir: &TempDir, keys: &[(std::path::PathBuf, String); 2], mtu: &str, tag: &str) -> [Daemon; 2] {
+fn start(tb: &Testbed, dir: &TempDir, keys: &[(std::path::PathBuf, String); 2], mtu: &str, tag: &str) -> PairDaemons {
     let ca = dir.write(&format!("a{tag}.toml"), &config(1, &keys[0].0, &keys[1].1, 2, ["a0", "a1"], mtu));
     let cb = dir.write(&format!("b{tag}.toml"), &config(2, &keys[1].0, &keys[0].1, 1, ["b0", "b1"], mtu));
-    // The namespaces belong to the testbed: handles that do not delete them.
-    let (a, b) = (Netns { name: tb.ns("a") }, Netns { name: tb.ns("b") });
-    let da = Daemon::start(&a, &ca, dir.0.join(format!("a{tag}.log")));
-    let db = Daemon::start(&b, &cb, dir.0.join(format!("b{tag}.log")));
-    std::mem::forget(a);
-    std::mem::forget(b);
-    for d in [&da, &db] {
-        d.wait_log("link up", 2, Duration::from_secs(10));
-    }
-    [da, db]
+    start_pair(tb, dir, &ca, &cb, tag)
 }
 
 /// The pair with IPv6 on link1, daemons started with TUN MTU `mtu`.
@@ -89,32 +69,30 @@ fn site(tag: &str, mtu: &str) -> Site {
     }
     let dir = TempDir::new();
     let keys = [keypair(&dir, "a.key"), keypair(&dir, "b.key")];
-    let [da, db] = start(&tb, &dir, &keys, mtu, "");
-    Site { da, db, tb, dir, keys }
+    let d = start(&tb, &dir, &keys, mtu, "");
+    Site { d, tb, dir, keys }
 }
 
 impl Site {
     /// Restart both daemons (new sessions, new discovery) with TUN MTU `mtu`.
     fn restart(&mut self, mtu: &str, tag: &str) {
-        self.da.stop();
-        self.db.stop();
-        let [da, db] = start(&self.tb, &self.dir, &self.keys, mtu, tag);
-        self.da = da;
-        self.db = db;
+        self.d.da.stop();
+        self.d.db.stop();
+        self.d = start(&self.tb, &self.dir, &self.keys, mtu, tag);
     }
 
     /// Wait until host A has a session and both paths are up.
     fn wait_up(&self) {
         let t0 = Instant::now();
-        while !self.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
-            assert!(t0.elapsed() < Duration::from_secs(10), "{:#?}", self.da.snapshot().peers[0].paths);
+        while !self.d.da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{:#?}", self.d.da.snapshot().peers[0].paths);
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Host A's paths' measured MTUs, link0's then link1's.
     fn measured(&self) -> Vec<Option<u32>> {
-        let s = self.da.snapshot();
+        let s = self.d.da.snapshot();
         let mut paths: Vec<_> = s.peers[0].paths.iter().map(|p| (p.link.clone(), p.mtu.measured)).collect();
         paths.sort();
         paths.into_iter().map(|(_, m)| m).collect()
@@ -157,15 +135,15 @@ fn smaller_middle_mtus_are_measured_and_tcp_keeps_its_throughput() {
     // Both paths measured exactly, over IPv4 and IPv6 underlays; the TUN
     // carries what both carry (1420 - 40 - 8 - 36 over IPv6).
     assert_eq!(s.measured(), vec![Some(1492), Some(1420)]);
-    let snap = s.da.snapshot();
+    let snap = s.d.da.snapshot();
     assert_eq!(snap.tun_mtu, Some(1336), "{:?}", snap.tun_mtu);
     assert!(snap.tun_mtu_auto);
     let mtu = sh(&["ip", "-n", &s.tb.ns("a"), "link", "show", "mpvr0"]);
     assert!(mtu.contains("mtu 1336"), "{mtu}");
-    assert!(s.da.status(&[]).contains("1420"), "status shows the MTU");
-    s.da.stop();
-    s.db.stop();
-    assert!(s.da.log().contains("MTU 1420"), "the measured MTU is logged");
+    assert!(s.d.da.status(&[]).contains("1420"), "status shows the MTU");
+    s.d.da.stop();
+    s.d.db.stop();
+    assert!(s.d.da.log().contains("MTU 1420"), "the measured MTU is logged");
 }
 
 /// Send one UDP datagram of `len` bytes from `from` to `to` with DF (PMTU
@@ -231,7 +209,7 @@ fn a_datagram_that_fits_the_tun_but_no_path_is_never_silently_lost() {
     let server = server.join().unwrap();
     assert!(client <= 1296 && server <= 1296, "MSS: client {client}, server {server}");
     // Each host lowered its own stack's SYN (neither knows better yet).
-    assert!(s.da.snapshot().totals.mss_clamped >= 1 && s.db.snapshot().totals.mss_clamped >= 1);
+    assert!(s.d.da.snapshot().totals.mss_clamped >= 1 && s.d.db.snapshot().totals.mss_clamped >= 1);
     // Without DF it arrives, in fragments mpvr made (first: once the
     // sender's stack knows the tunnel's MTU, it fragments itself).
     let rx = in_netns(&s.tb.ns("b"), || {
@@ -276,7 +254,7 @@ fn a_datagram_that_fits_the_tun_but_no_path_is_never_silently_lost() {
     assert!(first.is_ok(), "{first:?}");
     let e = second.expect_err("the second IPv6 send learned the tunnel's MTU");
     assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
-    let t = s.da.snapshot().totals;
+    let t = s.d.da.snapshot().totals;
     assert!(t.icmp_too_big >= 2 && t.fragmented >= 1, "{t:?}");
 }
 

@@ -51,20 +51,9 @@ prefixes = ["10.9.0.{peer}/32"]
 }
 
 struct Site {
-    da: Daemon,
-    db: Daemon,
+    d: PairDaemons,
     tb: Testbed,
     _dir: TempDir,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.da.stop();
-            self.db.stop();
-            eprintln!("--- host A log ---\n{}\n--- host B log ---\n{}", self.da.log(), self.db.log());
-        }
-    }
 }
 
 fn site() -> Site {
@@ -82,21 +71,14 @@ fn site_with(lte_role: &str) -> Site {
     let (kb, pb) = keypair(&dir, "b.key");
     let ca = dir.write("a.toml", &config(1, &ka, &pb, 2, ["a0", "a1"], lte_role));
     let cb = dir.write("b.toml", &config(2, &kb, &pa, 1, ["b0", "b1"], lte_role));
-    // The namespaces belong to the testbed: handles that do not delete them.
-    let (a, b) = (Netns { name: tb.ns("a") }, Netns { name: tb.ns("b") });
-    let da = Daemon::start(&a, &ca, dir.0.join("a.log"));
-    let db = Daemon::start(&b, &cb, dir.0.join("b.log"));
-    std::mem::forget(a);
-    std::mem::forget(b);
-    for d in [&da, &db] {
-        d.wait_log("link up", 2, Duration::from_secs(10));
-    }
+    let d = start_pair(&tb, &dir, &ca, &cb, "");
+    let da = &d.da;
     let t0 = Instant::now();
     while !da.snapshot().peers[0].paths.iter().all(|p| p.state == "up") {
         assert!(t0.elapsed() < Duration::from_secs(10), "{:#?}", da.snapshot().peers[0].paths);
         std::thread::sleep(Duration::from_millis(100));
     }
-    Site { da, db, tb, _dir: dir }
+    Site { d, tb, _dir: dir }
 }
 
 #[derive(Debug)]
@@ -199,14 +181,14 @@ fn real_time_keeps_its_deadline_under_tcp_bulk_and_the_secondary_carries_no_bulk
     let calm = voice(&s, 6);
     eprintln!("unloaded: {calm:?}");
     assert!(calm.sent >= 250, "{calm:?}");
-    let before = bulk_bytes(&s.da);
+    let before = bulk_bytes(&s.d.da);
     let (_server, client) = bulk(&s, 9, 1);
     std::thread::sleep(Duration::from_secs(2));
     let loaded = voice(&s, 6);
     let bps = bulk_bps(client);
-    let after = bulk_bytes(&s.da);
+    let after = bulk_bytes(&s.d.da);
     eprintln!("with one TCP flow ({:.1} Mbit/s): {loaded:?}; bulk bytes fibre/lte {before:?} -> {after:?}", bps / 1e6);
-    let snap = s.da.status(&[]);
+    let snap = s.d.da.status(&[]);
     eprintln!("{snap}");
     assert!(loaded.met >= calm.met - 0.01, "deadline met {:.3} under load, {:.3} without", loaded.met, calm.met);
     assert!(loaded.p99 <= calm.p99 + 20.0, "p99 {:.1} ms under load, {:.1} ms without", loaded.p99, calm.p99);
@@ -246,7 +228,7 @@ fn a_primary_blackout_under_bulk_moves_bulk_within_300_ms_and_real_time_loses_no
         big
     });
     let tb_prefix = s.tb.prefix.clone();
-    let da_socket = s.da.socket.clone();
+    let da_socket = s.d.da.socket.clone();
     // Cut the fibre 2 s in, then read host A's status until its bulk
     // policy has left the fibre: when mpvr moved it (TCP itself may wait
     // for a retransmission timeout before it sends again).
@@ -295,7 +277,7 @@ fn a_backup_link_carries_no_data_until_the_primary_dies_then_all_of_it() {
     let (_server, client) = bulk(&s, 8, 1);
     let tb_prefix = s.tb.prefix.clone();
     // Voice for 6 s; the fibre is cut 3 s in, for good.
-    let da_socket = s.da.socket.clone();
+    let da_socket = s.d.da.socket.clone();
     let cutter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(3300));
         let status = |class: &str| {
@@ -312,7 +294,7 @@ fn a_backup_link_carries_no_data_until_the_primary_dies_then_all_of_it() {
     let v = voice(&s, 6);
     let before_cut = cutter.join().unwrap();
     let _ = bulk_bps(client);
-    let after = (class_bytes(&s.da, "realtime")[1], class_bytes(&s.da, "bulk")[1]);
+    let after = (class_bytes(&s.d.da, "realtime")[1], class_bytes(&s.d.da, "bulk")[1]);
     eprintln!("backup link: {before_cut:?} bytes (realtime, bulk) before the cut, {after:?} after; voice {v:?}");
     assert_eq!(before_cut, (0, 0), "the backup link carried data while the primary was up");
     assert!(after.0 > 10_000 && after.1 > 1_000_000, "the backup did not take over: {after:?}");

@@ -390,3 +390,35 @@ pub fn output(mut p: Proc) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The daemons of hosts a and b of a testbed's pair layout; their logs
+/// are printed if the test fails.
+pub struct PairDaemons {
+    pub da: Daemon,
+    pub db: Daemon,
+}
+
+impl Drop for PairDaemons {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.da.stop();
+            self.db.stop();
+            eprintln!("--- host A log ---\n{}\n--- host B log ---\n{}", self.da.log(), self.db.log());
+        }
+    }
+}
+
+/// Start `mpvr run` with configs `ca` and `cb` in `tb`'s namespaces a and
+/// b (logs in `dir`, named with `tag`), and wait until each has both links up.
+pub fn start_pair(tb: &Testbed, dir: &TempDir, ca: &Path, cb: &Path, tag: &str) -> PairDaemons {
+    // The namespaces belong to the testbed: handles that do not delete them.
+    let (a, b) = (Netns { name: tb.ns("a") }, Netns { name: tb.ns("b") });
+    let da = Daemon::start(&a, ca, dir.0.join(format!("a{tag}.log")));
+    let db = Daemon::start(&b, cb, dir.0.join(format!("b{tag}.log")));
+    std::mem::forget(a);
+    std::mem::forget(b);
+    for d in [&da, &db] {
+        d.wait_log("link up", 2, Duration::from_secs(10));
+    }
+    PairDaemons { da, db }
+}
