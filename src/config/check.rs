@@ -13,12 +13,12 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 
 use super::file::{
-    ControlSection, EndpointValue, HostSection, MeshSection, MtuValue, NumberOrWord, PeerSection, ProbeSection,
-    RuleSection, SessionSection,
+    ControlSection, EndpointValue, ExitSection, HostSection, MeshSection, MtuValue, NumberOrWord, PeerSection,
+    ProbeSection, RuleSection, SessionSection,
 };
 use super::{
-    DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, LinkOptions, LinkSelection, Mtu, PeerConfig, Problem,
-    default_control_socket, valid_ifname,
+    DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, ExitConfig, Fallback, LinkOptions, LinkSelection, Mtu, PeerConfig,
+    Problem, default_control_socket, valid_ifname,
 };
 use crate::keys::{self, Key};
 use crate::proto::class::{RuleError, protocol, validate_rules};
@@ -428,7 +428,26 @@ pub(super) fn peers(
                 None
             }
         };
-        peers.push(PeerConfig { id, public_key, psk, endpoints, prefixes, via, policy });
+        let exit = match (p.exit, p.fallback.as_deref()) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                c.bad(
+                    f("fallback"),
+                    "fallback is what traffic does while the exit is down: set exit = true too, or remove it",
+                );
+                None
+            }
+            (true, None | Some("direct")) => Some(Fallback::Direct),
+            (true, Some("block")) => Some(Fallback::Block),
+            (true, Some(other)) => {
+                c.bad(f("fallback"), format!("{other:?} is not a fallback: use \"direct\" (the links' own default routes) or \"block\" (nothing leaves outside the tunnel)"));
+                None
+            }
+        };
+        if exit.is_some() && peers.iter().any(|q: &PeerConfig| q.exit.is_some()) {
+            c.bad(f("exit"), "another peer is already the exit: a host has one internet exit");
+        }
+        peers.push(PeerConfig { id, public_key, psk, endpoints, prefixes, via, policy, exit });
     }
     for (i, p) in peers.iter().enumerate() {
         if let Some(v) = p.via {
@@ -657,4 +676,23 @@ pub(super) fn mesh(c: &mut Checker, s: &MeshSection) -> Option<MeshConfig> {
         c.bad(field, e.to_string());
     }
     s.enabled.unwrap_or(true).then_some(m)
+}
+
+/// The `[exit]` section: this host forwards its peers' traffic to the internet.
+pub(super) fn exit(c: &mut Checker, e: &ExitSection, peers: &[PeerConfig]) -> Option<ExitConfig> {
+    if !e.enabled {
+        if e.interface.is_some() {
+            c.bad("exit.interface", "the exit is not enabled: set exit.enabled = true, or remove the section");
+        }
+        return None;
+    }
+    if let Some(i) = e.interface.as_deref()
+        && !valid_ifname(i)
+    {
+        c.bad("exit.interface", format!("{i:?} is not a valid interface name"));
+    }
+    if peers.iter().any(|p| p.exit.is_some()) {
+        c.bad("exit.enabled", "this host sends its own internet traffic to an exit peer: it cannot be an exit itself");
+    }
+    Some(ExitConfig { interface: e.interface.clone() })
 }

@@ -31,6 +31,8 @@ pub(super) struct File {
     pub(super) control: ControlSection,
     #[serde(default)]
     pub(super) mesh: MeshSection,
+    #[serde(default)]
+    pub(super) exit: ExitSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +145,17 @@ pub(super) struct PeerSection {
     pub(super) prefixes: Vec<String>,
     pub(super) via: Option<u32>,
     pub(super) policy: Option<String>,
+    #[serde(default)]
+    pub(super) exit: bool,
+    pub(super) fallback: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExitSection {
+    #[serde(default)]
+    pub(super) enabled: bool,
+    pub(super) interface: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

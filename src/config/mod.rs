@@ -110,6 +110,37 @@ pub struct PeerConfig {
     pub via: Option<HostId>,
     /// Its own duplication policy (a neighbour only; `None`: the global one).
     pub policy: Option<Policy>,
+    /// It is this host's internet exit (`exit = true`): everything that is
+    /// not local goes to it, and this is what happens while no path to it
+    /// is up.
+    pub exit: Option<Fallback>,
+}
+
+/// What a site's traffic for the internet does while the tunnel to its
+/// exit is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// It uses the links' own default routes until a path is up again.
+    Direct,
+    /// It is dropped (a kill switch): nothing leaves outside the tunnel.
+    Block,
+}
+
+impl Fallback {
+    /// Its config word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fallback::Direct => "direct",
+            Fallback::Block => "block",
+        }
+    }
+}
+
+/// This host is an internet exit for its peers (`[exit] enabled`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitConfig {
+    /// The interface traffic leaves by (`None`: the main table's default route's).
+    pub interface: Option<String>,
 }
 
 /// A checked configuration.
@@ -157,6 +188,8 @@ pub struct Config {
     pub prometheus: Option<SocketAddr>,
     /// Route advertisements (`None`: configured routes only).
     pub mesh: Option<MeshConfig>,
+    /// This host forwards its peers' traffic to the internet (`None`: it does not).
+    pub exit: Option<ExitConfig>,
 }
 
 /// The control socket of a daemon whose TUN is `tun`, unless the config says otherwise.
@@ -205,6 +238,7 @@ impl Config {
         let mut nc = NodeConfig::new(self.host, self.private_key);
         nc.window_packets = self.window;
         nc.transport_header = self.transport.header_len();
+        nc.exit = self.exit.is_some();
         nc.hop_limit = self.hop_limit;
         nc.keepalive = self.keepalive;
         nc.max_packet = max_packet;
@@ -260,6 +294,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let monitor = check::probe(&mut c, &file.probe);
     let (control_socket, prometheus) = check::control(&mut c, &file.control, &h.tun);
     let mesh = check::mesh(&mut c, &file.mesh);
+    let exit = check::exit(&mut c, &file.exit, &peers);
     match (c.problems.is_empty(), host, private_key) {
         (true, Some(host), Some(private_key)) => Ok(Config {
             source: path.to_path_buf(),
@@ -283,6 +318,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             control_socket,
             prometheus,
             mesh,
+            exit,
         }),
         _ => Err(ConfigError { source_file: path.to_path_buf(), problems: c.problems }),
     }

@@ -19,6 +19,7 @@
 //! and routes).
 
 mod control;
+mod exit;
 mod links;
 pub mod plan;
 mod readers;
@@ -125,6 +126,12 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
         for prefix in &p.prefixes {
             node.add_route(*prefix, next)?;
         }
+        if p.exit.is_some() {
+            // Everything no other route covers goes to the exit.
+            for prefix in exit::DEFAULT_ROUTES {
+                node.add_route(prefix.parse().expect("a valid prefix"), next)?;
+            }
+        }
     }
     Ok(node)
 }
@@ -197,6 +204,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         epoch,
         tun_mtu: std::sync::atomic::AtomicU16::new(mtu),
         tun_mtu_bounds: plan::tun_mtu_bounds(&cfg, mtu),
+        exit: Mutex::new(None),
         io: IoCounters::default(),
         send_error_log: Default::default(),
         rejection_log: Default::default(),
@@ -220,6 +228,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         up: BTreeMap::new(),
         fatal: fatal_tx.clone(),
     };
+    // The exit before the links: a refusal (no nft, no such interface)
+    // stops the start with nothing changed but the TUN, which goes with it.
+    let exit_host = match cfg.exit {
+        Some(_) => Some(exit::ExitHost::start(&cfg, &nics)?),
+        None => None,
+    };
+    let mut full_tunnel = exit::FullTunnel::new(&cfg);
     links.reconcile(nics).await;
     let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
 
@@ -271,6 +286,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 shared.send(&out);
                 out.clear();
                 sync_mesh_routes(&nl, &shared, &cfg, tun_index, &mut mesh_routes).await;
+                follow_exit(&nl, &shared, tun_index, exit_host.as_ref(), full_tunnel.as_mut()).await;
             }
         }
     };
@@ -281,6 +297,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     drop(control);
     log_summary(&shared, &links);
+    if let Some(f) = full_tunnel.as_mut() {
+        f.remove(&nl).await;
+    }
+    if let Some(e) = exit_host {
+        e.stop();
+    }
     links.shutdown().await;
     info!("mpvr stopped; routes and rules removed");
     result
@@ -320,4 +342,40 @@ async fn sync_mesh_routes(
             Err(e) => warn!(prefix = %p, error = %e, "cannot add a route for a prefix learned from the mesh"),
         }
     }
+}
+
+/// Keep the full tunnel's routes in line with whether a path to the exit
+/// is up, and the exit's state in status.
+async fn follow_exit(
+    nl: &Netlink,
+    shared: &Shared,
+    tun_index: u32,
+    exit_host: Option<&exit::ExitHost>,
+    full: Option<&mut exit::FullTunnel>,
+) {
+    let snap = if let Some(f) = full {
+        let up = {
+            let node = shared.node();
+            node.bundle(f.neighbour)
+                .is_some_and(|b| b.has_session() && b.paths().iter().any(|p| p.usable && p.monitor.health().is_alive()))
+        };
+        f.update(nl, tun_index, up).await;
+        Some(crate::status::ExitSnap {
+            role: "site".into(),
+            peer: Some(f.exit.get()),
+            fallback: Some(f.fallback.name().into()),
+            state: Some(f.state().into()),
+            state_for_s: Some(f.since.elapsed().as_secs_f64()),
+            ..Default::default()
+        })
+    } else {
+        exit_host.map(|e| crate::status::ExitSnap {
+            role: "exit".into(),
+            interface: Some(e.interface.clone()),
+            ipv6: e.ipv6,
+            tracked: exit::ExitHost::tracked(),
+            ..Default::default()
+        })
+    };
+    *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = snap;
 }

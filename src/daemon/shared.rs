@@ -82,6 +82,8 @@ pub(super) struct Shared {
     /// (`host.mtu = "auto"`; `None`: fixed).
     pub(super) tun_mtu: std::sync::atomic::AtomicU16,
     pub(super) tun_mtu_bounds: Option<(u16, u16)>,
+    /// The internet exit's state, for status (set by the main loop).
+    pub(super) exit: Mutex<Option<status::ExitSnap>>,
     pub(super) io: IoCounters,
     /// Send errors are logged once per interval and link.
     pub(super) send_error_log: LogLimiter<LinkId>,
@@ -185,6 +187,7 @@ impl Shared {
             link_name: &|l| self.link_name(l),
             io: io.named(),
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
+            exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let now = self.now();
         let node = self.node();

@@ -67,6 +67,12 @@ pub struct BundleStats {
     /// Authenticated data packets refused because their inner source is
     /// not routed to this neighbour.
     pub bad_source: u64,
+    /// Data packets from it delivered toward a destination no route
+    /// covers: what this host, as an internet exit, forwards out for it.
+    pub exit_out: Count,
+    /// Packets read from the TUN for it whose source no route covers: what
+    /// comes back from outside the overlay (counted with `NodeConfig::exit`).
+    pub exit_in: Count,
 }
 
 /// This host's state toward one peer.

@@ -125,6 +125,8 @@ pub struct ShellInfo<'a> {
     pub io: Vec<(&'static str, u64)>,
     /// The TUN's MTU now, and whether it follows the paths.
     pub tun_mtu: Option<(u16, bool)>,
+    /// The internet exit, at either end.
+    pub exit: Option<ExitSnap>,
 }
 
 /// The snapshot of `node` at `now`.
@@ -171,6 +173,8 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 accepted: s.accepted.into(),
                 paths_learned: s.paths_learned,
                 bad_source: s.bad_source,
+                exit_out: s.exit_out.into(),
+                exit_in: s.exit_in.into(),
                 paths: n
                     .paths()
                     .iter()
@@ -258,6 +262,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         tun_mtu: shell.tun_mtu.map(|(m, _)| u32::from(m)),
         tun_mtu_auto: shell.tun_mtu.is_some_and(|(_, auto)| auto),
         tunnel_mtu: node.tunnel_mtu().map(|m| m as u32),
+        exit: shell.exit.clone(),
     }
 }
 
@@ -282,6 +287,7 @@ pub(crate) fn simulated() -> Snapshot {
         link_name: &|l: LinkId| format!("wan{}", l.0),
         io: vec![("send_errors", 0)],
         tun_mtu: Some((1436, true)),
+        exit: None,
     };
     snapshot(node, p.sim.now(), &shell)
 }

@@ -80,6 +80,17 @@ pub fn render(s: &Snapshot) -> String {
         b.counter("mpvr_tun_bytes", "Bytes read from (in) or written to (out) the TUN", &[("direction", dir)], c.bytes);
     }
     b.counter("mpvr_copies_sent", "Copies sent (datagrams x paths)", &[], t.copies_out.packets);
+    if let Some(e) = &s.exit {
+        if let Some(state) = &e.state {
+            for st in ["through the exit", "direct", "blocked"] {
+                let v = f64::from(u8::from(state == st));
+                b.gauge("mpvr_full_tunnel_state", "1 for the full tunnel's current state", &[("state", st)], v);
+            }
+        }
+        if let Some(n) = e.tracked {
+            b.gauge("mpvr_exit_tracked_connections", "Connections the kernel tracks on the exit host", &[], n as f64);
+        }
+    }
     if let Some(m) = s.tun_mtu {
         b.gauge("mpvr_tun_mtu_bytes", "The TUN's MTU", &[], f64::from(m));
     }
@@ -181,6 +192,21 @@ pub fn render(s: &Snapshot) -> String {
             &pl,
             p.accepted.packets,
         );
+        for (dir, c) in [("out", p.exit_out), ("in", p.exit_in)] {
+            let ld = [("peer", peer.as_str()), ("direction", dir)];
+            b.counter(
+                "mpvr_exit_packets",
+                "Packets this exit forwarded for the peer, out of the overlay or back",
+                &ld,
+                c.packets,
+            );
+            b.counter(
+                "mpvr_exit_bytes",
+                "Bytes this exit forwarded for the peer, out of the overlay or back",
+                &ld,
+                c.bytes,
+            );
+        }
         for x in &p.paths {
             let l = [("peer", peer.as_str()), ("link", x.link.as_str()), ("remote", x.remote.as_str())];
             for state in ["up", "degraded", "suspect", "down"] {

@@ -217,6 +217,24 @@ pub fn render_text(s: &Snapshot) -> String {
     if !classes.is_empty() {
         let _ = writeln!(o, "  {}", classes.join("; "));
     }
+    if let Some(e) = &s.exit {
+        let line = match e.role.as_str() {
+            "exit" => format!(
+                "internet exit: the peers' traffic leaves by {}{} ({} connections tracked)",
+                e.interface.as_deref().unwrap_or("-"),
+                if e.ipv6 { ", IPv4 and IPv6" } else { ", IPv4 only" },
+                e.tracked.map_or_else(|| "-".to_string(), |n| n.to_string())
+            ),
+            _ => format!(
+                "full tunnel through host {}: {} for {} (fallback {})",
+                e.peer.unwrap_or(0),
+                e.state.as_deref().unwrap_or("-"),
+                human_duration(e.state_for_s.unwrap_or(0.0)),
+                e.fallback.as_deref().unwrap_or("-")
+            ),
+        };
+        let _ = writeln!(o, "  {line}");
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "links:");
     let rows: Vec<Vec<String>> = s.links.iter().map(link_cells).collect();
@@ -244,6 +262,16 @@ pub fn render_text(s: &Snapshot) -> String {
             p.accepted.packets,
             human_bytes(p.accepted.bytes)
         );
+        if p.exit_out.packets + p.exit_in.packets > 0 {
+            let _ = writeln!(
+                o,
+                "  through this exit: out {} pkts ({}), back {} pkts ({})",
+                p.exit_out.packets,
+                human_bytes(p.exit_out.bytes),
+                p.exit_in.packets,
+                human_bytes(p.exit_in.bytes)
+            );
+        }
         if p.bad_source > 0 {
             let _ = writeln!(
                 o,

@@ -61,6 +61,31 @@ pub struct Snapshot {
     /// The largest inner packet the paths toward every neighbour carry.
     #[serde(default)]
     pub tunnel_mtu: Option<u32>,
+    /// The internet exit, at either end.
+    #[serde(default)]
+    pub exit: Option<ExitSnap>,
+}
+
+/// The internet exit: this host is one, or sends its internet traffic to one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitSnap {
+    /// "exit" (this host forwards its peers' traffic out) or "site" (its
+    /// internet traffic goes through an exit peer).
+    pub role: String,
+    /// Exit: the interface traffic leaves by.
+    pub interface: Option<String>,
+    /// Exit: IPv6 is forwarded too.
+    pub ipv6: bool,
+    /// Exit: connections the kernel tracks (NAT's and any other's).
+    pub tracked: Option<u64>,
+    /// Site: the exit peer.
+    pub peer: Option<u32>,
+    /// Site: "direct" or "block".
+    pub fallback: Option<String>,
+    /// Site: "through the exit", "direct" or "blocked".
+    pub state: Option<String>,
+    /// Site: seconds in that state.
+    pub state_for_s: Option<f64>,
 }
 
 /// One local link.
@@ -145,6 +170,12 @@ pub struct PeerSnap {
     /// Its authenticated data packets refused for a source address not routed to it.
     #[serde(default)]
     pub bad_source: u64,
+    /// Data packets from it this host delivered toward outside the overlay (as an exit).
+    #[serde(default)]
+    pub exit_out: Counter,
+    /// Packets from outside the overlay sent to it (as an exit).
+    #[serde(default)]
+    pub exit_in: Counter,
     /// Its paths.
     pub paths: Vec<PathSnap>,
 }

@@ -126,6 +126,10 @@ pub struct NodeConfig {
     pub monitor: MonitorConfig,
     /// Route advertisements and computed routes (`None`: static routes only).
     pub mesh: Option<MeshConfig>,
+    /// This host is an internet exit: count, per neighbour, what comes
+    /// back for it from outside the overlay (one more route lookup per
+    /// packet read from the TUN).
+    pub exit: bool,
 }
 
 impl NodeConfig {
@@ -147,6 +151,7 @@ impl NodeConfig {
             rules: Vec::new(),
             monitor: MonitorConfig::default(),
             mesh: Some(MeshConfig::default()),
+            exit: false,
         }
     }
 

@@ -215,6 +215,9 @@ impl Node {
                 self.stats.mss_clamped += 1;
             }
         }
+        if next_hop.is_none() {
+            self.bundles[from].stats.exit_out.add(packet.len());
+        }
         match next_hop {
             None | Some(NextHop::Local) => {
                 self.stats.tun_out.add(packet.len());

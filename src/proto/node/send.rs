@@ -240,6 +240,9 @@ impl Node {
             Some(NextHop::Host(h)) => h,
         };
         let idx = self.index[&next];
+        if self.cfg.exit && ip::source(packet).is_ok_and(|s| self.router.lookup(s).is_none()) {
+            self.bundles[idx].stats.exit_in.add(packet.len());
+        }
         let class = self.classifier.classify(now, packet);
         let hops = self.cfg.hop_limit;
         // A SYN's MSS is lowered to what the paths carry (on a copy).
