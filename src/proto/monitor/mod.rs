@@ -444,14 +444,17 @@ impl PathMonitor {
     }
 
     /// When the next probe is due; `busy`: the path delivered data lately.
-    /// A path suspect, or down for less than [`FAST_FOR`], is probed at
-    /// `fast_interval` whatever its traffic.
+    /// A path suspect, down for less than [`FAST_FOR`], or whose last probe
+    /// was lost, is probed at `fast_interval` whatever its traffic.
     pub fn next_probe(&self, cfg: &MonitorConfig, busy: bool) -> Time {
         let Some(last) = self.last_probe else { return Time::ZERO };
         let fast = match self.health {
             Health::Suspect => true,
             Health::Down => last < self.since + FAST_FOR,
-            Health::Up | Health::Degraded => false,
+            // Its last probe was lost: whether that was chance or the
+            // path is known sooner (a path whose traffic all goes one way
+            // has only its probes to tell).
+            Health::Up | Health::Degraded => self.lost_in_row > 0,
         };
         let every = if fast {
             cfg.fast_interval
