@@ -32,7 +32,7 @@ fn every_example_config_is_valid() {
     let dir = std::env::temp_dir().join(format!("mpvr-examples-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let mut n = 0;
-    for sub in ["examples/two-hosts", "examples/seed"] {
+    for sub in ["examples/two-hosts", "examples/seed", "examples/exit"] {
         for entry in fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(sub)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -43,7 +43,7 @@ fn every_example_config_is_valid() {
         }
     }
     fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(n, 5);
+    assert_eq!(n, 7);
 }
 
 #[test]

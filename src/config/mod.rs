@@ -522,6 +522,25 @@ mod tests {
     }
 
     #[test]
+    fn exits() {
+        let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\n");
+        let peer = |id: u32, extra: &str| format!("[[peer]]\nid = {id}\npublic_key = \"{PUB}\"\n{extra}\n");
+        let site = check(&format!("{base}{}", peer(3, "exit = true\nfallback = \"block\""))).unwrap();
+        assert_eq!(site.peers[0].exit, Some(Fallback::Block));
+        assert_eq!(check(&format!("{base}{}", peer(3, "exit = true"))).unwrap().peers[0].exit, Some(Fallback::Direct));
+        let relay = check(&format!("{base}[exit]\nenabled = true\ninterface = \"eth0\"\n{}", peer(2, ""))).unwrap();
+        assert_eq!(relay.exit, Some(ExitConfig { interface: Some("eth0".into()) }));
+        assert_eq!(fields(&format!("{base}{}", peer(3, "fallback = \"direct\""))), vec!["peer[0].fallback"]);
+        assert_eq!(fields(&format!("{base}{}", peer(3, "exit = true\nfallback = \"open\""))), vec!["peer[0].fallback"]);
+        assert_eq!(
+            fields(&format!("{base}{}{}", peer(3, "exit = true"), peer(4, "exit = true"))),
+            vec!["peer[1].exit"]
+        );
+        assert_eq!(fields(&format!("{base}[exit]\nenabled = true\n{}", peer(3, "exit = true"))), vec!["exit.enabled"]);
+        assert_eq!(fields(&format!("{base}[exit]\ninterface = \"eth0\"\n")), vec!["exit.interface"]);
+    }
+
+    #[test]
     fn transports() {
         let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\n");
         let peer = format!("[[peer]]\nid = 2\npublic_key = \"{PUB}\"\nendpoints = [\"192.0.2.2\"]\n");
