@@ -10,13 +10,17 @@
 //! share, rate-limited logs), `links` (links reconciled with the NIC
 //! list, policy routing, endpoints), `readers` (the TUN and link reader
 //! tasks), `send` (copies onto sockets, GSO runs), `control` (the
-//! control socket and Prometheus), `plan` (pure decisions).
+//! control socket and Prometheus), `exit` (the internet exit: the exit
+//! host's forwarding and nftables table, a site's full-tunnel routes and
+//! fallback), `plan` (pure decisions).
 //!
 //! Start-up order keeps "a bad config changes nothing": privileges, NICs
 //! named in the config, keys and node settings are all checked before the
 //! TUN is created. On SIGINT/SIGTERM every route and rule mpvr added is
-//! removed and the TUN is closed (the kernel deletes it with its addresses
-//! and routes).
+//! removed, the exit's table and sysctls are put back, and the TUN is
+//! closed (the kernel deletes it with its addresses and routes). The TUN's
+//! MTU follows the paths' measured MTU with `host.mtu = "auto"`, and ICMP
+//! "too big" answers the core makes are written to it.
 
 mod control;
 mod exit;
