@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mpvr::keys;
 use mpvr::sim::LinkModel;
 use mpvr::sim::compare::{Load, Row, compare};
@@ -51,6 +51,14 @@ enum Command {
     /// Run the real core in the network simulator: the same stream over each
     /// link alone, then over all links through mpvr, and compare loss and latency.
     Sim(SimArgs),
+    /// Print shell completions for `mpvr` (bash, zsh, fish, elvish,
+    /// powershell), e.g. `mpvr completions bash > /etc/bash_completion.d/mpvr`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `mpvr man | man -l -`.
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -269,7 +277,7 @@ fn check(config: &Path) -> Result<bool> {
                             s.up.map_or_else(|| "not shaped".to_string(), |r| format!("shaped to 95% of {r} up"));
                         format!("link, {} ({rate})", s.role)
                     }
-                    Err(skip) => format!("skipped: {skip:?}"),
+                    Err(skip) => format!("skipped: {skip}"),
                 };
                 println!("    {:<16} {verdict}", n.name);
             }
@@ -332,6 +340,14 @@ fn main() -> ExitCode {
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),
         Command::Sim(args) => sim(args).context("simulation failed"),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mpvr", &mut std::io::stdout());
+            Ok(true)
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| true)
+            .context("writing the manual page"),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

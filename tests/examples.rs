@@ -57,3 +57,22 @@ fn status_without_a_daemon_says_so() {
     assert!(err.contains("no mpvr daemon runs with the control socket /nonexistent/mpvr.sock"), "{err}");
     assert!(err.contains("mpvr run"), "{err}");
 }
+
+#[test]
+fn completions_and_the_manual_page_are_generated() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpvr")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _mpvr") && bash.contains("status"), "{bash}");
+    for shell in ["zsh", "fish"] {
+        assert!(run(&["completions", shell]).contains("completions"), "{shell}");
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH mpvr 1"), "{man}");
+    for sub in ["run", "status", "check", "genkey", "pubkey"] {
+        assert!(man.contains(sub), "{sub} missing from the manual page");
+    }
+}

@@ -552,6 +552,21 @@ fn bad_config_unknown_nic_or_missing_privilege_fail_cleanly() {
     let err = run_fails(&a, &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"], &ok);
     assert!(err.contains("CAP_NET_ADMIN") && err.contains("CAP_NET_RAW"), "{err}");
 
+    // The UDP port taken on the link by another program: fatal, named, nothing left.
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = in_netns(&a.name, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:51820").unwrap();
+        bound_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+        drop(s);
+    });
+    bound_rx.recv().unwrap();
+    let err = run_fails(&a, &[], &ok);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(err.contains("UDP port 51820 is in use on a0") && err.contains("host.listen_port"), "{err}");
+
     // And `mpvr check` says what is wrong without needing root.
     let out = std::process::Command::new(mpvr()).args(["check", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -882,5 +897,11 @@ fn status_metrics_and_their_access() {
     assert!(!out.status.success() && err.contains("another mpvr answers"), "{err}");
     // The first one still answers.
     assert_eq!(t.da.snapshot().host, 1);
+    // SIGHUP does not stop it: it checks the config again and says so.
+    let pid = t.da.child.as_ref().expect("running").id() as i32;
+    // SAFETY: kill(2) on a pid this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    t.da.wait_log("SIGHUP: the config file is valid", 1, Duration::from_secs(5));
+    assert_eq!(t.da.snapshot().host, 1, "still running after SIGHUP");
     let _ = &t.db;
 }

@@ -85,6 +85,15 @@ impl Links {
     async fn add_link(&mut self, nic: Nic) {
         let socket = match LinkIo::bind(&nic.name, self.cfg.listen_port, self.cfg.transport) {
             Ok(s) => Arc::new(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                // Another program has the port on this NIC: retrying would
+                // run without the link for ever.
+                let _ = self.fatal.send(format!(
+                    "UDP port {} is in use on {} (another mpvr or WireGuard?): set host.listen_port to a free port",
+                    self.cfg.listen_port, nic.name
+                ));
+                return;
+            }
             Err(e) => {
                 warn!(link = %nic.name, error = %e, port = self.cfg.listen_port, "cannot open the link's socket; will retry on the next change");
                 return;

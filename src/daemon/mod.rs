@@ -177,6 +177,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         signal(SignalKind::interrupt()).map_err(|source| RunError::Io { what: "SIGINT handler".into(), source })?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| RunError::Io { what: "SIGTERM handler".into(), source })?;
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|source| RunError::Io { what: "SIGHUP handler".into(), source })?;
     let mut watch = netlink::watch().map_err(|source| RunError::Io { what: "netlink events".into(), source })?;
 
     // From here on the system changes.
@@ -184,8 +186,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     if stale > 0 {
         info!(stale, "removed policy rules left by an earlier run");
     }
-    let (tun, tun_index) =
-        tun::create(&cfg.tun, mtu).map_err(|source| RunError::Tun { name: cfg.tun.clone(), source })?;
+    let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| match source.raw_os_error() {
+        Some(libc::EBUSY) => RunError::Fatal(format!(
+            "the TUN name {} is in use (another mpvr, or another VPN): set host.tun to a free name",
+            cfg.tun
+        )),
+        _ => RunError::Tun { name: cfg.tun.clone(), source },
+    })?;
     let configured: Result<(), NetlinkError> = async {
         for a in &cfg.addresses {
             nl.add_address(tun_index, *a).await?;
@@ -261,6 +268,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             _ = shared.timer_changed.notified() => {}
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
+            _ = sighup.recv() => check_reload(&cfg),
             Some(msg) = fatal_rx.recv() => break Err(RunError::Fatal(msg)),
             ev = watch.next() => {
                 if ev.is_none() {
@@ -382,4 +390,17 @@ async fn follow_exit(
         })
     };
     *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+}
+
+/// SIGHUP: the config is read and checked again, and what that found is
+/// logged; the daemon keeps running with the config it started with
+/// (applying a new one in place is not built: a change needs a restart).
+fn check_reload(cfg: &Config) {
+    match crate::config::load(&cfg.source) {
+        Err(e) => warn!("SIGHUP: {e}; the running config stays"),
+        Ok(_) => warn!(
+            config = %cfg.source.display(),
+            "SIGHUP: the config file is valid; this version applies a changed config only at a restart (systemctl restart mpvr)"
+        ),
+    }
 }

@@ -42,6 +42,23 @@ pub enum Skip {
     NoAddress,
     /// Not matched by `links.include`, or matched by `links.exclude`, or disabled.
     NotSelected,
+    /// A TUN or TAP device (another VPN's, or another mpvr's): never a
+    /// link, whatever the globs and `allow_virtual` say (a loop otherwise).
+    Tun,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Skip::Loopback => "the loopback device",
+            Skip::OwnTun => "this daemon's own TUN",
+            Skip::Down => "down, or no carrier",
+            Skip::Virtual => "a virtual device (set links.allow_virtual = true to use it)",
+            Skip::NoAddress => "no usable IPv4 or IPv6 address",
+            Skip::NotSelected => "not in links.include, or in links.exclude, or disabled",
+            Skip::Tun => "a TUN/TAP device (another VPN's or another mpvr's): never a link",
+        })
+    }
 }
 
 /// An address the underlay can use (not loopback, not link-local).
@@ -59,6 +76,9 @@ pub fn classify(nic: &Nic, cfg: &Config, tun_index: Option<u32>) -> Result<(), S
     }
     if Some(nic.index) == tun_index || nic.name == cfg.tun {
         return Err(Skip::OwnTun);
+    }
+    if nic.tun {
+        return Err(Skip::Tun);
     }
     if !cfg.links.wants(&nic.name) {
         return Err(Skip::NotSelected);
@@ -177,6 +197,7 @@ mod tests {
             up: true,
             loopback: false,
             virtual_device: false,
+            tun: false,
             mtu: 1500,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             default_v4: false,
@@ -203,6 +224,11 @@ mod tests {
         let mut veth = nic(5, "veth0", &["192.0.2.1/24"]);
         veth.virtual_device = true;
         assert_eq!(classify(&veth, &c, None), Err(Skip::Virtual));
+        // Another daemon's TUN, even with allow_virtual and a glob for everything.
+        let all = cfg("[links]\ninclude = [\"*\"]\nallow_virtual = true\n");
+        let other = Nic { tun: true, virtual_device: true, ..nic(7, "mpvr1", &["10.8.0.1/24"]) };
+        assert_eq!(classify(&other, &all, Some(9)), Err(Skip::Tun));
+        assert!(Skip::Tun.to_string().contains("never a link"));
         assert_eq!(classify(&veth, &cfg("[links]\nallow_virtual = true\n"), None), Ok(()));
         let mut down = nic(6, "eth1", &["192.0.2.1/24"]);
         down.up = false;

@@ -42,6 +42,8 @@ pub struct Nic {
     pub loopback: bool,
     /// A virtual device (veth, bridge, tun, ...), not backed by hardware.
     pub virtual_device: bool,
+    /// A TUN or TAP device (it has `tun_flags` in sysfs).
+    pub tun: bool,
     /// MTU.
     pub mtu: u32,
     /// Addresses with their prefix lengths.
@@ -87,6 +89,7 @@ impl Netlink {
                 up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
                 loopback: flags.contains(LinkFlags::Loopback) || msg.header.link_layer_type == LinkLayerType::Loopback,
                 virtual_device: false,
+                tun: false,
                 mtu: 1500,
                 addrs: Vec::new(),
                 default_v4: false,
@@ -100,6 +103,7 @@ impl Netlink {
                 }
             }
             nic.virtual_device = Path::new("/sys/devices/virtual/net").join(&nic.name).exists();
+            nic.tun = Path::new("/sys/class/net").join(&nic.name).join("tun_flags").exists();
             nics.insert(nic.index, nic);
         }
         let mut addrs = self.handle.address().get().execute();
