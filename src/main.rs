@@ -200,7 +200,9 @@ fn run(config: &Path, socket: Option<PathBuf>) -> Result<bool> {
 
 fn check(config: &Path) -> Result<bool> {
     let cfg = mpvr::config::load(config)?;
-    println!("{}: ok", config.display());
+    // What is wrong here, said after the listing (and then no "ok").
+    let mut problems: Vec<String> = Vec::new();
+    println!("{}:", config.display());
     println!("  host {} (public key {})", cfg.host.get(), keys::encode(&keys::public(&cfg.private_key)));
     println!("  tun {} with {:?}, mtu {}, port {}", cfg.tun, cfg.addresses, cfg.mtu, cfg.listen_port);
     let m = &cfg.monitor;
@@ -294,23 +296,52 @@ fn check(config: &Path) -> Result<bool> {
                         format!("{} -> {}", link.map_or("?", |n| n.name.as_str()), e.remote)
                     })
                     .collect();
-                if paths.is_empty() {
-                    println!(
-                        "  peer {}: no path from the links here (no endpoint on a link's subnet, and no link with \
-                         a default route or a gateway); it can still reach us first",
+                if paths.is_empty() && !p.endpoints.is_empty() && !links.is_empty() {
+                    problems.push(format!(
+                        "peer {}: no path from the links here: none of its endpoints is on a link's subnet, and no link \
+                         has a default route or a gateway (set [link.NAME] gateway, or pin the endpoint to a link)",
                         p.id.get()
-                    );
+                    ));
+                } else if paths.is_empty() {
+                    println!("  peer {}: no path from here until it reaches us first (no endpoints)", p.id.get());
                 } else {
                     println!("  paths to peer {}: {}", p.id.get(), paths.join(", "));
                 }
             }
+            if links.is_empty() {
+                let virtual_skipped: Vec<&str> = nics
+                    .iter()
+                    .filter(|n| mpvr::daemon::plan::classify(n, &cfg, None) == Err(mpvr::daemon::plan::Skip::Virtual))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                let hint = if virtual_skipped.is_empty() {
+                    "check links.include and links.exclude against the names above (ip link)".to_string()
+                } else {
+                    format!(
+                        "{} matched but are virtual: set links.allow_virtual = true (VMs, namespaces)",
+                        virtual_skipped.join(", ")
+                    )
+                };
+                problems.push(format!("no network interface here becomes a link: {hint}"));
+            }
             let missing = mpvr::daemon::plan::missing_nics(&cfg, &nics);
             if !missing.is_empty() {
-                anyhow::bail!("the config names network interfaces that do not exist here: {}", missing.join(", "));
+                problems.push(format!(
+                    "the config names network interfaces that do not exist here: {}",
+                    missing.join(", ")
+                ));
             }
         }
     }
-    Ok(true)
+    if problems.is_empty() {
+        println!("{}: ok", config.display());
+        Ok(true)
+    } else {
+        for p in &problems {
+            eprintln!("mpvr: {p}");
+        }
+        Ok(false)
+    }
 }
 
 fn genkey() -> Result<bool> {

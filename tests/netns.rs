@@ -567,6 +567,25 @@ fn bad_config_unknown_nic_or_missing_privilege_fail_cleanly() {
     holder.join().unwrap();
     assert!(err.contains("UDP port 51820 is in use on a0") && err.contains("host.listen_port"), "{err}");
 
+    // `mpvr check` where the only NIC is a veth and virtual NICs are not
+    // allowed: exit 1, the reason, and no "ok"; allowed: ok.
+    let novirt = dir.write("novirt.toml", &good.replace("allow_virtual = true", "allow_virtual = false"));
+    let check = |c: &Path| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &a.name, mpvr(), "check", "-c"])
+            .arg(c)
+            .output()
+            .unwrap()
+    };
+    let out = check(&novirt);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("no network interface here becomes a link") && stderr.contains("a0"), "{stderr}");
+    assert!(stderr.contains("allow_virtual = true") && !stdout.contains(": ok"), "{stdout}{stderr}");
+    let out = check(&ok);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with(": ok"));
+
     // And `mpvr check` says what is wrong without needing root.
     let out = std::process::Command::new(mpvr()).args(["check", "-c"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

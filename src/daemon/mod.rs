@@ -247,6 +247,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
     let mut full_tunnel = exit::FullTunnel::new(&cfg);
     links.reconcile(nics).await;
+    if links.up.is_empty() {
+        warn!(
+            "no network interface is a link (check links.include and links.exclude; virtual NICs need \
+             links.allow_virtual = true): mpvr runs and takes a NIC as soon as one qualifies"
+        );
+    }
     let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
 
     let mut out = Transmits::new();
