@@ -924,3 +924,51 @@ fn status_metrics_and_their_access() {
     assert_eq!(t.da.snapshot().host, 1, "still running after SIGHUP");
     let _ = &t.db;
 }
+
+/// systemd: the shipped unit passes `systemd-analyze verify`, and the
+/// daemon says READY=1 (once its TUN and links are up) and STOPPING=1 on
+/// the notify socket systemd would give it.
+#[test]
+fn systemd_unit_and_readiness() {
+    if !root_or_skip("systemd_unit_and_readiness") {
+        return;
+    }
+    let _g = serial();
+    let dir = TempDir::new();
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/mpvr.service")).unwrap();
+    let unit = dir.write("mpvr.service", &unit.replace("ExecStart=/usr/bin/mpvr", &format!("ExecStart={}", mpvr())));
+    let out = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit).output();
+    match out {
+        Ok(o) => assert!(o.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "CI installs systemd (systemd-analyze): {e}");
+            eprintln!("SKIPPED systemd-analyze verify: {e}");
+        }
+    }
+
+    let a = Netns::new("a");
+    let m = Netns::new("m");
+    veth(&a, "a0", "10.10.0.2/24", &m, "ma0", "10.10.0.1/24");
+    let (key, _) = keypair(&dir, "a.key");
+    let config = dir.write(
+        "a.toml",
+        &format!(
+            "[host]\nid = 1\nprivate_key_file = \"{}\"\naddresses = [\"10.9.0.1/24\"]\n[links]\nallow_virtual = true\n",
+            key.display()
+        ),
+    );
+    let notify = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut d =
+        Daemon::start_with_env(&a, &config, dir.0.join("a.log"), &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1\n", "{}", String::from_utf8_lossy(&buf[..n]));
+    // Ready means ready: the TUN and the link are there already.
+    assert!(a.sh(&["ip", "link", "show", "mpvr0"]).contains("mpvr0"));
+    assert!(d.log().contains("link up"), "{}", d.log());
+    assert_eq!(d.stop(), Some(0));
+    let n = sock.recv(&mut buf).expect("STOPPING=1 at shutdown");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+}

@@ -254,6 +254,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         );
     }
     let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
+    // systemd (Type=notify): ready once the TUN, the links and their
+    // sockets are up; a watchdog ping from the main loop every half its
+    // interval. Without NOTIFY_SOCKET these do nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "cannot tell systemd that mpvr is ready");
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     let mut out = Transmits::new();
     let mut mesh_routes: BTreeMap<IpNet, Installed> = BTreeMap::new();
@@ -275,6 +283,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
             _ = sighup.recv() => check_reload(&cfg),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
             Some(msg) = fatal_rx.recv() => break Err(RunError::Fatal(msg)),
             ev = watch.next() => {
                 if ev.is_none() {
@@ -308,6 +319,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             }
         }
     };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tun_reader.abort();
     control_task.abort();
     if let Some(t) = metrics_task {

@@ -212,12 +212,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(ns: &Netns, config: &Path, log: PathBuf) -> Daemon {
+        Daemon::start_with_env(ns, config, log, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables.
+    pub fn start_with_env(ns: &Netns, config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
         let socket = log.with_extension("sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, mpvr(), "run", "-c"])
             .arg(config)
             .arg("--socket")
             .arg(&socket)
+            .envs(env.iter().copied())
             .env("MPVR_LOG", "info,mpvr::daemon=debug")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
