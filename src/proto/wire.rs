@@ -93,6 +93,11 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family of a remote address.
+    pub fn of(addr: std::net::SocketAddr) -> Family {
+        if addr.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
     /// Size of this family's fixed IP header.
     pub const fn ip_header_len(self) -> usize {
         match self {

@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::proto::fit::checksum;
+
 /// Smallest payload: the 8-byte id.
 const ID_LEN: usize = 8;
 const UDP_PORT: u16 = 5004; // RTP's customary port: this is "real-time media".
@@ -13,18 +15,6 @@ fn fill(id: u64, payload: &mut [u8]) {
     for (i, b) in payload[ID_LEN..].iter_mut().enumerate() {
         *b = (id as u8).wrapping_mul(31).wrapping_add(i as u8);
     }
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(w);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// DSCP EF (expedited forwarding): how test media marks itself real-time.

@@ -9,7 +9,7 @@ use crate::proto::monitor::PassiveCounts;
 use crate::proto::pmtu::Phase;
 use crate::proto::shaper::{Lane, Shaper};
 use crate::proto::stats::DropCounts;
-use crate::proto::wire::OVERHEAD;
+use crate::proto::wire::{Family, OVERHEAD};
 use crate::proto::{Class, DropReason, LinkId, NextHop, Node, Time};
 
 fn drops_map(d: &DropCounts) -> BTreeMap<String, u64> {
@@ -90,7 +90,7 @@ fn path_snap(
 }
 
 fn mtu_snap(p: &Path, transport_header: usize) -> MtuSnap {
-    let headers = if p.addr.remote.is_ipv4() { 20 } else { 40 } + transport_header as u32;
+    let headers = (Family::of(p.addr.remote).ip_header_len() + transport_header) as u32;
     let outer = |d: u16| u32::from(d) + headers;
     let (floor, ceiling) = p.pmtu.bounds();
     let (searches, shrinks) = p.pmtu.counts();

@@ -570,7 +570,6 @@ impl Node {
 /// The largest datagram a path over `addr.link` may carry: the link's MTU
 /// less the outer IP header of `addr`'s family and the transport's.
 pub(super) fn path_ceiling(links: &Links, transport_header: usize, addr: crate::proto::ids::PathAddr) -> u16 {
-    let family = if addr.remote.is_ipv4() { Family::V4 } else { Family::V6 };
     let mtu = usize::from(links.mtu(addr.link));
-    u16::try_from(mtu.saturating_sub(family.ip_header_len() + transport_header)).unwrap_or(u16::MAX)
+    u16::try_from(mtu.saturating_sub(Family::of(addr.remote).ip_header_len() + transport_header)).unwrap_or(u16::MAX)
 }

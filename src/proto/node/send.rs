@@ -247,8 +247,9 @@ impl Node {
         let hops = self.cfg.hop_limit;
         // A SYN's MSS is lowered to what the paths carry (on a copy).
         let mut copy = std::mem::take(&mut self.scratch);
-        let packet = match self.bundles[idx].mtu() {
-            Some(mtu) if fit::is_syn(packet) => {
+        let syn_mtu = if fit::is_syn(packet) { self.bundles[idx].mtu() } else { None };
+        let packet = match syn_mtu {
+            Some(mtu) => {
                 copy.clear();
                 copy.extend_from_slice(packet);
                 if fit::clamp_mss(&mut copy, fit::mss_for(mtu, dst)) {

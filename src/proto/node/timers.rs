@@ -24,7 +24,7 @@ use crate::proto::session::SessionTimeout;
 use crate::proto::stats::DropReason;
 use crate::proto::time::Time;
 use crate::proto::transmit::Transmits;
-use crate::proto::wire::{MessageType, OVERHEAD};
+use crate::proto::wire::{Family, MessageType, OVERHEAD};
 
 /// Only the first 256 slots fit a probe's path byte (all of them do today).
 const PROBED_SLOTS: usize = u8::MAX as usize + 1;
@@ -271,8 +271,8 @@ impl Node {
     /// Log the paths' new MTUs.
     pub(super) fn announce_pmtu(&mut self, peer: HostId, changes: Vec<(crate::proto::ids::PathAddr, u16)>) {
         for (path, datagram) in changes {
-            let family = if path.remote.is_ipv4() { 20 } else { 40 };
-            let mtu = (usize::from(datagram) + family + self.cfg.transport_header).min(usize::from(u16::MAX)) as u16;
+            let headers = Family::of(path.remote).ip_header_len() + self.cfg.transport_header;
+            let mtu = (usize::from(datagram) + headers).min(usize::from(u16::MAX)) as u16;
             self.events.push(Event::PathMtu { peer, path, datagram, mtu });
         }
     }
