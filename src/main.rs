@@ -37,6 +37,11 @@ enum Command {
     /// Show the running daemon: peers, sessions, every path with its state,
     /// RTT, jitter, loss, first arrivals and rescues, recent changes, routes.
     Status(StatusArgs),
+    /// Make the running daemon re-read its config file and apply what
+    /// changed (peers, endpoints, prefixes, policies, classes, probes,
+    /// links) without touching the sessions that did not change; a config
+    /// with errors is refused and the running one stays. Same as SIGHUP.
+    Reload(DaemonArgs),
     /// Check a configuration file and show which NICs would become links.
     /// Changes nothing.
     Check {
@@ -61,14 +66,34 @@ enum Command {
     Man,
 }
 
+/// Which daemon: by its socket, its config file or its TUN's name.
 #[derive(clap::Args)]
-struct StatusArgs {
+struct DaemonArgs {
     /// The daemon's control socket (default: /run/mpvr/<interface>.sock).
-    #[arg(short, long, value_name = "PATH")]
+    #[arg(short, long, value_name = "PATH", conflicts_with = "config")]
     socket: Option<PathBuf>,
+    /// The daemon's config file, which names its socket (control.socket, host.tun).
+    #[arg(short, long, value_name = "FILE", conflicts_with = "interface")]
+    config: Option<PathBuf>,
     /// The daemon's TUN name, which names its socket.
     #[arg(short, long, value_name = "NAME", default_value = mpvr::config::DEFAULT_TUN)]
     interface: String,
+}
+
+impl DaemonArgs {
+    fn socket(&self) -> Result<PathBuf> {
+        Ok(match (&self.socket, &self.config) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => mpvr::config::control_socket_of(c).map_err(anyhow::Error::msg)?,
+            (None, None) => mpvr::config::default_control_socket(&self.interface),
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Print the snapshot as JSON (for scripts).
     #[arg(long, conflicts_with = "watch")]
     json: bool,
@@ -88,7 +113,7 @@ fn parse_interval(s: &str) -> std::result::Result<Duration, String> {
 }
 
 fn status(args: StatusArgs) -> Result<bool> {
-    let socket = args.socket.unwrap_or_else(|| mpvr::config::default_control_socket(&args.interface));
+    let socket = args.daemon.socket()?;
     if args.watch {
         anyhow::ensure!(
             std::io::IsTerminal::is_terminal(&std::io::stdout()),
@@ -193,6 +218,7 @@ fn run(config: &Path, socket: Option<PathBuf>) -> Result<bool> {
     if let Some(s) = socket {
         anyhow::ensure!(s.is_absolute(), "--socket {} must be an absolute path", s.display());
         cfg.control_socket = s;
+        cfg.control_socket_fixed = true;
     }
     runtime()?.block_on(mpvr::daemon::run(cfg))?;
     Ok(true)
@@ -344,6 +370,21 @@ fn check(config: &Path) -> Result<bool> {
     }
 }
 
+fn reload(args: DaemonArgs) -> Result<bool> {
+    let socket = args.socket()?;
+    let answer = mpvr::status::reload(&socket)?;
+    match (answer.ok, answer.error) {
+        (true, _) => {
+            println!("reloaded: {}", answer.changes.join("; "));
+            Ok(true)
+        }
+        (false, e) => {
+            eprintln!("mpvr: reload refused, the running config stays: {}", e.unwrap_or_default());
+            Ok(false)
+        }
+    }
+}
+
 fn genkey() -> Result<bool> {
     println!("{}", keys::encode(&keys::generate()?));
     Ok(true)
@@ -367,6 +408,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, socket } => run(&config, socket),
         Command::Status(args) => status(args),
+        Command::Reload(args) => reload(args),
         Command::Check { config } => check(&config),
         Command::Genkey => genkey(),
         Command::Pubkey => pubkey(),

@@ -184,6 +184,9 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// The control socket `mpvr status` reads.
     pub control_socket: PathBuf,
+    /// `control_socket` was given on the command line (`mpvr run
+    /// --socket`): a reload keeps it, whatever the file says.
+    pub control_socket_fixed: bool,
     /// Where Prometheus metrics are served (`None`: not served).
     pub prometheus: Option<SocketAddr>,
     /// Route advertisements (`None`: configured routes only).
@@ -195,6 +198,23 @@ pub struct Config {
 /// The control socket of a daemon whose TUN is `tun`, unless the config says otherwise.
 pub fn default_control_socket(tun: &str) -> PathBuf {
     PathBuf::from(format!("/run/mpvr/{tun}.sock"))
+}
+
+/// The control socket of the daemon that runs with the config file at
+/// `path` (`control.socket`, else from `host.tun`), read leniently: a
+/// file with errors elsewhere still names its daemon's socket (`mpvr
+/// reload` must reach a daemon whose edited file has a mistake, to be
+/// told what it is).
+pub fn control_socket_of(path: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        format!("{} is not TOML ({}): name the socket with -s PATH", path.display(), e.message())
+    })?;
+    let get = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_str());
+    Ok(match get("control", "socket") {
+        Some(s) => PathBuf::from(s),
+        None => default_control_socket(get("host", "tun").unwrap_or(DEFAULT_TUN)),
+    })
 }
 
 /// One thing wrong in a config file.
@@ -250,6 +270,19 @@ impl Config {
         nc.wall_epoch_ns = wall_epoch_ns;
         nc.rng_seed = rng_seed;
         nc
+    }
+}
+
+impl Config {
+    /// The core's settings that a reload may change ([`crate::proto::Node::retune`]).
+    pub fn tunables(&self) -> crate::proto::Tunables {
+        let mut t = NodeConfig::new(self.host, self.private_key).tunables();
+        t.policy = self.policy;
+        t.bulk_policy = self.bulk_policy;
+        t.rules = self.rules.clone();
+        t.monitor = self.monitor;
+        t.keepalive = self.keepalive;
+        t
     }
 }
 
@@ -316,6 +349,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             hop_limit,
             monitor,
             control_socket,
+            control_socket_fixed: false,
             prometheus,
             mesh,
             exit,

@@ -2,9 +2,12 @@
 //!
 //! Control socket: a Unix stream socket, mode 0600 in a 0700 directory, so
 //! only its owner (root) can connect; the peer's credentials are checked
-//! too. A client connects and reads one JSON [`Snapshot`] followed by a
-//! newline; the daemon then closes the connection. Nothing is read from the
-//! client, so nothing it sends can change the daemon.
+//! too. A client sends one request line and reads one JSON answer and a
+//! newline; the daemon then closes the connection. `status` (or nothing:
+//! end of file) answers a [`crate::status::Snapshot`]; `reload` re-reads
+//! the config file the daemon was started with and answers a
+//! [`crate::status::ReloadAnswer`]: it is the one request that changes
+//! anything, and it takes no argument (the file is the daemon's own).
 //!
 //! Prometheus: an HTTP/1.1 responder on a loopback address that answers
 //! `GET /metrics` with the OpenMetrics text of a fresh snapshot and
@@ -18,11 +21,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::{RunError, Shared};
-use crate::status::metrics;
+use crate::status::{ReloadAnswer, metrics};
 
+/// Longest control request line read.
+const MAX_CONTROL_REQUEST: usize = 64;
 /// Longest HTTP request head read.
 const MAX_REQUEST: usize = 8192;
 /// A client gets this long to send its request or read the answer.
@@ -73,14 +79,18 @@ impl ControlSocket {
     }
 
     /// Answer clients until the task is aborted.
-    pub fn serve(&mut self, shared: Arc<Shared>) -> impl Future<Output = ()> + use<> {
+    pub fn serve(
+        &mut self,
+        shared: Arc<Shared>,
+        reload: mpsc::Sender<ReloadRequest>,
+    ) -> impl Future<Output = ()> + use<> {
         let listener = self.listener.take();
         async move {
             let Some(listener) = listener else { return };
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        tokio::spawn(answer(stream, shared.clone()));
+                        tokio::spawn(answer(stream, shared.clone(), reload.clone()));
                     }
                     Err(e) => {
                         warn!(error = %e, "control socket accept failed");
@@ -92,7 +102,7 @@ impl ControlSocket {
     }
 }
 
-async fn answer(mut stream: UnixStream, shared: Arc<Shared>) {
+async fn answer(mut stream: UnixStream, shared: Arc<Shared>, reload: mpsc::Sender<ReloadRequest>) {
     // The socket's mode already keeps others out; this also covers a
     // directory with looser permissions than ours.
     let me = effective_uid();
@@ -108,16 +118,61 @@ async fn answer(mut stream: UnixStream, shared: Arc<Shared>) {
             return;
         }
     }
-    let mut json = match serde_json::to_vec(&shared.snapshot()) {
+    let request = match tokio::time::timeout(CLIENT_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        _ => return,
+    };
+    let encoded = match request.as_str() {
+        "" | "status" => serde_json::to_vec(&shared.snapshot()),
+        "reload" => {
+            let (tx, rx) = oneshot::channel();
+            let outcome = match reload.send(tx).await {
+                Ok(()) => rx.await.unwrap_or_else(|_| Err("the daemon is stopping".into())),
+                Err(_) => Err("the daemon is stopping".into()),
+            };
+            serde_json::to_vec(&ReloadAnswer::from(outcome))
+        }
+        other => {
+            debug!(request = other, "unknown control request");
+            serde_json::to_vec(&serde_json::json!({ "error": format!("unknown request {other:?}: status or reload") }))
+        }
+    };
+    let mut json = match encoded {
         Ok(j) => j,
         Err(e) => {
-            warn!(error = %e, "cannot encode the status snapshot");
+            warn!(error = %e, "cannot encode the control answer");
             return;
         }
     };
     json.push(b'\n');
     let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(&json)).await;
     let _ = stream.shutdown().await;
+}
+
+/// A reload asked on the control socket: the main loop answers on it.
+pub(super) type ReloadRequest = oneshot::Sender<super::reload::Outcome>;
+
+/// The client's request line (at most [`MAX_CONTROL_REQUEST`] bytes; end
+/// of file ends it too).
+async fn read_request(stream: &mut UnixStream) -> io::Result<String> {
+    let mut buf = Vec::with_capacity(16);
+    let mut byte = [0u8; 1];
+    while buf.len() < MAX_CONTROL_REQUEST {
+        if stream.read(&mut byte).await? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&buf).trim().to_string())
+}
+
+impl From<super::reload::Outcome> for ReloadAnswer {
+    fn from(o: super::reload::Outcome) -> ReloadAnswer {
+        match o {
+            Ok(changes) => ReloadAnswer { ok: true, changes, error: None },
+            Err(e) => ReloadAnswer { ok: false, changes: Vec::new(), error: Some(e) },
+        }
+    }
 }
 
 /// The effective user id (from /proc, to keep this module free of unsafe code).

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use super::RunError;
 use crate::config::{Config, Fallback};
-use crate::sys::netlink::{Installed, Netlink, Nic};
+use crate::sys::netlink::{Add, Installed, Netlink, Nic};
 
 /// What the core routes to an exit peer: everything.
 pub const DEFAULT_ROUTES: [&str; 2] = ["0.0.0.0/0", "::/0"];
@@ -238,6 +238,9 @@ pub(super) struct FullTunnel {
     /// Whether the tunnel to the exit is up, and since when.
     pub(super) up: bool,
     pub(super) since: Instant,
+    /// While the routes cannot be added (another program holds them), the
+    /// next try.
+    next_try: Instant,
 }
 
 impl FullTunnel {
@@ -260,6 +263,7 @@ impl FullTunnel {
             installed: Vec::new(),
             up: false,
             since: Instant::now(),
+            next_try: Instant::now(),
         })
     }
 
@@ -271,10 +275,16 @@ impl FullTunnel {
         }
         self.up = up;
         let want = up || self.fallback == Fallback::Block;
-        if want && self.installed.is_empty() {
+        if want && self.installed.is_empty() && Instant::now() >= self.next_try {
+            self.next_try = Instant::now() + std::time::Duration::from_secs(10);
             for p in &self.families {
-                match nl.add_route(*p, tun_index, None, None).await {
+                match nl.add_route(*p, tun_index, None, None, Add::Exclusive).await {
                     Ok(i) => self.installed.push(i),
+                    Err(e) if e.is_held() => warn!(
+                        prefix = %p,
+                        "full tunnel: another program (another VPN?) holds this route in the main table: it is \
+                         left alone, and internet traffic does not go through the exit until it goes"
+                    ),
                     Err(e) => warn!(prefix = %p, error = %e, "full tunnel: cannot add the route to the TUN"),
                 }
             }

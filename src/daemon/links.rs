@@ -12,16 +12,18 @@ use tracing::{info, warn};
 
 use super::readers::read_link;
 use super::shared::Shared;
-use super::{RULE_PRIORITY, TABLE_BASE, plan};
+use super::{RULE_PRIORITY, plan};
 use crate::config::Config;
 use crate::proto::LinkId;
 use crate::sys::LinkIo;
-use crate::sys::netlink::{Installed, Netlink, NetlinkError, Nic};
+use crate::sys::netlink::{Add, Installed, Netlink, NetlinkError, Nic};
 
 pub(super) struct LinkEntry {
     pub(super) nic: Nic,
     pub(super) reader: JoinHandle<()>,
     pub(super) installed: Vec<Installed>,
+    /// Its policy-routing table (one of the daemon's [`plan::link_tables`]).
+    pub(super) table: Option<u32>,
 }
 
 /// The links in use and how to change them.
@@ -62,7 +64,8 @@ impl Links {
                     for i in &old {
                         let _ = self.nl.remove(i).await;
                     }
-                    let installed = self.policy_routes(&nic).await;
+                    let table = entry.table;
+                    let installed = self.policy_routes(&nic, table).await;
                     if let Some(entry) = self.up.get_mut(&index) {
                         entry.installed = installed;
                     }
@@ -111,9 +114,10 @@ impl Links {
             node.add_link(now, link);
         }
         let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
-        let installed = self.policy_routes(&nic).await;
+        let table = self.free_table();
+        let installed = self.policy_routes(&nic, table).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
-        self.up.insert(nic.index, LinkEntry { nic, reader, installed });
+        self.up.insert(nic.index, LinkEntry { nic, reader, installed, table });
         // Its paths at once: its socket already reads, and an answer to a
         // handshake goes on every path known when it is sent.
         self.update_endpoints();
@@ -136,22 +140,25 @@ impl Links {
     /// route through the gateway) and a rule sending its socket's packets
     /// there: without it the kernel would find no route for a link that has
     /// no default route of its own.
-    async fn policy_routes(&self, nic: &Nic) -> Vec<Installed> {
+    pub(super) async fn policy_routes(&self, nic: &Nic, table: Option<u32>) -> Vec<Installed> {
         let Some(gw) = self.cfg.links.options.get(&nic.name).and_then(|o| o.gateway) else {
             return Vec::new();
         };
-        let table = TABLE_BASE + nic.index;
+        let Some(table) = table else {
+            warn!(link = %nic.name, "no policy-routing table left for this link (256 per daemon): its gateway is not used");
+            return Vec::new();
+        };
         let mut done = Vec::new();
         let default: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("literal");
         let subnets = nic.addrs.iter().filter(|a| plan::usable_addr(&a.addr())).map(|a| a.trunc());
         let mut result: Result<(), NetlinkError> = Ok(());
         for s in subnets {
-            match self.nl.add_route(s, nic.index, None, Some(table)).await {
+            match self.nl.add_route(s, nic.index, None, Some(table), Add::Replace).await {
                 Ok(i) => done.push(i),
                 Err(e) => result = Err(e),
             }
         }
-        match self.nl.add_route(default, nic.index, Some(gw), Some(table)).await {
+        match self.nl.add_route(default, nic.index, Some(gw), Some(table), Add::Replace).await {
             Ok(i) => done.push(i),
             Err(e) => result = Err(e),
         }
@@ -174,6 +181,43 @@ impl Links {
             );
         }
         done
+    }
+
+    /// After a reload (`self.cfg` is the new config, `old` the one
+    /// before): links that stay up and whose options changed get the new
+    /// role and rate, and their policy routing again if the gateway
+    /// changed. Their sockets and paths stay. Returns their names.
+    pub(super) async fn apply_options(&mut self, old: &Config) -> Vec<String> {
+        let mut changed = Vec::new();
+        let indexes: Vec<u32> = self.up.keys().copied().collect();
+        for index in indexes {
+            let name = self.up[&index].nic.name.clone();
+            let (was, now) = (old.links.options.get(&name), self.cfg.links.options.get(&name));
+            if was == now {
+                continue;
+            }
+            changed.push(name.clone());
+            let settings = now.map(|o| o.settings).unwrap_or_default();
+            self.shared.node().configure_link(self.shared.now(), LinkId(index), settings);
+            if was.and_then(|o| o.gateway) != now.and_then(|o| o.gateway) {
+                let entry = self.up.get_mut(&index).expect("listed above");
+                let stale = std::mem::take(&mut entry.installed);
+                let (nic, table) = (entry.nic.clone(), entry.table);
+                for i in &stale {
+                    let _ = self.nl.remove(i).await;
+                }
+                let installed = self.policy_routes(&nic, table).await;
+                if let Some(entry) = self.up.get_mut(&index) {
+                    entry.installed = installed;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The lowest of the daemon's tables no link uses.
+    fn free_table(&self) -> Option<u32> {
+        plan::link_tables(&self.cfg.tun).find(|t| !self.up.values().any(|e| e.table == Some(*t)))
     }
 
     pub(super) async fn shutdown(&mut self) {

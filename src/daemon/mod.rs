@@ -27,6 +27,8 @@ mod exit;
 mod links;
 pub mod plan;
 mod readers;
+mod reload;
+mod routes;
 mod send;
 mod shared;
 
@@ -43,8 +45,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::proto::{self, BundleConfig, NextHop, Node, Transmits};
-use crate::sys::netlink::{self, Installed, Netlink, NetlinkError, Nic};
+use crate::proto::{self, BundleConfig, Node, Transmits};
+use crate::sys::netlink::{self, Netlink, NetlinkError, Nic};
 use crate::sys::privilege::missing_capabilities;
 use crate::sys::tun;
 use links::Links;
@@ -52,11 +54,10 @@ use readers::read_tun;
 pub use shared::IoCounters;
 use shared::{Shared, log_summary};
 
-/// Priority of the policy rules mpvr adds (one per link with a `gateway`);
-/// rules with this priority are mpvr's and are flushed at start.
+/// Priority of the policy rules mpvr adds (one per link with a `gateway`,
+/// into one of the daemon's own tables, [`plan::link_tables`]); those of
+/// this daemon's tables are flushed at start.
 pub const RULE_PRIORITY: u32 = 5182;
-/// Routing table of link with interface index `i` is `TABLE_BASE + i`.
-pub const TABLE_BASE: u32 = 0x6d70_0000;
 /// How often the NIC list is re-read even without netlink events.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest datagram read from a socket or packet read from the TUN.
@@ -119,23 +120,8 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
         node.add_bundle(BundleConfig { host: p.id, public_key, psk: p.psk, endpoints: Vec::new() })?;
         node.set_policy(p.id, p.policy)?;
     }
-    for a in &cfg.addresses {
-        node.add_route(IpNet::from(a.addr()), NextHop::Local)?;
-    }
-    for p in &cfg.advertise {
-        node.add_route(*p, NextHop::Local)?;
-    }
-    for p in &cfg.peers {
-        let next = NextHop::Host(p.via.unwrap_or(p.id));
-        for prefix in &p.prefixes {
-            node.add_route(*prefix, next)?;
-        }
-        if p.exit.is_some() {
-            // Everything no other route covers goes to the exit.
-            for prefix in exit::DEFAULT_ROUTES {
-                node.add_route(prefix.parse().expect("a valid prefix"), next)?;
-            }
-        }
+    for (prefix, next) in plan::configured_routes(cfg) {
+        node.add_route(prefix, next)?;
     }
     Ok(node)
 }
@@ -161,7 +147,7 @@ pub async fn preflight(cfg: &Config) -> Result<(Netlink, Vec<Nic>), RunError> {
 
 /// Run until SIGINT or SIGTERM. Must be called inside a tokio runtime.
 pub async fn run(cfg: Config) -> Result<(), RunError> {
-    let cfg = Arc::new(cfg);
+    let mut cfg = Arc::new(cfg);
     let (nl, nics) = preflight(&cfg).await?;
     let mut control = control::ControlSocket::bind(&cfg.control_socket)?;
     let metrics = match cfg.prometheus {
@@ -182,9 +168,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut watch = netlink::watch().map_err(|source| RunError::Io { what: "netlink events".into(), source })?;
 
     // From here on the system changes.
-    let stale = nl.flush_rules(RULE_PRIORITY).await?;
+    let stale = nl.flush_tables(RULE_PRIORITY, plan::link_tables(&cfg.tun)).await?;
     if stale > 0 {
-        info!(stale, "removed policy rules left by an earlier run");
+        info!(stale, "removed policy rules and routes left by an earlier run of this daemon");
     }
     let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| match source.raw_os_error() {
         Some(libc::EBUSY) => RunError::Fatal(format!(
@@ -193,19 +179,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         )),
         _ => RunError::Tun { name: cfg.tun.clone(), source },
     })?;
-    let configured: Result<(), NetlinkError> = async {
-        for a in &cfg.addresses {
-            nl.add_address(tun_index, *a).await?;
-        }
-        for p in &cfg.peers {
-            for prefix in &p.prefixes {
-                nl.add_route(*prefix, tun_index, None, None).await?;
-            }
-        }
-        Ok(())
+    for a in &cfg.addresses {
+        // Dropping `tun` on this error deletes it with what was added.
+        nl.add_address(tun_index, *a).await?;
     }
-    .await;
-    configured?; // dropping `tun` on this error deletes it with what was added
+    let mut tun_routes = routes::TunRoutes::default();
+    tun_routes.sync(&nl, tun_index, &plan::tun_routes(&cfg), true).await;
+    let held_at_start: Vec<String> = tun_routes.held().map(|p| p.to_string()).collect();
     info!(host = cfg.host.get(), tun = %cfg.tun, mtu, addresses = ?cfg.addresses, "mpvr running");
 
     let shared = Arc::new(Shared {
@@ -221,10 +201,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         rejection_log: Default::default(),
         names: RwLock::new(HashMap::new()),
         tun_name: cfg.tun.clone(),
+        config: Mutex::new(shared::ConfigState::new(&cfg.source)),
+        held_routes: Mutex::new(held_at_start),
         wake_ns: std::sync::atomic::AtomicU64::new(0),
         timer_changed: tokio::sync::Notify::new(),
     });
-    let control_task = tokio::spawn(control.serve(shared.clone()));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadRequest>(4);
+    let control_task = tokio::spawn(control.serve(shared.clone(), reload_tx));
     info!(socket = %cfg.control_socket.display(), "control socket ready (mpvr status)");
     let metrics_task = metrics.map(|l| {
         info!(address = %cfg.prometheus.map(|a| a.to_string()).unwrap_or_default(), "serving Prometheus metrics at /metrics");
@@ -264,7 +247,6 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     let mut out = Transmits::new();
-    let mut mesh_routes: BTreeMap<IpNet, Installed> = BTreeMap::new();
     // A full re-read now and then, in case an event was lost (a netlink
     // socket that overflows drops events: ENOBUFS).
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -282,7 +264,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             _ = shared.timer_changed.notified() => {}
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
-            _ = sighup.recv() => check_reload(&cfg),
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the config");
+                let _ = reload_in_place(&mut cfg, &mut links, &nl, &shared, tun_index, &mut tun_routes).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                info!("mpvr reload: reloading the config");
+                let outcome = reload_in_place(&mut cfg, &mut links, &nl, &shared, tun_index, &mut tun_routes).await;
+                let _ = reply.send(outcome);
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
@@ -304,6 +294,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                     Ok(nics) => links.reconcile(nics).await,
                     Err(e) => warn!(error = %e, "cannot list network interfaces"),
                 }
+                let want = wanted_tun_routes(&shared, &cfg);
+                tun_routes.sync(&nl, tun_index, &want, true).await;
+                publish_held(&shared, &tun_routes);
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = shared.now();
@@ -314,7 +307,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 }
                 shared.send(&out);
                 out.clear();
-                sync_mesh_routes(&nl, &shared, &cfg, tun_index, &mut mesh_routes).await;
+                let want = wanted_tun_routes(&shared, &cfg);
+                tun_routes.sync(&nl, tun_index, &want, false).await;
                 follow_exit(&nl, &shared, tun_index, exit_host.as_ref(), full_tunnel.as_mut()).await;
             }
         }
@@ -334,44 +328,19 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         e.stop();
     }
     links.shutdown().await;
+    tun_routes.clear(&nl, tun_index).await;
     info!("mpvr stopped; routes and rules removed");
     result
 }
 
-/// Keep a kernel route on the TUN for every prefix the mesh routes that
-/// the kernel would not send to the TUN already (the configured prefixes
-/// and the TUN's own subnets have theirs), and remove those it no longer routes.
-async fn sync_mesh_routes(
-    nl: &Netlink,
-    shared: &Shared,
-    cfg: &Config,
-    tun_index: u32,
-    installed: &mut BTreeMap<IpNet, Installed>,
-) {
-    let want: BTreeSet<IpNet> = {
-        let node = shared.node();
-        plan::mesh_kernel_routes(node.routes().iter().filter(|(p, _)| node.mesh_origin(*p).is_some()), cfg)
-    };
-    let gone: Vec<IpNet> = installed.keys().filter(|p| !want.contains(p)).copied().collect();
-    for p in gone {
-        if let Some(i) = installed.remove(&p)
-            && let Err(e) = nl.remove(&i).await
-        {
-            warn!(prefix = %p, error = %e, "cannot remove a mesh route");
-        }
-    }
-    for p in want {
-        if installed.contains_key(&p) {
-            continue;
-        }
-        match nl.add_route(p, tun_index, None, None).await {
-            Ok(i) => {
-                info!(prefix = %p, "kernel route added for a prefix learned from the mesh");
-                installed.insert(p, i);
-            }
-            Err(e) => warn!(prefix = %p, error = %e, "cannot add a route for a prefix learned from the mesh"),
-        }
-    }
+/// The kernel routes the TUN should have now: the configured peers'
+/// prefixes, and every prefix the mesh routes that the kernel would not
+/// send to the TUN already.
+fn wanted_tun_routes(shared: &Shared, cfg: &Config) -> BTreeSet<IpNet> {
+    let mut want = plan::tun_routes(cfg);
+    let node = shared.node();
+    want.extend(plan::mesh_kernel_routes(node.routes().iter().filter(|(p, _)| node.mesh_origin(*p).is_some()), cfg));
+    want
 }
 
 /// Keep the full tunnel's routes in line with whether a path to the exit
@@ -410,15 +379,39 @@ async fn follow_exit(
     *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = snap;
 }
 
-/// SIGHUP: the config is read and checked again, and what that found is
-/// logged; the daemon keeps running with the config it started with
-/// (applying a new one in place is not built: a change needs a restart).
-fn check_reload(cfg: &Config) {
-    match crate::config::load(&cfg.source) {
-        Err(e) => warn!("SIGHUP: {e}; the running config stays"),
-        Ok(_) => warn!(
-            config = %cfg.source.display(),
-            "SIGHUP: the config file is valid; this version applies a changed config only at a restart (systemctl restart mpvr)"
-        ),
+/// Reload the config in place ([`reload::reload`]), telling systemd
+/// (RELOADING=1, then READY=1) and recording the outcome for status; a
+/// refused reload is logged with its reasons and changes nothing.
+async fn reload_in_place(
+    cfg: &mut Arc<Config>,
+    links: &mut Links,
+    nl: &Netlink,
+    shared: &Shared,
+    tun_index: u32,
+    tun_routes: &mut routes::TunRoutes,
+) -> reload::Outcome {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    let _ = sd_notify::notify(&states);
+    let outcome = reload::reload(cfg, links, nl, shared, tun_index, tun_routes).await;
+    {
+        let mut c = shared.config.lock().unwrap_or_else(|e| e.into_inner());
+        match &outcome {
+            Ok(_) => {
+                *c = shared::ConfigState { reloads: c.reloads + 1, ..shared::ConfigState::new(&cfg.source) };
+            }
+            Err(e) => {
+                warn!("reload refused, the running config stays: {e}");
+                c.last_error = Some(e.clone());
+            }
+        }
     }
+    publish_held(shared, tun_routes);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    outcome
+}
+
+/// The prefixes another program holds, for status.
+fn publish_held(shared: &Shared, tun_routes: &routes::TunRoutes) {
+    *shared.held_routes.lock().unwrap_or_else(|e| e.into_inner()) = tun_routes.held().map(|p| p.to_string()).collect();
 }

@@ -184,6 +184,97 @@ pub fn missing_nics(cfg: &Config, nics: &[Nic]) -> Vec<String> {
     named
 }
 
+/// The settings of `new` that differ from `old` and that only a restart
+/// applies (identity, sockets, the TUN, the window, the mesh, the exit),
+/// in words with both values: a reload refuses a config that changes any.
+pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.private_key != new.private_key {
+        out.push("the private key".into());
+    }
+    let mut differ = |field: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{field} ({a} -> {b})"));
+        }
+    };
+    differ("host.id", old.host.to_string(), new.host.to_string());
+    differ("host.listen_port", old.listen_port.to_string(), new.listen_port.to_string());
+    differ("host.transport", format!("{:?}", old.transport), format!("{:?}", new.transport));
+    differ("host.tun", old.tun.clone(), new.tun.clone());
+    differ("host.addresses", format!("{:?}", old.addresses), format!("{:?}", new.addresses));
+    differ("host.mtu", old.mtu.to_string(), new.mtu.to_string());
+    differ("session.window", old.window.to_string(), new.window.to_string());
+    differ("session.hop_limit", old.hop_limit.to_string(), new.hop_limit.to_string());
+    differ("control.socket", old.control_socket.display().to_string(), new.control_socket.display().to_string());
+    differ("control.prometheus", format!("{:?}", old.prometheus), format!("{:?}", new.prometheus));
+    differ("[mesh]", format!("{:?}", old.mesh), format!("{:?}", new.mesh));
+    differ("[exit]", format!("{:?}", old.exit), format!("{:?}", new.exit));
+    let exits = |c: &Config| {
+        c.peers.iter().filter_map(|p| p.exit.map(|f| format!("{} ({})", p.id, f.name()))).collect::<Vec<_>>().join(", ")
+    };
+    differ("the exit peer", exits(old), exits(new));
+    out
+}
+
+/// The routes the core gets from `cfg`: this host's addresses and
+/// advertised prefixes, each peer's prefixes (to it, or to its relay), and
+/// the default routes to an exit peer.
+pub fn configured_routes(cfg: &Config) -> std::collections::BTreeMap<IpNet, NextHop> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in &cfg.addresses {
+        out.insert(IpNet::from(a.addr()), NextHop::Local);
+    }
+    for p in &cfg.advertise {
+        out.insert(*p, NextHop::Local);
+    }
+    for p in &cfg.peers {
+        let next = NextHop::Host(p.via.unwrap_or(p.id));
+        for prefix in &p.prefixes {
+            out.insert(*prefix, next);
+        }
+        if p.exit.is_some() {
+            for prefix in super::exit::DEFAULT_ROUTES {
+                out.insert(prefix.parse().expect("a valid prefix"), next);
+            }
+        }
+    }
+    out
+}
+
+/// The prefixes that get a kernel route on the TUN from `cfg`: every peer's.
+pub fn tun_routes(cfg: &Config) -> BTreeSet<IpNet> {
+    cfg.peers.iter().flat_map(|p| p.prefixes.iter().copied()).collect()
+}
+
+/// What a reload changes among the neighbours: those to remove (gone, or
+/// with another key or pre-shared key: their sessions cannot be kept) and
+/// those to add (new, or re-keyed).
+pub fn neighbour_changes(old: &Config, new: &Config) -> (Vec<crate::proto::HostId>, Vec<crate::proto::HostId>) {
+    let key = |p: &PeerConfig| (p.public_key, p.psk);
+    let neighbours =
+        |c: &Config| c.peers.iter().filter(|p| p.via.is_none()).map(|p| (p.id, key(p))).collect::<Vec<_>>();
+    let (o, n) = (neighbours(old), neighbours(new));
+    let removed = o.iter().filter(|x| !n.contains(x)).map(|(id, _)| *id).collect();
+    let added = n.iter().filter(|x| !o.contains(x)).map(|(id, _)| *id).collect();
+    (removed, added)
+}
+
+/// Tables of mpvr's per-link policy routing start here.
+pub const TABLE_BASE: u32 = 0x6d00_0000;
+/// Per-link tables one daemon may use (one per link with a `gateway`).
+pub const TABLES_PER_DAEMON: u32 = 256;
+
+/// The routing tables of the daemon whose TUN is `tun`: 256 numbers of
+/// its own, from a hash of the TUN's name (unique on a host, the same at
+/// every start), so that a daemon removes what a killed earlier run of it
+/// left and never another daemon's rules or tables.
+pub fn link_tables(tun: &str) -> std::ops::Range<u32> {
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let h = tun.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let start = TABLE_BASE + ((h ^ (h >> 16)) & 0xffff) * TABLES_PER_DAEMON;
+    start..start + TABLES_PER_DAEMON
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +352,37 @@ mod tests {
         small.mtu = 1400;
         assert_eq!(mtu(&c, &[&a, &small]), 1336);
         assert_eq!(missing_nics(&c, &[a, b]), vec!["eth5".to_string(), "wwan0".to_string()]);
+    }
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart_and_which_peers_change() {
+        let peer = |id: u32, key: &str| {
+            format!("[[peer]]\nid = {id}\npublic_key = \"{key}\"\nendpoints = [\"192.0.2.{id}:51820\"]\n")
+        };
+        let (k1, k2) = ("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", "ZqL8uNOy/5tHwqiB57ITZ9Kwlv+4zcUtu1cm3+0mElw=");
+        let old = cfg(&(peer(2, k1) + &peer(3, k1)));
+        let new = cfg(&(peer(2, k1) + &peer(3, k2) + &peer(4, k1)));
+        assert!(restart_only(&old, &new).is_empty());
+        let (removed, added) = neighbour_changes(&old, &new);
+        assert_eq!(removed, [crate::proto::HostId::new(3).unwrap()]);
+        assert_eq!(added, [crate::proto::HostId::new(3).unwrap(), crate::proto::HostId::new(4).unwrap()]);
+        let moved = cfg(&format!("listen_port = 4000\ntun = \"x0\"\n{}", peer(2, k1)));
+        assert_eq!(
+            restart_only(&old, &moved),
+            [
+                "host.listen_port (51820 -> 4000)",
+                "host.tun (mpvr0 -> x0)",
+                "control.socket (/run/mpvr/mpvr0.sock -> /run/mpvr/x0.sock)"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_daemon_has_its_own_tables() {
+        let (a, b) = (link_tables("mpvr0"), link_tables("mpvr1"));
+        assert_eq!(a, link_tables("mpvr0"), "the same at every start");
+        assert!(a.end <= b.start || b.end <= a.start, "{a:?} {b:?}");
+        assert_eq!(a.len(), 256);
+        assert!(a.start >= TABLE_BASE && a.end <= TABLE_BASE + 0x0100_0000);
     }
 }

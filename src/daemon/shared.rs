@@ -72,6 +72,29 @@ impl<K: std::hash::Hash + Eq> LogLimiter<K> {
 /// How often a repeated failure is logged.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The config file in use, for status.
+pub(super) struct ConfigState {
+    pub(super) file: String,
+    pub(super) loaded: Instant,
+    pub(super) reloads: u64,
+    pub(super) last_error: Option<String>,
+}
+
+impl ConfigState {
+    pub(super) fn new(file: &std::path::Path) -> ConfigState {
+        ConfigState { file: file.display().to_string(), loaded: Instant::now(), reloads: 0, last_error: None }
+    }
+
+    fn snap(&self) -> status::ConfigSnap {
+        status::ConfigSnap {
+            file: self.file.clone(),
+            loaded_s_ago: self.loaded.elapsed().as_secs_f64(),
+            reloads: self.reloads,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
 /// What the tasks share.
 pub(super) struct Shared {
     pub(super) node: Mutex<Node>,
@@ -98,6 +121,10 @@ pub(super) struct Shared {
     pub(super) names: RwLock<HashMap<LinkId, String>>,
     /// The TUN's name.
     pub(super) tun_name: String,
+    /// The config file in use (set at start and by reloads).
+    pub(super) config: Mutex<ConfigState>,
+    /// Prefixes whose kernel route another program holds (set by the main loop).
+    pub(super) held_routes: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -188,6 +215,8 @@ impl Shared {
             io: io.named(),
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
+            held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let now = self.now();
         let node = self.node();

@@ -110,6 +110,11 @@ impl Router {
         old
     }
 
+    /// The configured routes.
+    pub fn configured(&self) -> impl Iterator<Item = (IpNet, NextHop)> + '_ {
+        self.configured.iter()
+    }
+
     /// This host's own prefixes (what it advertises).
     pub fn local_prefixes(&self) -> Vec<IpNet> {
         self.configured.iter().filter(|(_, n)| *n == NextHop::Local).map(|(p, _)| p).collect()

@@ -127,6 +127,10 @@ pub struct ShellInfo<'a> {
     pub tun_mtu: Option<(u16, bool)>,
     /// The internet exit, at either end.
     pub exit: Option<ExitSnap>,
+    /// The config file in use.
+    pub config: Option<ConfigSnap>,
+    /// Prefixes whose kernel route another program holds.
+    pub held_routes: Vec<String>,
 }
 
 /// The snapshot of `node` at `now`.
@@ -263,6 +267,8 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         tun_mtu_auto: shell.tun_mtu.is_some_and(|(_, auto)| auto),
         tunnel_mtu: node.tunnel_mtu().map(|m| m as u32),
         exit: shell.exit.clone(),
+        config: shell.config.clone(),
+        held_routes: shell.held_routes.clone(),
     }
 }
 
@@ -288,6 +294,13 @@ pub(crate) fn simulated() -> Snapshot {
         io: vec![("send_errors", 0)],
         tun_mtu: Some((1436, true)),
         exit: None,
+        config: Some(ConfigSnap {
+            file: "/etc/mpvr/mpvr.toml".into(),
+            loaded_s_ago: 95.0,
+            reloads: 1,
+            last_error: None,
+        }),
+        held_routes: Vec::new(),
     };
     snapshot(node, p.sim.now(), &shell)
 }

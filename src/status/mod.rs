@@ -57,9 +57,20 @@ pub enum FetchError {
     },
 }
 
-/// Read one snapshot from the daemon listening on `socket`.
-pub fn fetch(socket: &std::path::Path) -> Result<Snapshot, FetchError> {
-    use std::io::{ErrorKind, Read};
+/// What a daemon answers to `reload` on its control socket.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadAnswer {
+    /// The new config applies.
+    pub ok: bool,
+    /// What changed, one kind per line ("no change" if nothing did).
+    pub changes: Vec<String>,
+    /// Why it was refused (then nothing changed).
+    pub error: Option<String>,
+}
+
+/// Send `request` to the daemon listening on `socket`; its answer (one line of JSON).
+fn ask(socket: &std::path::Path, request: &str, timeout: Duration) -> Result<String, FetchError> {
+    use std::io::{ErrorKind, Read, Write};
     let path = socket.display().to_string();
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
         ErrorKind::NotFound => FetchError::NotRunning(path.clone()),
@@ -67,13 +78,27 @@ pub fn fetch(socket: &std::path::Path) -> Result<Snapshot, FetchError> {
         ErrorKind::PermissionDenied => FetchError::Denied(path.clone()),
         _ => FetchError::Io { path: path.clone(), source: e },
     })?;
-    let timeout = Some(Duration::from_secs(5));
     let io = |e| FetchError::Io { path: path.clone(), source: e };
-    stream.set_read_timeout(timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.write_all(format!("{request}\n").as_bytes()).map_err(io)?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).map_err(|e| FetchError::Io { path: path.clone(), source: e })?;
+    stream.read_to_string(&mut text).map_err(io)?;
     if text.contains("\"error\":\"permission denied\"") {
         return Err(FetchError::Denied(path));
     }
-    serde_json::from_str(&text).map_err(|e| FetchError::Garbled { path, reason: e.to_string() })
+    Ok(text)
+}
+
+/// Read one snapshot from the daemon listening on `socket`.
+pub fn fetch(socket: &std::path::Path) -> Result<Snapshot, FetchError> {
+    let text = ask(socket, "status", Duration::from_secs(5))?;
+    serde_json::from_str(&text)
+        .map_err(|e| FetchError::Garbled { path: socket.display().to_string(), reason: e.to_string() })
+}
+
+/// Ask the daemon listening on `socket` to reload its config file.
+pub fn reload(socket: &std::path::Path) -> Result<ReloadAnswer, FetchError> {
+    let text = ask(socket, "reload", Duration::from_secs(30))?;
+    serde_json::from_str(&text)
+        .map_err(|e| FetchError::Garbled { path: socket.display().to_string(), reason: e.to_string() })
 }

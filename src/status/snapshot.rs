@@ -64,6 +64,26 @@ pub struct Snapshot {
     /// The internet exit, at either end.
     #[serde(default)]
     pub exit: Option<ExitSnap>,
+    /// The config file in use: when it was loaded, reloads.
+    #[serde(default)]
+    pub config: Option<ConfigSnap>,
+    /// Prefixes whose kernel route another program or device holds (not
+    /// replaced: traffic to them does not enter this tunnel).
+    #[serde(default)]
+    pub held_routes: Vec<String>,
+}
+
+/// The config file the daemon runs with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigSnap {
+    /// Its path.
+    pub file: String,
+    /// Seconds since it was loaded (at start or by the last reload that applied).
+    pub loaded_s_ago: f64,
+    /// Reloads that applied.
+    pub reloads: u64,
+    /// Why the last reload was refused, if it was (cleared by one that applies).
+    pub last_error: Option<String>,
 }
 
 /// The internet exit: this host is one, or sends its internet traffic to one.

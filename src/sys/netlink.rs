@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
-use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
@@ -140,12 +140,7 @@ impl Netlink {
                     Err(e) if is_no_ipv6(&e) => break,
                     Err(e) => return Err(nl_err("listing routes")(e)),
                 };
-                let main = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                });
-                let table = main.unwrap_or(u32::from(r.header.table));
-                if r.header.destination_prefix_length != 0 || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                if r.header.destination_prefix_length != 0 || route_table(&r) != u32::from(RouteHeader::RT_TABLE_MAIN) {
                     continue;
                 }
                 for a in &r.attributes {
@@ -178,19 +173,24 @@ impl Netlink {
     }
 
     /// Add a route to `prefix` out of interface `index`, optionally through
-    /// `gateway` and into `table` (main if `None`).
+    /// `gateway` and into `table` (main if `None`), tagged with
+    /// [`RTPROT_MPVR`]. With [`Add::Exclusive`] a route the kernel already
+    /// has for `prefix` (another program's, another device's) is left as it
+    /// is: [`AddError::Held`]. [`Add::Replace`] is for mpvr's own tables.
     pub async fn add_route(
         &self,
         prefix: IpNet,
         index: u32,
         gateway: Option<IpAddr>,
         table: Option<u32>,
+        mode: Add,
     ) -> Result<Installed, NetlinkError> {
         let what = format!("adding route {prefix} dev #{index}");
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(prefix.addr(), prefix.prefix_len())
             .map_err(|e| NetlinkError { what: what.clone(), source: rtnetlink::Error::InvalidNla(e.to_string()) })?
-            .output_interface(index);
+            .output_interface(index)
+            .protocol(RouteProtocol::Other(RTPROT_MPVR));
         if let Some(g) = gateway {
             b = b.gateway(g).map_err(|e| NetlinkError {
                 what: what.clone(),
@@ -201,12 +201,14 @@ impl Netlink {
             b = b.table_id(t);
         }
         let msg = b.build();
-        self.handle.route().add(msg.clone()).replace().execute().await.map_err(nl_err(what))?;
+        let req = self.handle.route().add(msg.clone());
+        let req = if mode == Add::Replace { req.replace() } else { req };
+        req.execute().await.map_err(nl_err(what))?;
         Ok(Installed::Route(msg))
     }
 
     /// Add the rule "packets leaving interface `ifname` use `table`", for
-    /// both IP families.
+    /// both IP families, tagged with [`RTPROT_MPVR`].
     pub async fn add_oif_rule(&self, ifname: &str, table: u32, priority: u32) -> Result<Vec<Installed>, NetlinkError> {
         let what = format!("adding rule oif {ifname} lookup {table}");
         let mut done = Vec::new();
@@ -219,6 +221,7 @@ impl Netlink {
             .table_id(table)
             .action(RuleAction::ToTable)
             .priority(priority);
+        r4.message_mut().attributes.push(RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_MPVR)));
         done.push(Installed::Rule(r4.message_mut().clone()));
         r4.execute().await.map_err(nl_err(what.clone()))?;
         let mut r6 = self
@@ -230,6 +233,7 @@ impl Netlink {
             .table_id(table)
             .action(RuleAction::ToTable)
             .priority(priority);
+        r6.message_mut().attributes.push(RuleAttribute::Protocol(RouteProtocol::Other(RTPROT_MPVR)));
         let m6 = r6.message_mut().clone();
         match r6.execute().await {
             Ok(()) => done.push(Installed::Rule(m6)),
@@ -240,17 +244,26 @@ impl Netlink {
         Ok(done)
     }
 
-    /// Remove every rule with `priority`, for both IP families: what a
-    /// previous run that was killed left behind. Returns how many.
-    pub async fn flush_rules(&self, priority: u32) -> Result<usize, NetlinkError> {
+    /// Remove every rule with `priority` whose table is in `tables`, and
+    /// every route in those tables, for both IP families: what an earlier
+    /// run of this daemon (same tables) that was killed left behind; other
+    /// daemons' rules and tables are left alone. Returns how many.
+    pub async fn flush_tables(&self, priority: u32, tables: std::ops::Range<u32>) -> Result<usize, NetlinkError> {
         let mut stale = Vec::new();
         for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
             let mut rules = self.handle.rule().get(v).execute();
             loop {
                 match rules.try_next().await {
                     Ok(Some(r)) => {
-                        if r.attributes.iter().any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority)) {
-                            stale.push(r);
+                        let prio =
+                            r.attributes.iter().any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority));
+                        let table = r
+                            .attributes
+                            .iter()
+                            .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+                            .unwrap_or(u32::from(r.header.table));
+                        if prio && tables.contains(&table) {
+                            stale.push(Installed::Rule(r));
                         }
                     }
                     Ok(None) => break,
@@ -259,11 +272,52 @@ impl Netlink {
                 }
             }
         }
+        for msg in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
+            let mut routes = self.handle.route().get(msg).execute();
+            loop {
+                match routes.try_next().await {
+                    Ok(Some(r)) => {
+                        if tables.contains(&route_table(&r)) {
+                            stale.push(Installed::Route(r));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if is_no_ipv6(&e) => break,
+                    Err(e) => return Err(nl_err("listing routes")(e)),
+                }
+            }
+        }
         let n = stale.len();
         for r in stale {
-            self.remove(&Installed::Rule(r)).await?;
+            self.remove(&r).await?;
         }
         Ok(n)
+    }
+
+    /// The interface that holds the main table's route for exactly
+    /// `prefix`, if there is one (for the message when a route is refused).
+    pub async fn route_holder(&self, prefix: IpNet) -> Option<u32> {
+        let msg = match prefix {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut routes = self.handle.route().get(msg).execute();
+        while let Ok(Some(r)) = routes.try_next().await {
+            if route_table(&r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || r.header.destination_prefix_length != prefix.prefix_len()
+            {
+                continue;
+            }
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            if dst == Some(prefix.addr()) {
+                return r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+            }
+        }
+        None
     }
 
     /// Remove something this process installed. A thing already gone is fine.
@@ -278,6 +332,34 @@ impl Netlink {
             Err(e) => Err(NetlinkError { what: format!("removing {what:?}"), source: e }),
         }
     }
+}
+
+/// The route protocol mpvr's routes and rules carry (`ip route show proto
+/// 109`; iproute2 names it with `109 mpvr` in /etc/iproute2/rt_protos.d/).
+pub const RTPROT_MPVR: u8 = 109;
+
+/// How [`Netlink::add_route`] treats a route the kernel already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Add {
+    /// Fail with EEXIST ([`NetlinkError::is_held`]): the main table, where
+    /// a route may be another program's.
+    Exclusive,
+    /// Replace it: mpvr's own per-link tables.
+    Replace,
+}
+
+impl NetlinkError {
+    /// The kernel has a route for that prefix already (EEXIST).
+    pub fn is_held(&self) -> bool {
+        matches!(&self.source, rtnetlink::Error::NetlinkError(e) if e.raw_code().abs() == libc::EEXIST)
+    }
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(u32::from(r.header.table))
 }
 
 fn is_gone(code: i32) -> bool {
@@ -302,4 +384,13 @@ pub fn watch() -> std::io::Result<impl Stream<Item = ()> + Unpin> {
     ])?;
     tokio::spawn(conn);
     Ok(messages.map(|_| ()))
+}
+
+/// The name of interface `index` (from sysfs), if it exists.
+pub fn ifname(index: u32) -> Option<String> {
+    let dir = std::fs::read_dir("/sys/class/net").ok()?;
+    dir.flatten().find_map(|e| {
+        let i = std::fs::read_to_string(e.path().join("ifindex")).ok()?;
+        (i.trim().parse::<u32>().ok()? == index).then(|| e.file_name().to_string_lossy().into_owned())
+    })
 }

@@ -81,6 +81,10 @@ impl Handshakes {
         seed
     }
 
+    pub(super) fn set_rate(&mut self, per_second: u32) {
+        self.per_second = per_second;
+    }
+
     /// Handshake messages cost public-key work: at most `per_second` per
     /// source address, checked before any.
     fn rate_limit(&mut self, now: Time, from: SocketAddr) -> Result<(), DropReason> {

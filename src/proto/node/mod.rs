@@ -171,6 +171,37 @@ impl NodeConfig {
     }
 }
 
+/// The settings [`Node::retune`] changes on a running node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tunables {
+    /// Real-time traffic's duplication policy.
+    pub policy: Policy,
+    /// Bulk traffic's duplication policy.
+    pub bulk_policy: Policy,
+    /// Classification rules, checked before the automatic ones.
+    pub rules: Vec<Rule>,
+    /// Probes and path states.
+    pub monitor: MonitorConfig,
+    /// Keepalive interval per path; `None` disables keepalives.
+    pub keepalive: Option<Duration>,
+    /// Initiations accepted per second from one source address.
+    pub handshakes_per_second: u32,
+}
+
+impl NodeConfig {
+    /// Its settings that may change while the node runs.
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            policy: self.policy,
+            bulk_policy: self.bulk_policy,
+            rules: self.rules.clone(),
+            monitor: self.monitor,
+            keepalive: self.keepalive,
+            handshakes_per_second: self.handshakes_per_second,
+        }
+    }
+}
+
 /// A dedup / anti-replay window size the node accepts.
 pub fn check_window(packets: u32) -> Result<u32, SetupError> {
     if (MIN_WINDOW_PACKETS..=MAX_WINDOW_PACKETS).contains(&packets) {
@@ -455,6 +486,51 @@ impl Node {
         Ok(())
     }
 
+    /// Remove a peer: its bundle, sessions and paths, and the configured
+    /// routes whose next hop it is (returned, so the caller can follow them
+    /// in the kernel). What the mesh learned through it goes at the next
+    /// tick, when it is no longer a direct neighbour.
+    pub fn remove_bundle(&mut self, peer: HostId) -> Result<Vec<IpNet>, SetupError> {
+        let idx = self.index.remove(&peer).ok_or(SetupError::UnknownPeer(peer))?;
+        self.bundles.remove(idx);
+        for (i, b) in self.bundles.iter().enumerate() {
+            self.index.insert(b.host(), i);
+        }
+        let routed: Vec<IpNet> =
+            self.router.configured().filter(|(_, n)| *n == NextHop::Host(peer)).map(|(p, _)| p).collect();
+        for p in &routed {
+            self.router.remove(*p);
+        }
+        Ok(routed)
+    }
+
+    /// Change the settings that may change while the node runs (a config
+    /// reload): the policies, the classification rules, probes and path
+    /// states, keepalives and the handshake rate limit. Everything is
+    /// validated first; on an error nothing changes. Sessions, paths and
+    /// their measurements stay; new probe intervals apply from each
+    /// path's next probe.
+    pub fn retune(&mut self, t: Tunables) -> Result<(), SetupError> {
+        check_keepalive(t.keepalive)?;
+        validate_rules(&t.rules).map_err(|(index, error)| SetupError::Rule { index, error })?;
+        t.monitor.validate()?;
+        if t.rules != self.cfg.rules {
+            let key = self.handshakes.flow_key();
+            self.classifier = Classifier::new(&t.rules, key);
+            self.cfg.rules = t.rules;
+        }
+        self.cfg.policy = t.policy;
+        self.cfg.bulk_policy = t.bulk_policy;
+        self.cfg.monitor = t.monitor;
+        self.cfg.keepalive = t.keepalive;
+        self.cfg.handshakes_per_second = t.handshakes_per_second;
+        self.handshakes.set_rate(t.handshakes_per_second);
+        for b in &mut self.bundles {
+            b.rerank();
+        }
+        Ok(())
+    }
+
     /// Replace a peer's endpoints. Paths that remain keep their counters
     /// and ids; paths no endpoint names any more are forgotten.
     pub fn set_endpoints(&mut self, peer: HostId, endpoints: Vec<EndpointSpec>) -> Result<(), SetupError> {
@@ -471,19 +547,28 @@ impl Node {
         Ok(())
     }
 
-    /// Route `prefix` to `next`: this host, or a peer.
+    /// Route `prefix` to `next`: this host, or a peer. A prefix of this
+    /// host's own is advertised to the mesh at its next tick.
     pub fn add_route(&mut self, prefix: IpNet, next: NextHop) -> Result<Option<NextHop>, SetupError> {
         if let NextHop::Host(h) = next
             && !self.index.contains_key(&h)
         {
             return Err(SetupError::UnknownNextHop { prefix, next: h });
         }
-        Ok(self.router.add(prefix, next))
+        let old = self.router.add(prefix, next);
+        if next == NextHop::Local || old == Some(NextHop::Local) {
+            self.router.readvertise();
+        }
+        Ok(old)
     }
 
     /// Remove the route for exactly `prefix`.
     pub fn remove_route(&mut self, prefix: IpNet) -> Option<NextHop> {
-        self.router.remove(prefix)
+        let old = self.router.remove(prefix);
+        if old == Some(NextHop::Local) {
+            self.router.readvertise();
+        }
+        old
     }
 
     /// `link`'s MTU (its NIC's) is `mtu`, up or not: its paths are
