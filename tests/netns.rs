@@ -441,15 +441,28 @@ fn a_link_taken_down_loses_nothing_and_is_used_again() {
     let t = two_hosts();
     t.a.sh(&["ping", "-c", "1", "-W", "2", "10.9.0.2"]);
     let a = t.a.name.clone();
+    let socket = t.da.socket.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
     let r = stream(&t, 8000, move |i| {
         if i == 2000 {
             nsh(&a, &["ip", "link", "set", "a1", "down"]);
+        }
+        if i == 5000 {
+            // Status lists the path over the down link: down, and why.
+            let out = std::process::Command::new(mpvr()).args(["status", "--json", "-s"]).arg(&socket).output();
+            let snap: mpvr::status::Snapshot = serde_json::from_slice(&out.unwrap().stdout).unwrap();
+            let p = snap.peers[0].paths.iter().find(|p| p.link == "a1").cloned();
+            *seen.lock().unwrap() = p.map(|p| (p.state, p.reason, p.state_for_s));
         }
         if i == 6000 {
             nsh(&a, &["ip", "link", "set", "a1", "up"]);
         }
     });
     assert_eq!(r.missing, Vec::<u64>::new(), "lost {} of {}", r.missing.len(), r.sent);
+    let (state, reason, for_s) = seen2.lock().unwrap().clone().expect("the path over the down link is listed");
+    assert_eq!((state.as_str(), reason.as_str()), ("down", "local link down"));
+    assert!((1.0..2.5).contains(&for_s), "down for {for_s} s (since the link went down 1.5 s before)");
     t.da.wait_log("link up link=a1", 2, Duration::from_secs(5));
     t.da.wait_log("policy routing installed link=a1", 2, Duration::from_secs(5));
     // a1 carries copies again, through its own table.
@@ -841,6 +854,12 @@ fn a_wrong_key_gets_no_session_and_is_logged_once_per_interval() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a session came up with a wrong key");
+    // Each side's status says why there is no session.
+    let why = |d: &Daemon| d.snapshot().peers[0].no_session.clone().unwrap_or_default();
+    assert!(why(&t.db).starts_with("handshake refused") && why(&t.db).contains("key"), "{}", why(&t.db));
+    // A's initiations get no answer, and B's (to a key A does not have) do not authenticate.
+    assert!(why(&t.da).starts_with("no answer for") || why(&t.da).contains("do not match"), "{}", why(&t.da));
+    assert!(t.db.status(&[]).contains("no session (handshake refused"), "{}", t.db.status(&[]));
     // A tries every 5 s; B logs the refusal at most once per 10 s.
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(t.db.stop(), Some(0));

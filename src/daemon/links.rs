@@ -33,23 +33,34 @@ pub(super) struct Links {
     pub(super) shared: Arc<Shared>,
     pub(super) tun_index: u32,
     pub(super) up: BTreeMap<u32, LinkEntry>,
+    /// NICs that were links and are still there, but down (or without an
+    /// address): their paths stay listed, down, until the NIC is a link
+    /// again or goes away.
+    pub(super) down: BTreeMap<u32, Nic>,
     pub(super) fatal: mpsc::UnboundedSender<String>,
 }
 
 impl Links {
     /// Bring the links in line with `nics`, then the neighbours' endpoints.
     pub(super) async fn reconcile(&mut self, nics: Vec<Nic>) {
-        let wanted: BTreeMap<u32, Nic> = nics
-            .into_iter()
+        let present: BTreeMap<u32, Nic> = nics.into_iter().map(|n| (n.index, n)).collect();
+        let wanted: BTreeMap<u32, Nic> = present
+            .values()
             .filter(|n| plan::classify(n, &self.cfg, Some(self.tun_index)).is_ok())
-            .map(|n| (n.index, n))
+            .map(|n| (n.index, n.clone()))
             .collect();
         let gone: Vec<u32> = self.up.keys().filter(|i| !wanted.contains_key(i)).copied().collect();
         for index in gone {
             if let Some(entry) = self.up.remove(&index) {
+                let nic = entry.nic.clone();
                 self.remove_link(entry).await;
+                self.down.insert(index, nic);
             }
         }
+        // A down link that went away, or is a link again, or that the
+        // config no longer selects, is no longer kept.
+        self.down
+            .retain(|i, _| present.get(i).is_some_and(|n| !wanted.contains_key(i) && self.cfg.links.wants(&n.name)));
         for (index, nic) in wanted {
             match self.up.get_mut(&index) {
                 Some(entry) if entry.nic == nic => {}
@@ -81,7 +92,13 @@ impl Links {
         let nics: Vec<&Nic> = self.up.values().map(|e| &e.nic).collect();
         let mut node = self.shared.node();
         for p in self.cfg.peers.iter().filter(|p| p.via.is_none()) {
-            let _ = node.set_endpoints(p.id, plan::endpoints(p, &self.cfg, &nics));
+            let mut specs = plan::endpoints(p, &self.cfg, &nics);
+            // A down link's paths stay (down, in status) while an endpoint
+            // would name them were it up; the links up choose as before.
+            for d in self.down.values() {
+                specs.extend(plan::endpoints(p, &self.cfg, &[d]));
+            }
+            let _ = node.set_endpoints(p.id, specs);
         }
     }
 

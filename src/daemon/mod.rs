@@ -60,6 +60,8 @@ use shared::{Shared, log_summary};
 pub const RULE_PRIORITY: u32 = 5182;
 /// How often the NIC list is re-read even without netlink events.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the paths' data counts are sampled for the recent loss in status.
+const LOSS_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest datagram read from a socket or packet read from the TUN.
 pub(super) const BUF_LEN: usize = 65_536;
 
@@ -203,6 +205,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tun_name: cfg.tun.clone(),
         config: Mutex::new(shared::ConfigState::new(&cfg.source)),
         held_routes: Mutex::new(held_at_start),
+        loss_window: Mutex::new(crate::status::LossWindow::default()),
         wake_ns: std::sync::atomic::AtomicU64::new(0),
         timer_changed: tokio::sync::Notify::new(),
     });
@@ -220,6 +223,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         shared: shared.clone(),
         tun_index,
         up: BTreeMap::new(),
+        down: BTreeMap::new(),
         fatal: fatal_tx.clone(),
     };
     // The exit before the links: a refusal (no nft, no such interface)
@@ -252,6 +256,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut sample = tokio::time::interval(LOSS_SAMPLE_INTERVAL);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let wake = {
             let next = shared.node().poll_timeout();
@@ -273,6 +279,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 let outcome = reload_in_place(&mut cfg, &mut links, &nl, &shared, tun_index, &mut tun_routes).await;
                 let _ = reply.send(outcome);
             }
+            _ = sample.tick() => shared.sample_loss(),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }

@@ -199,16 +199,23 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     };
     differ("host.id", old.host.to_string(), new.host.to_string());
     differ("host.listen_port", old.listen_port.to_string(), new.listen_port.to_string());
-    differ("host.transport", format!("{:?}", old.transport), format!("{:?}", new.transport));
+    let transport = |t: crate::sys::Transport| match t {
+        crate::sys::Transport::Udp => "udp".to_string(),
+        crate::sys::Transport::Ip(p) => format!("ip protocol {p}"),
+    };
+    differ("host.transport", transport(old.transport), transport(new.transport));
     differ("host.tun", old.tun.clone(), new.tun.clone());
-    differ("host.addresses", format!("{:?}", old.addresses), format!("{:?}", new.addresses));
+    let list = |v: &[IpNet]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    differ("host.addresses", list(&old.addresses), list(&new.addresses));
     differ("host.mtu", old.mtu.to_string(), new.mtu.to_string());
     differ("session.window", old.window.to_string(), new.window.to_string());
     differ("session.hop_limit", old.hop_limit.to_string(), new.hop_limit.to_string());
     differ("control.socket", old.control_socket.display().to_string(), new.control_socket.display().to_string());
-    differ("control.prometheus", format!("{:?}", old.prometheus), format!("{:?}", new.prometheus));
-    differ("[mesh]", format!("{:?}", old.mesh), format!("{:?}", new.mesh));
-    differ("[exit]", format!("{:?}", old.exit), format!("{:?}", new.exit));
+    let prom = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    differ("control.prometheus", prom(old.prometheus), prom(new.prometheus));
+    let changed = |a: bool| if a { "changed" } else { "as before" }.to_string();
+    differ("the [mesh] settings", changed(false), changed(old.mesh != new.mesh));
+    differ("the [exit] settings", changed(false), changed(old.exit != new.exit));
     let exits = |c: &Config| {
         c.peers.iter().filter_map(|p| p.exit.map(|f| format!("{} ({})", p.id, f.name()))).collect::<Vec<_>>().join(", ")
     };

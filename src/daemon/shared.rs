@@ -125,6 +125,8 @@ pub(super) struct Shared {
     pub(super) config: Mutex<ConfigState>,
     /// Prefixes whose kernel route another program holds (set by the main loop).
     pub(super) held_routes: Mutex<Vec<String>>,
+    /// Samples of the paths' data counts (recent loss in status).
+    pub(super) loss_window: Mutex<status::LossWindow>,
 }
 
 impl Shared {
@@ -219,8 +221,19 @@ impl Shared {
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let now = self.now();
-        let node = self.node();
-        status::snapshot(&node, now, &shell)
+        let mut snap = {
+            let node = self.node();
+            status::snapshot(&node, now, &shell)
+        };
+        self.loss_window.lock().unwrap_or_else(|e| e.into_inner()).fill(&mut snap);
+        snap
+    }
+
+    /// Sample every path's data counts for the recent loss in status.
+    pub(super) fn sample_loss(&self) {
+        let snap = self.snapshot();
+        let at = self.epoch.elapsed().as_secs_f64();
+        self.loss_window.lock().unwrap_or_else(|e| e.into_inner()).record(&snap, at);
     }
 
     /// The interface name of `link` (its index if never seen).

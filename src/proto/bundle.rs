@@ -99,6 +99,9 @@ pub struct Bundle {
     /// The last inner source address found routed to this neighbour, with
     /// the router version it was checked at (most packets repeat it).
     pub(super) source_ok: Option<(std::net::IpAddr, u64)>,
+    /// The last initiation in its name that was refused, and when (why a
+    /// peer has no session, in status).
+    pub(super) refused: Option<(Time, crate::proto::handshake::HandshakeError)>,
     /// The role of each local link it was told of.
     roles: Vec<(LinkId, Role)>,
 }
@@ -151,6 +154,7 @@ impl Bundle {
             next_probe_id: 1,
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
             source_ok: None,
+            refused: None,
             roles: Vec::new(),
         }
     }
@@ -216,6 +220,16 @@ impl Bundle {
     /// A handshake this host started is waiting for an answer.
     pub fn handshake_pending(&self) -> bool {
         self.sessions.pending().is_some()
+    }
+
+    /// When the handshake this host is waiting on started, if one is.
+    pub fn handshake_started(&self) -> Option<Time> {
+        self.sessions.pending().map(|p| p.started)
+    }
+
+    /// The last initiation in its name that was refused, and why.
+    pub fn last_refused(&self) -> Option<(Time, crate::proto::handshake::HandshakeError)> {
+        self.refused
     }
 
     /// Packets waiting for a session with it.

@@ -43,6 +43,7 @@ fn data(c: &PassiveCounts, firsts: u64) -> DataSnap {
         rescues: c.rescues,
         loss: c.loss(),
         first_share: if firsts == 0 { 0.0 } else { c.first as f64 / firsts as f64 },
+        recent_loss: None,
     }
 }
 
@@ -113,6 +114,31 @@ fn mtu_snap(p: &Path, transport_header: usize) -> MtuSnap {
     }
 }
 
+/// Why `b` has no session at `now`, in words; `None` if it has one.
+fn no_session(b: &crate::proto::Bundle, now: Time) -> Option<String> {
+    if b.session().is_some() {
+        return None;
+    }
+    let refused = b.last_refused().filter(|(at, _)| now - *at < Duration::from_secs(30));
+    Some(match (refused, b.handshake_started()) {
+        (Some((at, crate::proto::handshake::HandshakeError::WrongKey)), _) => format!(
+            "handshake refused {} ago: the peer's key is not the one configured (check its public_key)",
+            super::human_duration((now - at).as_secs_f64())
+        ),
+        (Some((at, _)), _) => format!(
+            "handshake refused {} ago: it does not authenticate (the keys do not match: check public_key on both \
+             hosts)",
+            super::human_duration((now - at).as_secs_f64())
+        ),
+        (None, Some(started)) => format!(
+            "no answer for {} (is this host's public key in the peer's config, and its endpoint right?)",
+            super::human_duration((now - started).as_secs_f64())
+        ),
+        (None, None) if b.paths().is_empty() => "no path: no endpoint is reachable from a link that is up".into(),
+        (None, None) => "waiting for the peer to start a handshake".into(),
+    })
+}
+
 /// What the shell adds to the core's state.
 pub struct ShellInfo<'a> {
     /// TUN name.
@@ -172,6 +198,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                     .map(|(created, initiator)| SessionSnap { age_s: (now - created).as_secs_f64(), initiator }),
                 handshake_pending: n.handshake_pending(),
                 handshakes: s.handshakes,
+                no_session: no_session(n, now),
                 staged: n.staged(),
                 sealed: s.sealed.into(),
                 accepted: s.accepted.into(),

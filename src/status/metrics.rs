@@ -117,6 +117,16 @@ pub fn render(s: &Snapshot) -> String {
             b.counter("mpvr_class_bytes", "Data bytes by class, sealed (out) or delivered (in)", &cl, n.bytes);
         }
     }
+    b.gauge("mpvr_links_up", "Network interfaces in use as links (0: mpvr carries nothing)", &[], s.links.len() as f64);
+    if let Some(c) = &s.config {
+        b.counter("mpvr_config_reloads", "Config reloads that applied", &[], c.reloads);
+        b.gauge(
+            "mpvr_config_reload_refused",
+            "1 if the last reload was refused (the config before it runs)",
+            &[],
+            if c.last_error.is_some() { 1.0 } else { 0.0 },
+        );
+    }
     for l in &s.links {
         let ll = [("link", l.name.as_str())];
         b.gauge(

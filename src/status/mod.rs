@@ -22,6 +22,59 @@ pub use build::{ShellInfo, snapshot};
 pub use render::{PATH_COLUMNS, human_bytes, human_duration, human_ms, human_pct, path_cells, render_text};
 pub use snapshot::*;
 
+/// Seconds of the recent window that data loss is also given over.
+pub const RECENT_WINDOW_S: f64 = 30.0;
+
+/// Each path's data counts sampled over time, so that status can give the
+/// loss of the last [`RECENT_WINDOW_S`] seconds beside the lifetime one
+/// (the daemon samples every few seconds).
+#[derive(Debug, Default)]
+pub struct LossWindow {
+    /// Per path (peer, link, remote): (seconds, inbound delivered and missing, outbound delivered and missing).
+    samples: std::collections::BTreeMap<(u32, String, String), std::collections::VecDeque<(f64, [u64; 4])>>,
+}
+
+impl LossWindow {
+    /// Record `s`'s counts at `now_s` (seconds on any steady clock), and
+    /// forget what is older than the window.
+    pub fn record(&mut self, s: &Snapshot, now_s: f64) {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &s.peers {
+            for x in &p.paths {
+                let key = (p.id, x.link.clone(), x.remote.clone());
+                let counts = [x.inbound.delivered, x.inbound.missing, x.outbound.delivered, x.outbound.missing];
+                let q = self.samples.entry(key.clone()).or_default();
+                q.push_back((now_s, counts));
+                // Keep one sample at least the window old: it is the base.
+                while q.len() > 2 && q[1].0 <= now_s - RECENT_WINDOW_S {
+                    q.pop_front();
+                }
+                seen.insert(key);
+            }
+        }
+        self.samples.retain(|k, _| seen.contains(k));
+    }
+
+    /// Fill in `s`'s recent losses from the samples.
+    pub fn fill(&self, s: &mut Snapshot) {
+        for p in &mut s.peers {
+            for x in &mut p.paths {
+                let Some(base) = self.samples.get(&(p.id, x.link.clone(), x.remote.clone())).and_then(|q| q.front())
+                else {
+                    continue;
+                };
+                let ratio = |delivered: u64, missing: u64, b: (u64, u64)| {
+                    let (d, m) = (delivered.saturating_sub(b.0), missing.saturating_sub(b.1));
+                    (d + m > 0).then(|| m as f64 / (d + m) as f64)
+                };
+                let b = base.1;
+                x.inbound.recent_loss = ratio(x.inbound.delivered, x.inbound.missing, (b[0], b[1]));
+                x.outbound.recent_loss = ratio(x.outbound.delivered, x.outbound.missing, (b[2], b[3]));
+            }
+        }
+    }
+}
+
 /// Why a snapshot could not be read from a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

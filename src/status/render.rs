@@ -51,7 +51,7 @@ pub const PATH_COLUMNS: [&str; 12] = [
     "jitter",
     "mtu",
     "probe loss",
-    "data loss in/out",
+    "data loss 30s in/out",
     "first",
     "rescues",
     "reason",
@@ -84,7 +84,11 @@ pub fn path_cells(p: &PathSnap) -> [String; 12] {
         human_ms(Some(p.jitter_out_ms.max(p.jitter_in_ms))),
         mtu_cell(&p.mtu),
         human_pct(p.probe_loss),
-        format!("{} / {}", human_pct(p.inbound.loss), human_pct(p.outbound.loss)),
+        format!(
+            "{} / {}",
+            human_pct(p.inbound.recent_loss.unwrap_or(0.0)),
+            human_pct(p.outbound.recent_loss.unwrap_or(0.0))
+        ),
         format!("{:.1} %", p.inbound.first_share * 100.0),
         p.inbound.rescues.to_string(),
         p.reason.clone(),
@@ -92,8 +96,19 @@ pub fn path_cells(p: &PathSnap) -> [String; 12] {
 }
 
 /// The columns of a link row.
-pub const LINK_COLUMNS: [&str; 9] =
-    ["link", "role", "rate", "received", "sent", "realtime sent", "bulk sent", "queue rt/bulk", "shaper drops"];
+pub const LINK_COLUMNS: [&str; 11] = [
+    "link",
+    "role",
+    "rate",
+    "received",
+    "later copies",
+    "dropped",
+    "sent",
+    "realtime sent",
+    "bulk sent",
+    "queue rt/bulk",
+    "shaper drops",
+];
 
 /// A link's cells, in [`LINK_COLUMNS`] order.
 pub fn link_cells(l: &LinkSnap) -> Vec<String> {
@@ -108,17 +123,18 @@ pub fn link_cells(l: &LinkSnap) -> Vec<String> {
             )
         }
     };
-    let received_dropped: u64 = l.drops.values().sum();
-    let received = if received_dropped > 0 {
-        format!("{} pkts ({}), {received_dropped} dropped", l.rx.packets, human_bytes(l.rx.bytes))
-    } else {
-        format!("{} pkts ({})", l.rx.packets, human_bytes(l.rx.bytes))
-    };
+    // Later copies are dropped by design (first copy wins): counted
+    // apart from the drops that mean something is wrong.
+    let duplicates = l.drops.get("duplicate").copied().unwrap_or(0);
+    let dropped: u64 = l.drops.iter().filter(|(k, _)| k.as_str() != "duplicate").map(|(_, v)| v).sum();
+    let received = format!("{} pkts ({})", l.rx.packets, human_bytes(l.rx.bytes));
     vec![
         l.name.clone(),
         if l.role.is_empty() { "primary".to_string() } else { l.role.clone() },
         l.rate.clone().unwrap_or_else(|| "-".to_string()),
         received,
+        duplicates.to_string(),
+        dropped.to_string(),
         format!("{} pkts ({})", l.tx.packets, human_bytes(l.tx.bytes)),
         class("realtime"),
         class("bulk"),
@@ -235,10 +251,40 @@ pub fn render_text(s: &Snapshot) -> String {
         };
         let _ = writeln!(o, "  {line}");
     }
+    if let Some(c) = &s.config {
+        let _ = writeln!(
+            o,
+            "  config {} loaded {} ago{}",
+            c.file,
+            human_duration(c.loaded_s_ago),
+            match c.reloads {
+                0 => String::new(),
+                1 => " (reloaded once)".to_string(),
+                n => format!(" (reloaded {n} times)"),
+            }
+        );
+        if let Some(e) = &c.last_error {
+            let _ = writeln!(o, "  last reload refused (the config above runs): {}", e.replace('\n', " "));
+        }
+    }
+    for p in &s.held_routes {
+        let _ = writeln!(
+            o,
+            "  route {p}: another program holds it in the main table; traffic to it does not enter this tunnel"
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "links:");
-    let rows: Vec<Vec<String>> = s.links.iter().map(link_cells).collect();
-    table(&mut o, "  ", &LINK_COLUMNS, &rows);
+    if s.links.is_empty() {
+        let _ = writeln!(
+            o,
+            "  none: no network interface is a link (check links.include and links.exclude; virtual NICs need \
+             links.allow_virtual = true; `mpvr check` lists why each NIC is skipped)"
+        );
+    } else {
+        let rows: Vec<Vec<String>> = s.links.iter().map(link_cells).collect();
+        table(&mut o, "  ", &LINK_COLUMNS, &rows);
+    }
     for p in &s.peers {
         let _ = writeln!(o);
         let session = match &p.session {
@@ -247,8 +293,7 @@ pub fn render_text(s: &Snapshot) -> String {
                 human_duration(ss.age_s),
                 if ss.initiator { "initiator" } else { "responder" }
             ),
-            None if p.handshake_pending => "no session: handshake in progress".to_string(),
-            None => "no session".to_string(),
+            None => format!("no session ({})", p.no_session.as_deref().unwrap_or("handshake in progress")),
         };
         let _ = writeln!(
             o,

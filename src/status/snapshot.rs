@@ -179,6 +179,9 @@ pub struct PeerSnap {
     pub handshake_pending: bool,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Why there is no session, in words (`None` with a session).
+    #[serde(default)]
+    pub no_session: Option<String>,
     /// Packets waiting for a session.
     pub staged: usize,
     /// Packets sealed for it (once each, whatever the copies).
@@ -220,10 +223,14 @@ pub struct DataSnap {
     pub first: u64,
     /// Data packets only this path delivered.
     pub rescues: u64,
-    /// missing / (delivered + missing).
+    /// missing / (delivered + missing), over the daemon's lifetime.
     pub loss: f64,
     /// This path's share of the bundle's first arrivals.
     pub first_share: f64,
+    /// The same ratio over the last [`super::RECENT_WINDOW_S`] seconds
+    /// (`None` until there is a sample that old, or without data then).
+    #[serde(default)]
+    pub recent_loss: Option<f64>,
 }
 
 /// Probe counts.

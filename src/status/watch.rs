@@ -64,16 +64,69 @@ fn state_style(state: &str) -> Style {
 }
 
 /// Draw one frame: header, path table, per-path history, recent changes.
+/// The path table's columns at `width`: every column from [`WIDE`]
+/// columns, else the few that fit 80 (which path, its state, for how
+/// long, RTT and the two losses).
+fn path_columns(width: u16) -> (Vec<usize>, Vec<&'static str>, Vec<Constraint>) {
+    if width >= WIDE {
+        let widths = vec![
+            Constraint::Min(28),
+            Constraint::Length(8),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(8),
+            Constraint::Length(5),
+            Constraint::Length(10),
+            Constraint::Length(20),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Min(20),
+        ];
+        ((0..PATH_COLUMNS.len()).collect(), PATH_COLUMNS.to_vec(), widths)
+    } else {
+        let widths = vec![
+            Constraint::Min(24),
+            Constraint::Length(8),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(15),
+        ];
+        (vec![0, 1, 3, 4, 7, 8], vec!["path", "state", "for", "rtt", "probes", "data 30s in/out"], widths)
+    }
+}
+
+/// From this many columns the live view shows every path column.
+pub const WIDE: u16 = 120;
+
+/// The RTT sparkline's scale: the smallest of these (ms) that holds
+/// everything in the history, so the bars keep their meaning from one
+/// refresh to the next.
+const RTT_SCALES_MS: [u64; 7] = [10, 25, 50, 100, 250, 500, 1000];
+
+fn rtt_scale_ms(history: &[u64]) -> u64 {
+    let top = history.iter().max().copied().unwrap_or(0).div_ceil(10);
+    RTT_SCALES_MS.iter().copied().find(|s| *s >= top).unwrap_or(*RTT_SCALES_MS.last().expect("not empty"))
+}
+
+/// Draw the live view of `s` with history `h`.
 pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
     let paths: usize = s.peers.iter().map(|p| p.paths.len()).sum();
+    let area = f.area();
+    let table_len = paths as u16 + s.peers.len() as u16 + 3;
+    // The history gets what is left after the table and three lines of
+    // changes: a small terminal shows fewer sparklines, not a squeezed table.
+    let spare = area.height.saturating_sub(2 + table_len + 3 + 1);
+    let hist_len = (paths as u16 * 2 + 2).min(spare);
     let [head, table, hist, changes, foot] = Layout::vertical([
         Constraint::Length(2),
-        Constraint::Length(paths as u16 + s.peers.len() as u16 + 3),
-        Constraint::Length(paths as u16 * 2 + 2),
+        Constraint::Length(table_len),
+        Constraint::Length(hist_len),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
-    .areas(f.area());
+    .areas(area);
     let t = &s.totals;
     let header = vec![
         Line::from(vec![
@@ -93,6 +146,7 @@ pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
     ];
     f.render_widget(Paragraph::new(header), head);
 
+    let (columns, names, widths) = path_columns(area.width);
     let mut rows = Vec::new();
     for p in &s.peers {
         let session = match &p.session {
@@ -106,27 +160,13 @@ pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
         for x in &p.paths {
             let cells = path_cells(x);
             let style = state_style(&x.state);
-            rows.push(Row::new(cells.into_iter().enumerate().map(|(i, c)| {
-                let cell = Cell::from(c);
+            rows.push(Row::new(columns.iter().map(|&i| {
+                let cell = Cell::from(cells[i].clone());
                 if i == 1 { cell.style(style) } else { cell }
             })));
         }
     }
-    let widths = [
-        Constraint::Min(28),
-        Constraint::Length(8),
-        Constraint::Length(4),
-        Constraint::Length(7),
-        Constraint::Length(9),
-        Constraint::Length(8),
-        Constraint::Length(5),
-        Constraint::Length(10),
-        Constraint::Length(17),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Min(20),
-    ];
-    let header = Row::new(PATH_COLUMNS).style(Style::default().add_modifier(Modifier::UNDERLINED));
+    let header = Row::new(names).style(Style::default().add_modifier(Modifier::UNDERLINED));
     f.render_widget(
         Table::new(rows, widths).header(header).block(Block::default().borders(Borders::ALL).title(" paths ")),
         table,
@@ -142,14 +182,18 @@ pub fn draw(f: &mut Frame<'_>, s: &Snapshot, h: &History) {
                 break;
             }
             let k = key(p.id, &x.link, &x.remote);
-            let label = format!("{k}  rtt {}  loss {:.1} %", human_ms(x.rtt_ms), x.probe_loss * 100.0);
+            let half = inner.width / 2;
+            let hh = h.paths.get(&k);
+            let rtt: Vec<u64> =
+                hh.map(|hh| hh.rtt.iter().rev().take(usize::from(half)).rev().copied().collect()).unwrap_or_default();
+            let scale = rtt_scale_ms(&rtt);
+            let label =
+                format!("{k}  rtt {} [0-{scale} ms]  loss {:.1} % [0-100 %]", human_ms(x.rtt_ms), x.probe_loss * 100.0);
             f.render_widget(Paragraph::new(label).style(state_style(&x.state)), Rect::new(inner.x, y, inner.width, 1));
-            if let Some(hh) = h.paths.get(&k) {
-                let half = inner.width / 2;
-                let rtt: Vec<u64> = hh.rtt.iter().rev().take(usize::from(half)).rev().copied().collect();
+            if let Some(hh) = hh {
                 let loss: Vec<u64> = hh.loss.iter().rev().take(usize::from(half)).rev().copied().collect();
                 f.render_widget(
-                    Sparkline::default().data(&rtt).style(Style::default().fg(Color::Cyan)),
+                    Sparkline::default().data(&rtt).max(scale * 10).style(Style::default().fg(Color::Cyan)),
                     Rect::new(inner.x, y + 1, half.saturating_sub(1), 1),
                 );
                 f.render_widget(
@@ -263,5 +307,32 @@ mod tests {
         for needle in ["mpvr host 1", "wan1 -> 172.16.0.2:51820", "wan2 -> 172.16.1.2:51820", "down", "probes lost"] {
             assert!(screen.contains(needle), "{needle:?} missing in\n{screen}");
         }
+    }
+
+    #[test]
+    fn at_80_by_24_every_column_is_readable() {
+        let s = super::super::build::simulated();
+        let mut h = History::default();
+        for _ in 0..5 {
+            h.push(&s);
+        }
+        let screen = screen(&s, &h, 80, 24);
+        for needle in [
+            "wan1 -> 172.16.0.2:51820",
+            "wan2 -> 172.16.1.2:51820",
+            "state",
+            "rtt",
+            "probes",
+            "data 30s in/out",
+            "down",
+            "[0-25 ms]",
+            "[0-100 %]",
+        ] {
+            assert!(screen.contains(needle), "{needle:?} missing at 80x24:\n{screen}");
+        }
+        assert!(screen.contains(" ms "), "the RTT column is cut at 80x24:\n{screen}");
+        assert!(!screen.contains(":5 "), "the path column is cut at 80x24:\n{screen}");
+        assert_eq!(rtt_scale_ms(&[0, 95, 240]), 25);
+        assert_eq!(rtt_scale_ms(&[12_000]), 1000);
     }
 }

@@ -162,6 +162,7 @@ impl Node {
         ) {
             Ok(a) => a,
             Err(reason) => {
+                self.bundles[idx].refused = Some((now, reason));
                 self.events.push(Event::HandshakeRejected { peer, reason });
                 return Err(match reason {
                     HandshakeError::Invalid => DropReason::HandshakeInvalid,
