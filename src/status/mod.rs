@@ -30,9 +30,13 @@ pub const RECENT_WINDOW_S: f64 = 30.0;
 /// (the daemon samples every few seconds).
 #[derive(Debug, Default)]
 pub struct LossWindow {
-    /// Per path (peer, link, remote): (seconds, inbound delivered and missing, outbound delivered and missing).
-    samples: std::collections::BTreeMap<(u32, String, String), std::collections::VecDeque<(f64, [u64; 4])>>,
+    samples: std::collections::BTreeMap<PathKey, std::collections::VecDeque<Sample>>,
 }
+
+/// A path: its peer, link and remote address.
+type PathKey = (u32, String, String);
+/// Seconds, then inbound delivered and missing, outbound delivered and missing.
+type Sample = (f64, [u64; 4]);
 
 impl LossWindow {
     /// Record `s`'s counts at `now_s` (seconds on any steady clock), and
