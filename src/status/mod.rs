@@ -159,3 +159,31 @@ pub fn reload(socket: &std::path::Path) -> Result<ReloadAnswer, FetchError> {
     serde_json::from_str(&text)
         .map_err(|e| FetchError::Garbled { path: socket.display().to_string(), reason: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_loss_is_over_the_window_only() {
+        let mut s = build::simulated();
+        let mut w = LossWindow::default();
+        let set = |s: &mut Snapshot, delivered: u64, missing: u64| {
+            let d = &mut s.peers[0].paths[0].inbound;
+            (d.delivered, d.missing) = (delivered, missing);
+        };
+        // 50 % lost long ago, then 1000 delivered and 10 missing in the last 30 s.
+        set(&mut s, 1000, 1000);
+        w.record(&s, 0.0);
+        w.record(&s, 30.0);
+        set(&mut s, 2000, 1010);
+        w.record(&s, 60.0);
+        w.fill(&mut s);
+        let r = s.peers[0].paths[0].inbound.recent_loss.unwrap();
+        assert!((r - 10.0 / 1010.0).abs() < 1e-9, "{r}");
+        // Nothing counted in the window: no figure rather than 0 %.
+        w.record(&s, 100.0);
+        w.fill(&mut s);
+        assert_eq!(s.peers[0].paths[0].inbound.recent_loss, None);
+    }
+}
