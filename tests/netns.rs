@@ -911,6 +911,7 @@ fn status_metrics_and_their_access() {
         assert!(m.contains(&format!("mpvr_path_rtt_seconds{{{labels}}}")), "{labels} rtt missing");
     }
     assert!(m.contains("mpvr_tun_packets_total{direction=\"out\"}") && m.trim_end().ends_with("# EOF"));
+    assert!(m.contains("\nmpvr_links_up 2\n") && m.contains("\nmpvr_config_reloads_total 0\n"), "{m}");
     assert!(http_get(&t.a.name, "127.0.0.1:9182", "/").starts_with("HTTP/1.1 404"));
     // The control socket is root's alone: another user is refused with a clear message.
     let mode =

@@ -73,6 +73,9 @@ fn a_reload_adds_a_peer_under_traffic_and_refuses_a_bad_config() {
     let db = Daemon::start(&b, &cb, dir.0.join("b.log"));
     let dc = Daemon::start(&c, &cc, dir.0.join("c.log"));
     da.wait_log("link up", 2, Duration::from_secs(10));
+    // This kernel has UDP GSO and GRO: said once, at the first link.
+    assert_eq!(da.log().matches("UDP offloads").count(), 1);
+    assert!(da.log().contains("gso=on, up to") && da.log().contains("gro=on"), "{}", da.log());
     wait_session(&da, 2, Duration::from_secs(5));
     let handshakes = |d: &Daemon, id: u32| d.snapshot().peers.iter().find(|p| p.id == id).map(|p| p.handshakes);
     let before = (handshakes(&da, 2), handshakes(&db, 1));
@@ -198,4 +201,81 @@ fn two_daemons_on_one_host_never_touch_each_other() {
     assert_eq!(d1.stop(), Some(0));
     assert!(!x.sh(&["ip", "rule"]).contains("5182:"));
     assert!(!x.sh(&["ip", "route", "show", "table", "all"]).contains("proto 109"));
+}
+
+/// A kernel without UDP GSO and GRO (before 4.18 and 5.0), forced with
+/// `MPVR_DISABLE_OFFLOADS`: the daemon says so once, and the plain paths
+/// carry TCP whole and lose no packet of a stream when a link is cut.
+#[test]
+fn without_udp_offloads_the_plain_paths_carry_everything() {
+    if !root_or_skip("without_udp_offloads_the_plain_paths_carry_everything") {
+        return;
+    }
+    let _g = serial();
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    veth(&a, "a0", "10.1.0.1/24", &b, "b0", "10.1.0.2/24");
+    veth(&a, "a1", "10.2.0.1/24", &b, "b1", "10.2.0.2/24");
+    let dir = TempDir::new();
+    let (ka, pa) = keypair(&dir, "a.key");
+    let (kb, pb) = keypair(&dir, "b.key");
+    let two = |id: u32, public: &str, net: &str| {
+        peer(id, public, &format!("10.1.0.{net}")).replace(
+            &format!("endpoints = [\"10.1.0.{net}:51820\"]"),
+            &format!("endpoints = [\"10.1.0.{net}:51820\", \"10.2.0.{net}:51820\"]"),
+        )
+    };
+    let ca = dir.write("a.toml", &(host(1, &ka, "") + &two(2, &pb, "2")));
+    let cb = dir.write("b.toml", &(host(2, &kb, "") + &two(1, &pa, "1")));
+    let env = [("MPVR_DISABLE_OFFLOADS", "gso,gro")];
+    let da = Daemon::start_with_env(&a, &ca, dir.0.join("a.log"), &env);
+    let db = Daemon::start_with_env(&b, &cb, dir.0.join("b.log"), &env);
+    for d in [&da, &db] {
+        d.wait_log("link up", 2, Duration::from_secs(10));
+        let log = d.log();
+        assert_eq!(log.matches("UDP offloads").count(), 1, "{log}");
+        assert!(
+            log.contains("gso=disabled by MPVR_DISABLE_OFFLOADS: one datagram per send call")
+                && log.contains("gro=disabled by MPVR_DISABLE_OFFLOADS: one datagram per buffer"),
+            "{log}"
+        );
+    }
+    wait_session(&da, 2, Duration::from_secs(5));
+    // TCP, checked end to end: 4 MB of known bytes arrive whole.
+    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let expected = data.len();
+    let rx = in_netns(&b.name, move || {
+        let l = std::net::TcpListener::bind("10.9.0.2:7100").unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = data.clone();
+    in_netns(&a.name, move || {
+        let mut s = std::net::TcpStream::connect("10.9.0.2:7100").unwrap();
+        std::io::Write::write_all(&mut s, &sent).unwrap();
+    })
+    .join()
+    .unwrap();
+    let got = rx.join().unwrap();
+    assert_eq!(got.len(), expected);
+    assert!(got == data, "the bytes differ");
+    // A real-time stream loses nothing when a link is cut.
+    let an = a.name.clone();
+    let r = udp_stream(
+        &a.name,
+        &b.name,
+        "10.9.0.2:7000".parse().unwrap(),
+        3000,
+        Duration::from_micros(500),
+        300,
+        move |i| {
+            if i == 1000 {
+                nsh(&an, &["ip", "link", "set", "a0", "down"]);
+            }
+        },
+    );
+    assert!(r.missing.is_empty(), "lost {} packets", r.missing.len());
+    drop((da, db));
 }

@@ -37,6 +37,8 @@ pub(super) struct Links {
     /// address): their paths stay listed, down, until the NIC is a link
     /// again or goes away.
     pub(super) down: BTreeMap<u32, Nic>,
+    /// The UDP offloads the kernel gives were logged (once, at the first link).
+    pub(super) offloads_logged: bool,
     pub(super) fatal: mpsc::UnboundedSender<String>,
 }
 
@@ -103,7 +105,8 @@ impl Links {
     }
 
     async fn add_link(&mut self, nic: Nic) {
-        let socket = match LinkIo::bind(&nic.name, self.cfg.listen_port, self.cfg.transport) {
+        let disabled = crate::sys::udp::Disabled::from_env();
+        let socket = match LinkIo::bind(&nic.name, self.cfg.listen_port, self.cfg.transport, disabled) {
             Ok(s) => Arc::new(s),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 // Another program has the port on this NIC: retrying would
@@ -119,6 +122,21 @@ impl Links {
                 return;
             }
         };
+        if !self.offloads_logged && self.cfg.transport == crate::sys::Transport::Udp {
+            self.offloads_logged = true;
+            let (gso, gro) = socket.offloads();
+            let why = |off: bool, kernel: &str| match (off, kernel) {
+                (true, _) => "disabled by MPVR_DISABLE_OFFLOADS".to_string(),
+                (false, k) => format!("not available (kernels before {k} lack it)"),
+            };
+            let gso_text = if gso {
+                format!("on, up to {} datagrams per send call", socket.max_segments())
+            } else {
+                why(disabled.gso, "4.18") + ": one datagram per send call"
+            };
+            let gro_text = if gro { "on".to_string() } else { why(disabled.gro, "5.0") + ": one datagram per buffer" };
+            info!(gso = %gso_text, gro = %gro_text, "UDP offloads");
+        }
         let link = LinkId(nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
         self.shared.names.write().unwrap_or_else(|e| e.into_inner()).insert(link, nic.name.clone());

@@ -224,6 +224,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tun_index,
         up: BTreeMap::new(),
         down: BTreeMap::new(),
+        offloads_logged: false,
         fatal: fatal_tx.clone(),
     };
     // The exit before the links: a refusal (no nft, no such interface)

@@ -41,10 +41,18 @@ pub enum LinkIo {
 
 impl LinkIo {
     /// Open the socket of NIC `ifname` for `transport`.
-    pub fn bind(ifname: &str, port: u16, transport: Transport) -> io::Result<LinkIo> {
+    pub fn bind(ifname: &str, port: u16, transport: Transport, disabled: udp::Disabled) -> io::Result<LinkIo> {
         match transport {
-            Transport::Udp => udp::LinkSocket::bind(ifname, port).map(LinkIo::Udp),
+            Transport::Udp => udp::LinkSocket::bind(ifname, port, disabled).map(LinkIo::Udp),
             Transport::Ip(p) => raw::RawLinkSocket::bind(ifname, p).map(LinkIo::Ip),
+        }
+    }
+
+    /// Whether sends use UDP GSO and receives UDP GRO.
+    pub fn offloads(&self) -> (bool, bool) {
+        match self {
+            LinkIo::Udp(s) => s.offloads(),
+            LinkIo::Ip(_) => (false, false),
         }
     }
 

@@ -81,7 +81,7 @@ impl PacketSocket {
 
     /// Give up waiting in [`PacketSocket::recv`] after `timeout`.
     pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
         // SAFETY: tv is a timeval and its size is passed.
         cvt(unsafe {
             libc::setsockopt(

@@ -31,6 +31,29 @@ pub struct LinkSocket {
     sock: tokio::net::UdpSocket,
     state: UdpSocketState,
     dual_stack: bool,
+    gso: bool,
+    gro: bool,
+}
+
+/// Kernel offloads turned off by the environment variable
+/// `MPVR_DISABLE_OFFLOADS` (a comma-separated list of `gso`, `gro`): to
+/// rule them out when troubleshooting, and for the tests of the plain
+/// paths that kernels without them (GSO before 4.18, GRO before 5.0) take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Disabled {
+    /// UDP GSO (one send call for a run of datagrams).
+    pub gso: bool,
+    /// UDP GRO (one receive buffer for a train of datagrams).
+    pub gro: bool,
+}
+
+impl Disabled {
+    /// What `MPVR_DISABLE_OFFLOADS` turns off.
+    pub fn from_env() -> Disabled {
+        let v = std::env::var("MPVR_DISABLE_OFFLOADS").unwrap_or_default();
+        let has = |w: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(w));
+        Disabled { gso: has("gso"), gro: has("gro") }
+    }
 }
 
 fn open(domain: Domain, ifname: &str, port: u16) -> io::Result<Socket> {
@@ -99,15 +122,28 @@ impl RecvBatch {
 impl LinkSocket {
     /// Open the socket of NIC `ifname` on `port`. Needs CAP_NET_RAW for
     /// SO_BINDTODEVICE and a tokio runtime.
-    pub fn bind(ifname: &str, port: u16) -> io::Result<LinkSocket> {
+    pub fn bind(ifname: &str, port: u16, disabled: Disabled) -> io::Result<LinkSocket> {
         let (s, dual_stack) = match open(Domain::IPV6, ifname, port) {
             Ok(s) => (s, true),
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => (open(Domain::IPV4, ifname, port)?, false),
             Err(e) => return Err(e),
         };
         let state = UdpSocketState::new((&s).into())?;
+        let gro = state.gro_segments() > 1 && !disabled.gro;
+        if disabled.gro && state.gro_segments() > 1 {
+            // quinn-udp turned UDP_GRO on: off again, so datagrams come
+            // one per buffer (what a kernel before 5.0 does).
+            set_udp_gro(&s, false)?;
+        }
+        let gso = state.max_gso_segments() > 1 && !disabled.gso;
         let sock = tokio::net::UdpSocket::from_std(s.into())?;
-        Ok(LinkSocket { sock, state, dual_stack })
+        Ok(LinkSocket { sock, state, dual_stack, gso, gro })
+    }
+
+    /// Whether sends use UDP GSO and receives UDP GRO (the kernel has
+    /// them and they are not disabled).
+    pub fn offloads(&self) -> (bool, bool) {
+        (self.gso, self.gro)
     }
 
     fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
@@ -121,7 +157,7 @@ impl LinkSocket {
 
     /// Most datagrams one [`LinkSocket::try_send`] may carry.
     pub fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        if self.gso { self.state.max_gso_segments() } else { 1 }
     }
 
     /// Send `contents` to `to` without waiting: one datagram, or with
@@ -154,4 +190,21 @@ impl LinkSocket {
             }
         }
     }
+}
+
+/// Turn UDP GRO on or off on `s`.
+fn set_udp_gro(s: &Socket, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = on.into();
+    // SAFETY: setsockopt on a valid socket with a pointer to an int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

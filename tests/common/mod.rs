@@ -142,8 +142,11 @@ impl Drop for TempDir {
     }
 }
 
+/// The binary under test: this build's, or `MPVR_TEST_BIN` (the static
+/// musl build, which scripts/test.sh runs a few end-to-end tests with).
 pub fn mpvr() -> &'static str {
-    env!("CARGO_BIN_EXE_mpvr")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("MPVR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mpvr").to_string()))
 }
 
 pub fn linkemu() -> &'static str {
