@@ -175,6 +175,25 @@ fn two_daemons_on_one_host_never_touch_each_other() {
     assert_eq!(d2.snapshot().held_routes, ["10.50.0.0/24"]);
     assert!(d2.log().contains("routes this prefix to mpvr1 already"), "{}", d2.log());
 
+    // A third daemon asking for the first's TUN name: fatal, named, and
+    // nothing of it left (no rule, no socket), nothing of the first touched.
+    let c3 = dir.write("3.toml", &cfg(3, &k2).replace("10.9.0.3/24", "10.93.0.3/24").replace("\"mpvr3\"", "\"mpvr1\""));
+    let sock3 = dir.0.join("3.sock");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &x.name, mpvr(), "run", "-c"])
+        .arg(&c3)
+        .arg("--socket")
+        .arg(&sock3)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a network interface named mpvr1 exists already") && err.contains("host.tun"), "{err}");
+    assert!(!sock3.exists(), "the failed daemon left its control socket");
+    assert_eq!(x.sh(&["ip", "rule"]).matches("5182:").count(), 2, "{}", x.sh(&["ip", "rule"]));
+    assert!(x.sh(&["ip", "route", "show", "10.50.0.0/24"]).contains("dev mpvr1"));
+    assert_eq!(d1.snapshot().links.len(), 1, "the first daemon lost its link");
+
     // Killed without cleaning up, then started again: it removes what it
     // left (its rule and table), and not the other's.
     // SAFETY: kill(2) on the daemon this test started.

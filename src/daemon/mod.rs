@@ -170,9 +170,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut watch = netlink::watch().map_err(|source| RunError::Io { what: "netlink events".into(), source })?;
 
     // From here on the system changes.
-    let stale = nl.flush_tables(RULE_PRIORITY, plan::link_tables(&cfg.tun)).await?;
-    if stale > 0 {
-        info!(stale, "removed policy rules and routes left by an earlier run of this daemon");
+    // A device with that name is another program's (mpvr never makes a
+    // persistent TUN): attaching to it, or to its tables, is not ours to do.
+    if std::path::Path::new("/sys/class/net").join(&cfg.tun).exists() {
+        return Err(RunError::Fatal(format!(
+            "a network interface named {} exists already (another mpvr's TUN, another VPN's, or a persistent \
+             TUN): set host.tun to a free name",
+            cfg.tun
+        )));
     }
     let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| match source.raw_os_error() {
         Some(libc::EBUSY) => RunError::Fatal(format!(
@@ -181,6 +186,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         )),
         _ => RunError::Tun { name: cfg.tun.clone(), source },
     })?;
+    // The tables are this daemon's by its TUN's name, and the TUN is ours
+    // now (another live daemon with that name would have made its creation
+    // fail): what is in them is what a killed earlier run left.
+    let stale = nl.flush_tables(RULE_PRIORITY, plan::link_tables(&cfg.tun)).await?;
+    if stale > 0 {
+        info!(stale, "removed policy rules and routes left by an earlier run of this daemon");
+    }
     for a in &cfg.addresses {
         // Dropping `tun` on this error deletes it with what was added.
         nl.add_address(tun_index, *a).await?;
