@@ -527,13 +527,17 @@ fn run_fails(ns: &Netns, prefix: &[&str], config: &Path) -> String {
     let mut args = vec!["ip", "netns", "exec", &ns.name];
     args.extend_from_slice(prefix);
     let cfg = config.display().to_string();
-    args.extend_from_slice(&[mpvr(), "run", "-c", &cfg]);
+    let socket = config.with_extension("sock");
+    let socket_arg = socket.display().to_string();
+    args.extend_from_slice(&[mpvr(), "run", "-c", &cfg, "--socket", &socket_arg]);
     let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} should fail");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    // Nothing left behind.
+    // Nothing left behind: no TUN, rule, route or control socket.
     assert!(!ns.sh(&["ip", "link"]).contains("mpvr0"), "a TUN was left after: {err}");
     assert!(!ns.sh(&["ip", "rule"]).contains("5182:"), "a rule was left after: {err}");
+    assert!(!ns.sh(&["ip", "route", "show", "table", "all"]).contains("proto 109"), "a route was left after: {err}");
+    assert!(!socket.exists(), "the control socket was left after: {err}");
     err
 }
 
@@ -911,7 +915,7 @@ fn status_metrics_and_their_access() {
         assert!(m.contains(&format!("mpvr_path_rtt_seconds{{{labels}}}")), "{labels} rtt missing");
     }
     assert!(m.contains("mpvr_tun_packets_total{direction=\"out\"}") && m.trim_end().ends_with("# EOF"));
-    assert!(m.contains("\nmpvr_links_up 2\n") && m.contains("\nmpvr_config_reloads_total 0\n"), "{m}");
+    assert!(m.contains("\nmpvr_links_up{} 2.0\n") && m.contains("\nmpvr_config_reloads_total{} 0\n"), "{m}");
     assert!(http_get(&t.a.name, "127.0.0.1:9182", "/").starts_with("HTTP/1.1 404"));
     // The control socket is root's alone: another user is refused with a clear message.
     let mode =

@@ -276,15 +276,18 @@ impl FullTunnel {
         self.up = up;
         let want = up || self.fallback == Fallback::Block;
         if want && self.installed.is_empty() && Instant::now() >= self.next_try {
-            self.next_try = Instant::now() + std::time::Duration::from_secs(10);
             for p in &self.families {
                 match nl.add_route(*p, tun_index, None, None, Add::Exclusive).await {
                     Ok(i) => self.installed.push(i),
-                    Err(e) if e.is_held() => warn!(
+                    Err(e) if e.is_held() => {
+                        // Tried again in 10 s, not at every tick.
+                        self.next_try = Instant::now() + std::time::Duration::from_secs(10);
+                        warn!(
                         prefix = %p,
                         "full tunnel: another program (another VPN?) holds this route in the main table: it is \
                          left alone, and internet traffic does not go through the exit until it goes"
-                    ),
+                        )
+                    }
                     Err(e) => warn!(prefix = %p, error = %e, "full tunnel: cannot add the route to the TUN"),
                 }
             }

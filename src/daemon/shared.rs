@@ -180,6 +180,14 @@ impl Shared {
                     );
                 }
                 Event::TunnelMtu { mtu } => self.follow_tunnel_mtu(mtu),
+                Event::VersionMismatch { from, version } => warn!(
+                    %from,
+                    version,
+                    "a datagram of mpvr wire version {version} came from {from}; this host speaks version {}: \
+                     run the same mpvr release on both hosts (datagrams of another version are dropped and \
+                     counted as bad_version)",
+                    crate::proto::wire::VERSION
+                ),
                 Event::PathChanged(pc) => {
                     let link = self.link_name(pc.path.link);
                     let (peer, remote, to, reason) = (pc.peer.get(), pc.path.remote, pc.change.to, pc.change.reason);

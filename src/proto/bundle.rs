@@ -102,6 +102,13 @@ pub struct Bundle {
     /// The last initiation in its name that was refused, and when (why a
     /// peer has no session, in status).
     pub(super) refused: Option<(Time, crate::proto::handshake::HandshakeError)>,
+    /// mac1 key of messages to it, and the key its cookie replies are sealed with.
+    pub(super) mac1_key: ring::hmac::Key,
+    pub(super) cookie_key: ring::aead::LessSafeKey,
+    /// The last cookie it sent (for mac2), and when; when an initiation
+    /// last went again because of one.
+    pub(super) cookie: Option<([u8; crate::proto::cookie::COOKIE_LEN], Time)>,
+    pub(super) cookie_resent: Option<Time>,
     /// The role of each local link it was told of.
     roles: Vec<(LinkId, Role)>,
 }
@@ -155,6 +162,10 @@ impl Bundle {
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
             source_ok: None,
             refused: None,
+            mac1_key: crate::proto::cookie::mac1_key(&c.public_key),
+            cookie_key: crate::proto::cookie::cookie_key(&c.public_key),
+            cookie: None,
+            cookie_resent: None,
             roles: Vec::new(),
         }
     }

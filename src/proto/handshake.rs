@@ -39,6 +39,11 @@ pub const INIT_PAYLOAD_LEN: usize = 9;
 pub const INIT_LEN: usize = 32 + 48 + INIT_PAYLOAD_LEN + 16;
 /// Length of a Noise response: ephemeral (32) and the encrypted key phase (1 + 16).
 pub const RESPONSE_LEN: usize = 32 + 1 + 16;
+/// An initiation's payload on the wire: the Noise message, mac1 and mac2
+/// ([`super::cookie`]).
+pub const INIT_MSG_LEN: usize = INIT_LEN + 2 * super::cookie::MAC_LEN;
+/// A response's payload on the wire: the Noise message and mac1.
+pub const RESPONSE_MSG_LEN: usize = RESPONSE_LEN + super::cookie::MAC_LEN;
 
 /// Why a handshake message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -27,6 +27,7 @@
 
 pub mod bundle;
 pub mod class;
+pub mod cookie;
 pub mod crypto;
 pub mod fit;
 pub mod handshake;

@@ -93,8 +93,9 @@ pub struct Pending {
     pub seed: [u8; 32],
     /// Timestamp carried by the initiation.
     pub timestamp: u64,
-    /// The initiation as sent, to send again as it is.
-    pub init: [u8; super::handshake::INIT_LEN],
+    /// The initiation as sent (the Noise message, mac1 and mac2), to send
+    /// again as it is (with a new mac2 when a cookie comes).
+    pub init: [u8; super::handshake::INIT_MSG_LEN],
     /// Key phase the new session will have.
     pub key_phase: bool,
     /// When the first initiation of this attempt was sent.
@@ -124,7 +125,7 @@ pub struct Sessions {
     /// Timestamp of the last initiation accepted from this peer.
     last_init_timestamp: Option<u64>,
     /// The response sent to it, with the slot of the session it made.
-    last_response: Option<(bool, [u8; super::handshake::RESPONSE_LEN])>,
+    last_response: Option<(bool, [u8; super::handshake::RESPONSE_MSG_LEN])>,
     /// Packets waiting for a session (oldest first).
     staged: VecDeque<Staged>,
 }
@@ -252,7 +253,7 @@ impl Sessions {
 
     /// The last response sent, while the session it made is not confirmed
     /// yet (the initiator may not have it).
-    pub fn unconfirmed_response(&self) -> Option<[u8; super::handshake::RESPONSE_LEN]> {
+    pub fn unconfirmed_response(&self) -> Option<[u8; super::handshake::RESPONSE_MSG_LEN]> {
         let (phase, r) = self.last_response?;
         self.slots[usize::from(phase)].as_ref().is_some_and(|s| !s.confirmed).then_some(r)
     }
@@ -289,6 +290,11 @@ impl Sessions {
     /// The handshake this host started, while it waits for an answer.
     pub fn pending(&self) -> Option<&Pending> {
         self.pending.as_ref()
+    }
+
+    /// The handshake in progress, to change (a new mac2).
+    pub fn pending_mut(&mut self) -> Option<&mut Pending> {
+        self.pending.as_mut()
     }
 
     /// A handshake starts (or is retried) with this initiation.
@@ -340,7 +346,7 @@ impl Sessions {
 
     /// Install the session an accepted initiation made (this host answered
     /// it with `response`): the handshake this host started, if any, ends.
-    pub fn answered(&mut self, slot: bool, session: Session, response: [u8; super::handshake::RESPONSE_LEN]) {
+    pub fn answered(&mut self, slot: bool, session: Session, response: [u8; super::handshake::RESPONSE_MSG_LEN]) {
         self.pending = None;
         self.install(slot, session);
         self.last_response = Some((slot, response));

@@ -37,8 +37,6 @@ drop_reasons! {
     BadFlags => "bad_flags",
     /// Sender or receiver host id 0.
     ZeroHostId => "zero_host_id",
-    /// A known message type this version does not handle (a cookie reply).
-    Unsupported => "unsupported_type",
     /// Addressed to another host.
     WrongReceiver => "wrong_receiver",
     /// From a host that is not a neighbour.
@@ -97,6 +95,14 @@ drop_reasons! {
     HandshakeCrossed => "handshake_crossed",
     /// A response to no handshake in progress (later copies of a used one).
     HandshakeUnexpected => "handshake_unexpected",
+    /// A handshake message without a valid mac1 (its sender does not know
+    /// this host's public key): refused for the cost of one HMAC.
+    HandshakeMac => "handshake_mac",
+    /// An initiation while this host is under load, without a valid mac2:
+    /// answered with a cookie reply instead of public-key work.
+    UnderLoad => "under_load",
+    /// A cookie reply that does not open (forged, or for no initiation of ours).
+    BadCookie => "bad_cookie",
 }
 
 impl fmt::Display for DropReason {
@@ -106,8 +112,14 @@ impl fmt::Display for DropReason {
 }
 
 /// A counter per drop reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DropCounts([u64; DropReason::COUNT]);
+
+impl Default for DropCounts {
+    fn default() -> DropCounts {
+        DropCounts([0; DropReason::COUNT])
+    }
+}
 
 impl DropCounts {
     /// Count one drop.
@@ -171,6 +183,12 @@ pub struct NodeStats {
     pub handshakes_out: u64,
     /// Handshake initiations accepted.
     pub handshakes_in: u64,
+    /// Diffie-Hellman work done for handshake messages from others
+    /// (initiations answered or refused after it, responses tried): what
+    /// mac1 and cookies bound.
+    pub handshake_work: u64,
+    /// Cookie replies sent (this host was under load).
+    pub cookies_out: u64,
     /// Route advertisements sealed for a neighbour (each once, whatever
     /// the copies; bytes on the wire per copy).
     pub adverts_out: Count,

@@ -6,7 +6,7 @@
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |  version = 1  |     type      |   hop limit   |     flags     |
+//! |  version = 2  |     type      |   hop limit   |     flags     |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                        sender host id                         |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -39,11 +39,12 @@
 //! a 1500-byte link the TUN MTU is therefore 1436 over an IPv4 underlay and
 //! 1416 over an IPv6 underlay; see [`tun_mtu`].
 //!
-//! Every [`MessageType`] but 7 (cookie reply) is handled by this version:
-//! data, keepalive, probe and probe reply, handshake initiation and
-//! response, route advertisement, path notice, path MTU probe and reply
-//! ([`super::pmtu`]). A cookie reply is dropped as
-//! `unsupported_type`.
+//! Every [`MessageType`] is handled by this version: data, keepalive, probe
+//! and probe reply, handshake initiation and response (with mac1, and mac2
+//! for an initiation), cookie reply ([`super::cookie`]), route
+//! advertisement, path notice, path MTU probe and reply ([`super::pmtu`]).
+//! Version 2 added the MACs and the cookie reply; a datagram of version 1
+//! is dropped (`bad_version`) and reported ([`super::Event::VersionMismatch`]).
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
 //! sessions), route advertisement (mesh).
@@ -53,7 +54,7 @@ use std::ops::Range;
 use super::ids::{HostId, Seq};
 
 /// The only version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 20;
 /// Length of the Poly1305 tag that ends every sealed message.
@@ -392,8 +393,10 @@ mod tests {
         assert_eq!(parse(&b[..HEADER_LEN - 1]), Err(WireError::Truncated));
         assert_eq!(parse(&b[..HEADER_LEN]), Err(WireError::Truncated));
         let mut v = b.clone();
-        v[0] = 2;
-        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(2));
+        v[0] = 1;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(1), "version 1 had no handshake MACs");
+        v[0] = 3;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(3));
         let mut v = b.clone();
         v[1] = 0;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::UnknownType(0));

@@ -276,6 +276,8 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         fragmented: s.fragmented,
         fragments: s.fragments,
         mss_clamped: s.mss_clamped,
+        handshake_work: s.handshake_work,
+        cookies_out: s.cookies_out,
     };
     Snapshot {
         version: SNAPSHOT_VERSION,

@@ -98,6 +98,13 @@ pub fn render(s: &Snapshot) -> String {
     b.counter("mpvr_fragmented_packets", "IPv4 packets fragmented to fit the paths", &[], t.fragmented);
     b.counter("mpvr_mss_clamped", "TCP SYNs whose MSS was lowered to what the paths carry", &[], t.mss_clamped);
     b.counter("mpvr_datagrams_received", "Datagrams received on all links", &[], t.datagrams_in.packets);
+    b.counter(
+        "mpvr_handshake_work",
+        "Diffie-Hellman operations done for others' handshake messages (bounded under load by cookies)",
+        &[],
+        t.handshake_work,
+    );
+    b.counter("mpvr_cookie_replies", "Cookie replies sent while under load", &[], t.cookies_out);
     b.counter("mpvr_forwarded_packets", "Packets relayed toward another neighbour", &[], t.forwarded.packets);
     for (reason, n) in &t.drops {
         b.counter("mpvr_drops", "Packets dropped, by reason", &[("reason", reason)], *n);

@@ -210,6 +210,13 @@ pub fn render_text(s: &Snapshot) -> String {
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
     }
+    if t.cookies_out > 0 {
+        let _ = writeln!(
+            o,
+            "  under load: {} initiations answered with a cookie; {} Diffie-Hellman operations for others' handshakes",
+            t.cookies_out, t.handshake_work
+        );
+    }
     if t.icmp_too_big + t.fragmented + t.mss_clamped > 0 {
         let _ = writeln!(
             o,

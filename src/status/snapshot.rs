@@ -409,4 +409,10 @@ pub struct Totals {
     /// TCP SYNs whose MSS was lowered.
     #[serde(default)]
     pub mss_clamped: u64,
+    /// Diffie-Hellman work done for others' handshake messages.
+    #[serde(default)]
+    pub handshake_work: u64,
+    /// Cookie replies sent (under load).
+    #[serde(default)]
+    pub cookies_out: u64,
 }

@@ -48,6 +48,14 @@ pub enum Event {
         /// The outer MTU that is (the datagram with the IP and transport headers).
         mtu: u16,
     },
+    /// A datagram of another wire version came from `from` (said at most
+    /// every 10 s): the two hosts run incompatible mpvr versions.
+    VersionMismatch {
+        /// Where it came from.
+        from: std::net::SocketAddr,
+        /// The version it carried.
+        version: u8,
+    },
     /// The tunnel MTU ([`crate::proto::Node::tunnel_mtu`]) changed.
     TunnelMtu {
         /// The largest inner packet now.

@@ -10,14 +10,16 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Event, Node, NodeConfig, Received};
-use crate::proto::handshake::{self, HandshakeError, INIT_LEN, Identity, RESPONSE_LEN};
+use crate::proto::cookie::{self, MAC_LEN};
+use crate::proto::handshake::{self, HandshakeError, INIT_LEN, INIT_MSG_LEN, Identity, RESPONSE_LEN, RESPONSE_MSG_LEN};
 use crate::proto::ids::PathAddr;
+use crate::proto::ids::Seq;
 use crate::proto::path::PathSet;
 use crate::proto::session::{InitiationAge, Pending, Session};
 use crate::proto::stats::DropReason;
 use crate::proto::time::Time;
 use crate::proto::transmit::Transmits;
-use crate::proto::wire::{HEADER_LEN, MessageType};
+use crate::proto::wire::{HEADER_LEN, Header, MessageType};
 
 /// Source addresses the initiation rate limiter remembers (then it starts over).
 const MAX_LIMITED_SOURCES: usize = 4096;
@@ -54,12 +56,16 @@ pub(super) struct Handshakes {
     rng: ChaCha8Rng,
     limiter: InitLimiter,
     per_second: u32,
+    /// mac1 key of messages to this host, cookies, the work budget.
+    responder: cookie::Responder,
 }
 
 impl Handshakes {
     pub(super) fn new(cfg: &NodeConfig) -> Handshakes {
+        let identity = Identity::new(cfg.private_key);
         Handshakes {
-            identity: Identity::new(cfg.private_key),
+            responder: cookie::Responder::new(&identity.public()),
+            identity,
             rng: ChaCha8Rng::from_seed(cfg.rng_seed),
             limiter: InitLimiter::default(),
             per_second: cfg.handshakes_per_second,
@@ -108,7 +114,7 @@ impl Node {
         let me = self.cfg.host;
         let b = &mut self.bundles[idx];
         let key_phase = b.sessions.initiation_phase();
-        let mut init = [0u8; INIT_LEN];
+        let mut init = [0u8; INIT_MSG_LEN];
         let _ = handshake::initiate(
             seed,
             &self.handshakes.identity,
@@ -118,8 +124,17 @@ impl Node {
             b.host(),
             key_phase,
             timestamp,
-            &mut init,
+            (&mut init[..INIT_LEN]).try_into().expect("INIT_LEN bytes"),
         );
+        let (noise, macs) = init.split_at_mut(INIT_LEN);
+        let mac1 = cookie::mac1(&b.mac1_key, MessageType::HandshakeInit, me, b.host(), noise);
+        macs[..MAC_LEN].copy_from_slice(&mac1);
+        // mac2 with the peer's cookie while it lasts (it is under load).
+        if let Some((c, at)) = b.cookie
+            && now - at < cookie::COOKIE_LIFETIME
+        {
+            macs[MAC_LEN..].copy_from_slice(&cookie::mac2(&c, noise, &mac1));
+        }
         b.sessions.start_handshake(Pending {
             seed,
             timestamp,
@@ -142,13 +157,47 @@ impl Node {
         msg: &[u8],
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
-        self.handshakes.rate_limit(now, addr.remote)?;
-        let seed = self.handshakes.seed();
         let me = self.cfg.host;
+        let peer = self.bundles[idx].host();
+        if msg.len() != INIT_MSG_LEN {
+            return Err(DropReason::HandshakeInvalid);
+        }
+        let (noise, macs) = msg.split_at(INIT_LEN);
+        let (mac1, mac2) = macs.split_at(MAC_LEN);
+        let mac1: &[u8; MAC_LEN] = mac1.try_into().expect("MAC_LEN bytes");
+        let h = &mut self.handshakes;
+        if !cookie::mac1_ok(h.responder.mac1_key(), MessageType::HandshakeInit, peer, me, noise, mac1) {
+            return Err(DropReason::HandshakeMac);
+        }
+        h.rate_limit(now, addr.remote)?;
+        // Under load, only an initiation whose sender proved its address
+        // (mac2 with its cookie) costs public-key work; others get a cookie.
+        if !h.responder.spend(now) {
+            let fresh = h.seed();
+            if !h.responder.mac2_ok(now, addr.remote, noise, mac1, mac2, || fresh) {
+                let (a, b) = (h.seed(), h.seed());
+                let mut random = [a, b].into_iter();
+                let reply = h.responder.reply(now, addr.remote, mac1, || random.next().unwrap_or(a));
+                let header = Header {
+                    msg_type: MessageType::Cookie,
+                    hop_limit: 1,
+                    key_phase: false,
+                    sole: false,
+                    sender: me,
+                    receiver: peer,
+                    seq: Seq(0),
+                };
+                out.add_path(addr);
+                out.push_plain(&header, &reply);
+                self.stats.cookies_out += 1;
+                return Err(DropReason::UnderLoad);
+            }
+        }
+        self.stats.handshake_work += 1;
+        let seed = self.handshakes.seed();
         let b = &self.bundles[idx];
-        let peer = b.host();
         let slot = b.sessions.free_slot();
-        let mut reply = [0u8; RESPONSE_LEN];
+        let mut reply = [0u8; RESPONSE_MSG_LEN];
         let accepted = match handshake::respond(
             seed,
             &self.handshakes.identity,
@@ -157,8 +206,8 @@ impl Node {
             peer,
             me,
             slot,
-            msg,
-            &mut reply,
+            noise,
+            (&mut reply[..RESPONSE_LEN]).try_into().expect("RESPONSE_LEN bytes"),
         ) {
             Ok(a) => a,
             Err(reason) => {
@@ -202,6 +251,8 @@ impl Node {
         }
         let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
         let (b, mut tx) = self.tx(idx);
+        let mac1 = cookie::mac1(&b.mac1_key, MessageType::HandshakeResponse, me, peer, &reply[..RESPONSE_LEN]);
+        reply[RESPONSE_LEN..].copy_from_slice(&mac1);
         b.sessions.answered(slot, session, reply);
         b.stats.handshakes += 1;
         b.touch_path(now, addr, Some(HEADER_LEN + msg.len()));
@@ -219,8 +270,17 @@ impl Node {
         msg: &[u8],
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
-        self.handshakes.rate_limit(now, addr.remote)?;
         let me = self.cfg.host;
+        if msg.len() != RESPONSE_MSG_LEN {
+            return Err(DropReason::HandshakeInvalid);
+        }
+        let (noise, mac1) = msg.split_at(RESPONSE_LEN);
+        let peer = self.bundles[idx].host();
+        if !cookie::mac1_ok(self.handshakes.responder.mac1_key(), MessageType::HandshakeResponse, peer, me, noise, mac1)
+        {
+            return Err(DropReason::HandshakeMac);
+        }
+        self.handshakes.rate_limit(now, addr.remote)?;
         let b = &mut self.bundles[idx];
         let Some(pending) = b.sessions.pending() else {
             // Later copies of a response already used, or a stray one.
@@ -229,6 +289,7 @@ impl Node {
         let key_phase = pending.key_phase;
         // Rebuild the initiator's state (same seed, same message) and try
         // this response with it; a bad one leaves the handshake as it was.
+        self.stats.handshake_work += 1;
         let mut again = [0u8; INIT_LEN];
         let state = handshake::initiate(
             pending.seed,
@@ -241,8 +302,8 @@ impl Node {
             pending.timestamp,
             &mut again,
         );
-        debug_assert_eq!(again, pending.init);
-        let (keys, remote_phase) = handshake::finish(state, msg).map_err(|_| DropReason::HandshakeInvalid)?;
+        debug_assert_eq!(again[..], pending.init[..INIT_LEN]);
+        let (keys, remote_phase) = handshake::finish(state, noise).map_err(|_| DropReason::HandshakeInvalid)?;
         b.sessions.end_handshake();
         b.sessions.install(key_phase, Session::new(keys, self.cfg.window_packets, now, true, remote_phase));
         b.stats.handshakes += 1;
@@ -255,4 +316,39 @@ impl Node {
         }
         Ok(Received::Handshake)
     }
+
+    /// A cookie reply from bundle `idx`'s peer: it is under load and wants
+    /// mac2. The cookie is kept (for the next initiations) and the pending
+    /// initiation goes again at once with it (at most every 50 ms).
+    pub(super) fn on_cookie(
+        &mut self,
+        now: Time,
+        idx: usize,
+        msg: &[u8],
+        out: &mut Transmits,
+    ) -> Result<Received, DropReason> {
+        let b = &mut self.bundles[idx];
+        let Some(pending) = b.sessions.pending() else {
+            return Err(DropReason::HandshakeUnexpected);
+        };
+        let mac1: [u8; MAC_LEN] = pending.init[INIT_LEN..INIT_LEN + MAC_LEN].try_into().expect("MAC_LEN bytes");
+        let c = cookie::open_reply(&b.cookie_key, &mac1, msg).ok_or(DropReason::BadCookie)?;
+        b.cookie = Some((c, now));
+        if b.cookie_resent.is_some_and(|t| now - t < COOKIE_RESEND_GAP) {
+            return Ok(Received::Handshake);
+        }
+        b.cookie_resent = Some(now);
+        let pending = b.sessions.pending_mut().expect("checked above");
+        let mac2 = cookie::mac2(&c, &pending.init[..INIT_LEN], &mac1);
+        pending.init[INIT_LEN + MAC_LEN..].copy_from_slice(&mac2);
+        pending.last_sent = now;
+        let init = pending.init;
+        let (b, mut tx) = self.tx(idx);
+        let set = b.usable();
+        tx.plain(b, now, set, MessageType::HandshakeInit, &init, out);
+        Ok(Received::Handshake)
+    }
 }
+
+/// An initiation goes again on a cookie reply at most this often.
+const COOKIE_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(50);

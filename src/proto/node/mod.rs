@@ -342,6 +342,8 @@ pub struct Node {
     scratch: Vec<u8>,
     /// The latest `now` any entry point was given (for link changes, which come without one).
     clock: Time,
+    /// When a datagram of another wire version was last reported.
+    version_noted: Option<Time>,
 }
 
 impl Node {
@@ -364,6 +366,7 @@ impl Node {
             events: events::EventLog::default(),
             stats: NodeStats::default(),
             clock: Time::ZERO,
+            version_noted: None,
             cfg,
         })
     }

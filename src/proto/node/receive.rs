@@ -32,6 +32,9 @@ fn wire_drop(e: WireError) -> DropReason {
     }
 }
 
+/// A datagram of another wire version is reported at most this often.
+const VERSION_NOTE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Added to the trips a notice's packet took (scheduling, batching at both ends).
 const NOTICE_SLACK: Duration = Duration::from_millis(5);
 
@@ -75,15 +78,23 @@ impl Node {
     ) -> Result<Received, DropReason> {
         let wire_len = datagram.len();
         let mut packet = Packet::new_checked(&mut *datagram).map_err(wire_drop)?;
-        let header = Header::parse(&packet).map_err(wire_drop)?;
-        if header.msg_type == MessageType::Cookie {
-            return Err(DropReason::Unsupported);
-        }
+        let header = match Header::parse(&packet) {
+            Ok(h) => h,
+            Err(WireError::BadVersion(version)) => {
+                if self.version_noted.is_none_or(|t| now - t >= VERSION_NOTE_INTERVAL) {
+                    self.version_noted = Some(now);
+                    self.events.push(Event::VersionMismatch { from: addr.remote, version });
+                }
+                return Err(DropReason::BadVersion);
+            }
+            Err(e) => return Err(wire_drop(e)),
+        };
         if header.receiver != self.cfg.host {
             return Err(DropReason::WrongReceiver);
         }
         let idx = *self.index.get(&header.sender).ok_or(DropReason::UnknownSender)?;
         match header.msg_type {
+            MessageType::Cookie => return self.on_cookie(now, idx, packet.payload(), out),
             MessageType::HandshakeInit => return self.on_initiation(now, idx, addr, packet.payload(), out),
             MessageType::HandshakeResponse => return self.on_response(now, idx, addr, packet.payload(), out),
             _ => {}
