@@ -52,7 +52,12 @@ enum Command {
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on standard input and print its public key.
-    Pubkey,
+    Pubkey {
+        /// Print the route-advert key (Ed25519, derived from the private
+        /// key) instead: what other hosts' `mpvr status` shows as pinned.
+        #[arg(long)]
+        advert: bool,
+    },
     /// Run the real core in the network simulator: the same stream over each
     /// link alone, then over all links through mpvr, and compare loss and latency.
     Sim(SimArgs),
@@ -390,11 +395,15 @@ fn genkey() -> Result<bool> {
     Ok(true)
 }
 
-fn pubkey() -> Result<bool> {
+fn pubkey(advert: bool) -> Result<bool> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
     let private = keys::decode(&text).context("standard input is not a private key")?;
-    println!("{}", keys::encode(&keys::public(&private)));
+    if advert {
+        println!("{}", keys::encode(&mpvr::proto::mesh::advert_key(&private)));
+    } else {
+        println!("{}", keys::encode(&keys::public(&private)));
+    }
     Ok(true)
 }
 
@@ -411,7 +420,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => reload(args),
         Command::Check { config } => check(&config),
         Command::Genkey => genkey(),
-        Command::Pubkey => pubkey(),
+        Command::Pubkey { advert } => pubkey(advert),
         Command::Sim(args) => sim(args).context("simulation failed"),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mpvr", &mut std::io::stdout());

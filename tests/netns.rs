@@ -678,6 +678,17 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     vm0.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.0.1"]);
+    // vm2 is not vm0's neighbour: its advert key was pinned on first use,
+    // through vm1, and it is the key `mpvr pubkey --advert` gives for vm2.
+    let pinned = d0.snapshot().origin_keys.into_iter().find(|k| k.origin == 2).expect("vm2's advert key pinned");
+    let out = std::process::Command::new(mpvr())
+        .args(["pubkey", "--advert"])
+        .stdin(std::fs::File::open(&keys[2].0).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(pinned.key, String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!((pinned.bound.as_str(), pinned.via), ("first use", 3));
+    assert!(d0.status(&[]).contains("advert keys pinned on first use"));
     // Each of vm0's and vm2's links in turn goes down mid-stream: nothing lost.
     for (ns, dev) in [(&vm0, "net0"), (&vm0, "net1"), (&vm2, "net2"), (&vm2, "net3")] {
         let name = ns.name.clone();
@@ -711,6 +722,33 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // vm0's config gives vm2's network to vm2 (a reload adds the relayed
+    // peer back), then the relay claims a part of it (another reload): vm0
+    // refuses the relay's advert, counts it, and routes nothing new.
+    let full = example("vm0.toml", &keys[0].0);
+    let text = std::fs::read_to_string(&full)
+        .unwrap()
+        .replace("prefixes = [\"10.9.0.2/32\"]", "prefixes = [\"10.9.0.2/32\", \"10.77.0.0/24\"]");
+    std::fs::write(&c0, text).unwrap();
+    let reload = |d: &Daemon| {
+        let out = std::process::Command::new(mpvr()).arg("reload").arg("-s").arg(&d.socket).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    reload(&d0);
+    let text = std::fs::read_to_string(&c1).unwrap().replace("[host]\n", "[host]\nadvertise = [\"10.77.0.0/25\"]\n");
+    std::fs::write(&c1, text).unwrap();
+    reload(&d1);
+    let t0 = std::time::Instant::now();
+    while d0.snapshot().totals.drops.get("advert_unowned").copied().unwrap_or(0) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "vm1's claim was not refused:\n{}", d0.status(&[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!d0.snapshot().routes.iter().any(|r| r.prefix == "10.77.0.0/25"), "{:#?}", d0.snapshot().routes);
+    assert!(!vm0.sh(&["ip", "route"]).contains("10.77.0.0/25"));
+    assert!(d0.log().contains("route advertisement refused") && d0.log().contains("10.77.0.0/25"), "{}", d0.log());
+    // The overlay still works (what the relay does with what it relays,
+    // 10.77.0.0/25 now its own, is the relay's: it can always drop it).
+    vm0.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.9.0.2"]);
 }
 
 /// Two hosts joined directly by two veth pairs, each with an IPv4 and an

@@ -125,7 +125,26 @@ fn build_node(cfg: &Config, max_packet: usize, wall_epoch_ns: u64) -> Result<Nod
     for (prefix, next) in plan::configured_routes(cfg) {
         node.add_route(prefix, next)?;
     }
+    claim_prefixes(&mut node, cfg);
     Ok(node)
+}
+
+/// Tell the node which host each configured prefix belongs to (a peer's
+/// `prefixes`, this host's addresses and `advertise`): no other origin's
+/// advert may claim them.
+fn claim_prefixes(node: &mut Node, cfg: &Config) {
+    node.clear_claims();
+    for a in &cfg.addresses {
+        node.claim(IpNet::from(a.addr()), cfg.host);
+    }
+    for p in &cfg.advertise {
+        node.claim(*p, cfg.host);
+    }
+    for p in &cfg.peers {
+        for prefix in &p.prefixes {
+            node.claim(*prefix, p.id);
+        }
+    }
 }
 
 /// Fail unless the process has the capabilities `mpvr run` needs. Checked
@@ -213,6 +232,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         io: IoCounters::default(),
         send_error_log: Default::default(),
         rejection_log: Default::default(),
+        advert_log: Default::default(),
         names: RwLock::new(HashMap::new()),
         tun_name: cfg.tun.clone(),
         config: Mutex::new(shared::ConfigState::new(&cfg.source)),

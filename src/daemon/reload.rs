@@ -82,6 +82,7 @@ pub(super) async fn reload(
         for p in &gone {
             node.remove_route(**p);
         }
+        super::claim_prefixes(&mut node, &new);
         let changed = new_routes.iter().filter(|(p, n)| old_routes.get(p) != Some(n)).count();
         if changed + gone.len() > 0 {
             done.push(format!("routes: {changed} added or changed, {} removed", gone.len()));

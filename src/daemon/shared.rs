@@ -112,6 +112,8 @@ pub(super) struct Shared {
     pub(super) send_error_log: LogLimiter<LinkId>,
     /// Refused handshakes are logged once per interval and peer.
     pub(super) rejection_log: LogLimiter<HostId>,
+    /// Refused adverts are logged once per interval and origin.
+    pub(super) advert_log: LogLimiter<HostId>,
     /// The node time (ns) the main loop sleeps until; a reader that makes
     /// the node's timer earlier wakes it through `timer_changed`.
     pub(super) wake_ns: AtomicU64,
@@ -180,6 +182,35 @@ impl Shared {
                     );
                 }
                 Event::TunnelMtu { mtu } => self.follow_tunnel_mtu(mtu),
+                Event::AdvertRefused { origin, from, why } => {
+                    if self.advert_log.ready(origin) {
+                        warn!(
+                            origin = origin.get(),
+                            from = from.get(),
+                            %why,
+                            "route advertisement refused: it changes no route (counted as advert_forged or advert_unowned)"
+                        );
+                    }
+                }
+                Event::OriginKeyBound { origin, via, first_use, replaced } => {
+                    let key = node.origin_keys().get(&origin).map(|k| crate::keys::encode(&k.key)).unwrap_or_default();
+                    match (first_use, replaced) {
+                        (true, _) => info!(
+                            origin = origin.get(),
+                            via = via.get(),
+                            key,
+                            "advert key of a host that is not a neighbour pinned on first use"
+                        ),
+                        (false, false) => {
+                            info!(origin = origin.get(), key, "advert key bound by the neighbour's session")
+                        }
+                        (false, true) => warn!(
+                            origin = origin.get(),
+                            key,
+                            "advert key replaced by the one the host's own session brought (the pin before it was wrong)"
+                        ),
+                    }
+                }
                 Event::VersionMismatch { from, version } => warn!(
                     %from,
                     version,

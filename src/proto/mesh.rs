@@ -112,6 +112,10 @@ pub struct Advert {
     pub prefixes: Vec<IpNet>,
     /// Its neighbours and the cost toward each, in microseconds.
     pub neighbours: Vec<(HostId, u32)>,
+    /// The origin's advert key (Ed25519, derived from its private key).
+    pub key: [u8; 32],
+    /// The origin's signature over everything above.
+    pub sig: [u8; 64],
 }
 
 /// An advert that does not decode.
@@ -119,9 +123,53 @@ pub struct Advert {
 #[error("malformed route advertisement")]
 pub struct BadAdvert;
 
+/// The Ed25519 seed of a host's advert key: derived from its X25519
+/// private key, so there is no second key to keep.
+pub fn signing_seed(private_key: &[u8; 32]) -> [u8; 32] {
+    let mut input = [0u8; 47];
+    input[..15].copy_from_slice(b"mpvr advert key");
+    input[15..].copy_from_slice(private_key);
+    let d = ring::digest::digest(&ring::digest::SHA256, &input);
+    d.as_ref().try_into().expect("32 bytes")
+}
+
+/// The advert public key of the host with this X25519 private key (what
+/// `mpvr pubkey --advert` prints and other hosts pin).
+pub fn advert_key(private_key: &[u8; 32]) -> [u8; 32] {
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&signing_seed(private_key)).expect("32 bytes");
+    ring::signature::KeyPair::public_key(&pair).as_ref().try_into().expect("32 bytes")
+}
+
 impl Advert {
+    /// Sign it with the key from `seed` ([`signing_seed`]): sets `key` and `sig`.
+    pub fn sign(&mut self, seed: &[u8; 32]) {
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed).expect("a 32-byte seed");
+        self.key.copy_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+        let mut body = Vec::new();
+        self.encode_signed_part(&mut body);
+        self.sig.copy_from_slice(pair.sign(&body).as_ref());
+    }
+
+    /// Whether `sig` is `key`'s signature over the advert.
+    pub fn signature_ok(&self) -> bool {
+        // An unsigned advert (zeros; Ed25519 verifies zeros against the
+        // small-order zero key) is not signed.
+        if self.key == [0; 32] {
+            return false;
+        }
+        let mut body = Vec::new();
+        self.encode_signed_part(&mut body);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key).verify(&body, &self.sig).is_ok()
+    }
+
     /// Encode into `out` (cleared first).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_signed_part(out);
+        out.extend_from_slice(&self.sig);
+    }
+
+    /// Everything but the signature.
+    fn encode_signed_part(&self, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(&self.origin.get().to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -145,6 +193,7 @@ impl Advert {
             out.extend_from_slice(&h.get().to_be_bytes());
             out.extend_from_slice(&c.to_be_bytes());
         }
+        out.extend_from_slice(&self.key);
     }
 
     /// Decode; every length and value is checked.
@@ -175,10 +224,12 @@ impl Advert {
             let h = HostId::new(r.u32()?).ok_or(BadAdvert)?;
             neighbours.push((h, r.u32()?));
         }
+        let key = r.take(32)?.try_into().map_err(|_| BadAdvert)?;
+        let sig = r.take(64)?.try_into().map_err(|_| BadAdvert)?;
         if !r.0.is_empty() {
             return Err(BadAdvert);
         }
-        Ok(Advert { origin, seq, prefixes, neighbours })
+        Ok(Advert { origin, seq, prefixes, neighbours, key, sig })
     }
 }
 
@@ -237,6 +288,9 @@ pub struct Mesh {
     through_version: u64,
     /// This host's last advert sequence number.
     seq: u64,
+    /// The seed of this host's advert key (`None`: adverts go unsigned,
+    /// which only unit tests do).
+    signing_seed: Option<[u8; 32]>,
 }
 
 /// A next hop that changed ([`Mesh::tick`], [`Mesh::receive`]).
@@ -297,7 +351,13 @@ impl Mesh {
             through: BTreeMap::new(),
             through_version: 0,
             seq: 0,
+            signing_seed: None,
         }
+    }
+
+    /// Sign this host's adverts with the key from `seed` ([`signing_seed`]).
+    pub fn set_signing_seed(&mut self, seed: [u8; 32]) {
+        self.signing_seed = Some(seed);
     }
 
     /// Its settings.
@@ -382,8 +442,17 @@ impl Mesh {
         };
         if due {
             self.seq = (self.seq + 1).max(wall_ms);
-            let advert =
-                Advert { origin: self.me, seq: self.seq, prefixes: prefixes.to_vec(), neighbours: direct.to_vec() };
+            let mut advert = Advert {
+                origin: self.me,
+                seq: self.seq,
+                prefixes: prefixes.to_vec(),
+                neighbours: direct.to_vec(),
+                key: [0; 32],
+                sig: [0; 64],
+            };
+            if let Some(seed) = &self.signing_seed {
+                advert.sign(seed);
+            }
             self.db.insert(self.me, (advert.clone(), now));
             self.advertised = direct.to_vec();
             self.last_advert = Some(now);
@@ -514,6 +583,34 @@ mod tests {
             seq,
             prefixes: vec![format!("10.9.0.{o}/32").parse().unwrap()],
             neighbours: n.iter().map(|&(x, c)| (h(x), c)).collect(),
+            key: [0; 32],
+            sig: [0; 64],
+        }
+    }
+
+    #[test]
+    fn a_signed_advert_verifies_and_any_change_breaks_it() {
+        let seed = signing_seed(&[3; 32]);
+        let mut a = adv(1, 7, &[(2, 1000)]);
+        assert!(!a.signature_ok(), "unsigned");
+        a.sign(&seed);
+        assert!(a.signature_ok());
+        assert_eq!(a.key, advert_key(&[3; 32]));
+        assert_ne!(signing_seed(&[4; 32]), seed);
+        let mut b = Vec::new();
+        a.encode(&mut b);
+        assert!(Advert::decode(&b).unwrap().signature_ok(), "the signature survives the wire");
+        for change in [
+            &(|x: &mut Advert| x.seq += 1) as &dyn Fn(&mut Advert),
+            &|x| x.origin = h(9),
+            &|x| x.prefixes.push("10.66.0.0/16".parse().unwrap()),
+            &|x| x.neighbours[0].1 = 1,
+            &|x| x.key[0] ^= 1,
+            &|x| x.sig[5] ^= 1,
+        ] {
+            let mut x = a.clone();
+            change(&mut x);
+            assert!(!x.signature_ok(), "{x:?}");
         }
     }
 

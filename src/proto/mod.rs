@@ -56,7 +56,7 @@ pub use crypto::SessionKeys;
 pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};
 pub use link::{LinkSettings, Role};
-pub use node::{Event, Node, NodeConfig, Received, Sent, SetupError, Tunables};
+pub use node::{AdvertRefusal, Event, Node, NodeConfig, OriginKey, Received, Sent, SetupError, Tunables};
 pub use path::{Path, PathId, PathSet};
 pub use policy::Policy;
 pub use route::NextHop;

@@ -120,6 +120,13 @@ impl Router {
         self.configured.iter().filter(|(_, n)| *n == NextHop::Local).map(|(p, _)| p).collect()
     }
 
+    /// Sign this host's adverts with the key from `seed`.
+    pub fn set_signing_seed(&mut self, seed: [u8; 32]) {
+        if let Some(m) = &mut self.mesh {
+            m.set_signing_seed(seed);
+        }
+    }
+
     /// Ask the mesh to advertise this host at its next tick.
     pub fn readvertise(&mut self) {
         if let Some(m) = &mut self.mesh {

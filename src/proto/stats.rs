@@ -103,6 +103,11 @@ drop_reasons! {
     UnderLoad => "under_load",
     /// A cookie reply that does not open (forged, or for no initiation of ours).
     BadCookie => "bad_cookie",
+    /// A route advertisement without its origin's valid signature, or
+    /// signed with another key than the one bound to its origin.
+    AdvertForged => "advert_forged",
+    /// A route advertisement claiming a prefix the config gives to another host.
+    AdvertUnowned => "advert_unowned",
 }
 
 impl fmt::Display for DropReason {

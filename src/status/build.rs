@@ -298,6 +298,16 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         exit: shell.exit.clone(),
         config: shell.config.clone(),
         held_routes: shell.held_routes.clone(),
+        origin_keys: node
+            .origin_keys()
+            .iter()
+            .map(|(o, k)| OriginKeySnap {
+                origin: o.get(),
+                key: crate::keys::encode(&k.key),
+                bound: if k.first_use { "first use" } else { "session" }.to_string(),
+                via: k.via.get(),
+            })
+            .collect(),
     }
 }
 

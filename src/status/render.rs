@@ -361,6 +361,14 @@ pub fn render_text(s: &Snapshot) -> String {
             .collect();
         table(&mut o, "  ", &["prefix", "next hop", "from", "origin", "metric", "held"], &rows);
     }
+    let pinned: Vec<&OriginKeySnap> = s.origin_keys.iter().filter(|k| k.bound == "first use").collect();
+    if !pinned.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "advert keys pinned on first use (hosts that are not neighbours):");
+        for k in pinned {
+            let _ = writeln!(o, "  host {}  {}  (through host {})", k.origin, k.key, k.via);
+        }
+    }
     if !s.changes.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(o, "recent path changes:");

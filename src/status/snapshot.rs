@@ -71,6 +71,23 @@ pub struct Snapshot {
     /// replaced: traffic to them does not enter this tunnel).
     #[serde(default)]
     pub held_routes: Vec<String>,
+    /// The advert key bound to each origin host.
+    #[serde(default)]
+    pub origin_keys: Vec<OriginKeySnap>,
+}
+
+/// An origin's advert key, and how it was bound.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OriginKeySnap {
+    /// The origin host.
+    pub origin: u32,
+    /// Its Ed25519 public key (base64).
+    pub key: String,
+    /// "session" (from the origin itself, a neighbour) or "first use"
+    /// (from an advert another neighbour flooded).
+    pub bound: String,
+    /// The neighbour it came through.
+    pub via: u32,
 }
 
 /// The config file the daemon runs with.

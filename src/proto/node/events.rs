@@ -48,6 +48,27 @@ pub enum Event {
         /// The outer MTU that is (the datagram with the IP and transport headers).
         mtu: u16,
     },
+    /// A route advertisement was refused: it changed nothing.
+    AdvertRefused {
+        /// The origin it named.
+        origin: HostId,
+        /// The neighbour it came from.
+        from: HostId,
+        /// Why.
+        why: AdvertRefusal,
+    },
+    /// An origin's advert key was bound: by its own session (`first_use`
+    /// false), or on first use through neighbour `via`.
+    OriginKeyBound {
+        /// The origin.
+        origin: HostId,
+        /// The neighbour its advert came from.
+        via: HostId,
+        /// Pinned on first use (not from the origin itself).
+        first_use: bool,
+        /// It replaced another key (a first-use pin the origin's own session contradicted).
+        replaced: bool,
+    },
     /// A datagram of another wire version came from `from` (said at most
     /// every 10 s): the two hosts run incompatible mpvr versions.
     VersionMismatch {
@@ -114,5 +135,27 @@ impl EventLog {
 
     pub(super) fn recent(&self) -> impl Iterator<Item = &PathChange> {
         self.recent.iter()
+    }
+}
+
+/// Why a route advertisement was refused ([`Event::AdvertRefused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdvertRefusal {
+    /// Its signature does not verify.
+    Signature,
+    /// It is signed with another key than the one bound to its origin (or
+    /// names a neighbour whose key only the neighbour itself may bring).
+    Key,
+    /// It claims this prefix, which the config gives to another host.
+    Prefix(ipnet::IpNet),
+}
+
+impl std::fmt::Display for AdvertRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdvertRefusal::Signature => f.write_str("its signature does not verify"),
+            AdvertRefusal::Key => f.write_str("it is signed with another key than the origin's"),
+            AdvertRefusal::Prefix(p) => write!(f, "it claims {p}, which the config gives to another host"),
+        }
     }
 }

@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use events::{Event, MAX_RECENT_CHANGES, PathChange};
+pub use events::{AdvertRefusal, Event, MAX_RECENT_CHANGES, PathChange};
 
 use super::bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
 use super::class::{Class, Classifier, Rule, RuleError, validate_rules};
@@ -344,6 +344,22 @@ pub struct Node {
     clock: Time,
     /// When a datagram of another wire version was last reported.
     version_noted: Option<Time>,
+    /// The advert key bound to each origin.
+    origin_keys: std::collections::BTreeMap<HostId, OriginKey>,
+    /// Prefixes the config gives to a host: no other origin may advertise them.
+    claims: Vec<(IpNet, HostId)>,
+}
+
+/// The advert key of an origin, and how it was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginKey {
+    /// Its Ed25519 public key.
+    pub key: [u8; 32],
+    /// Pinned on first use, from an advert another neighbour flooded; else
+    /// from the origin's own session.
+    pub first_use: bool,
+    /// The neighbour that brought it.
+    pub via: HostId,
 }
 
 impl Node {
@@ -352,11 +368,13 @@ impl Node {
         cfg.validate()?;
         let mut handshakes = handshake::Handshakes::new(&cfg);
         let classifier = Classifier::new(&cfg.rules, handshakes.flow_key());
+        let mut router = Router::new(cfg.host, cfg.mesh);
+        router.set_signing_seed(super::mesh::signing_seed(&cfg.private_key));
         Ok(Node {
             links: Links::default(),
             bundles: Vec::new(),
             index: HashMap::new(),
-            router: Router::new(cfg.host, cfg.mesh),
+            router,
             handshakes,
             classifier,
             to_tun: std::collections::VecDeque::new(),
@@ -367,6 +385,8 @@ impl Node {
             stats: NodeStats::default(),
             clock: Time::ZERO,
             version_noted: None,
+            origin_keys: std::collections::BTreeMap::new(),
+            claims: Vec::new(),
             cfg,
         })
     }
@@ -563,6 +583,25 @@ impl Node {
             self.router.readvertise();
         }
         Ok(old)
+    }
+
+    /// `prefix` is `owner`'s (the config says so: a peer's `prefixes`,
+    /// this host's addresses): an advert from any other origin that claims
+    /// it, or a prefix inside it, is refused.
+    pub fn claim(&mut self, prefix: IpNet, owner: HostId) {
+        let prefix = prefix.trunc();
+        self.claims.retain(|(p, _)| *p != prefix);
+        self.claims.push((prefix, owner));
+    }
+
+    /// Forget every claim (a reload sets them again).
+    pub fn clear_claims(&mut self) {
+        self.claims.clear();
+    }
+
+    /// The advert keys bound to origins.
+    pub fn origin_keys(&self) -> &std::collections::BTreeMap<HostId, OriginKey> {
+        &self.origin_keys
     }
 
     /// Remove the route for exactly `prefix`.

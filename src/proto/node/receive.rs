@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::send::Kind;
-use super::{Event, Node, Received};
+use super::{AdvertRefusal, Event, Node, OriginKey, Received};
 use crate::proto::bundle::PathCredit;
 use crate::proto::fit;
-use crate::proto::ids::{LinkId, PathAddr};
+use crate::proto::ids::{HostId, LinkId, PathAddr};
 use crate::proto::ip;
 use crate::proto::mesh::{Advert, Heard};
 use crate::proto::monitor::{MtuProbeBody, NoticeBody, ProbeBody, Reason, ReplyBody};
@@ -386,16 +386,65 @@ impl Node {
     }
 
     /// An authenticated advert from bundle `idx`: take it if newer, flood
-    /// it on to the other peers, recompute the routes.
+    /// it on, recompute the routes. Authenticated hop by hop is not enough
+    /// (the neighbour may be compromised, or another tenant's): a new
+    /// advert must carry its origin's signature, under the key bound to the
+    /// origin ([`Node::origin_keys`]), and may not claim a prefix the config
+    /// gives to another host ([`Node::claim`]). Anything else changes no
+    /// route and is counted.
     fn on_advert(&mut self, now: Time, idx: usize, body: &[u8], out: &mut Transmits) -> Result<Received, DropReason> {
         let advert = Advert::decode(body).map_err(|_| DropReason::BadAdvert)?;
         self.stats.adverts_in += 1;
+        let from = self.bundles[idx].host();
+        let me = self.cfg.host;
+        let known = self.router.mesh().and_then(|m| m.advert(advert.origin)).is_some_and(|a| a.seq >= advert.seq);
+        if advert.origin != me && !known {
+            self.check_advert(&advert, from)?;
+        }
         let direct = self.direct_costs();
         if let Heard::New { route_changes } = self.router.receive(advert.clone(), now, &direct) {
-            let from = self.bundles[idx].host();
             self.flood(now, &advert, Some(from), out);
             self.route_events(route_changes);
         }
         Ok(Received::Advert)
+    }
+
+    /// The origin checks of a new advert that came from neighbour `from`.
+    fn check_advert(&mut self, advert: &Advert, from: HostId) -> Result<(), DropReason> {
+        let origin = advert.origin;
+        if !advert.signature_ok() {
+            self.events.push(Event::AdvertRefused { origin, from, why: AdvertRefusal::Signature });
+            return Err(DropReason::AdvertForged);
+        }
+        // The origin's key: bound by its own session when it is the
+        // neighbour that sent it (authoritative), else pinned on first use.
+        let direct = from == origin;
+        match self.origin_keys.get(&origin) {
+            Some(k) if k.key == advert.key => {}
+            Some(k) if !direct => {
+                let _ = k;
+                self.events.push(Event::AdvertRefused { origin, from, why: AdvertRefusal::Key });
+                return Err(DropReason::AdvertForged);
+            }
+            None if !direct && self.index.contains_key(&origin) => {
+                // A neighbour's key comes from the neighbour itself.
+                self.events.push(Event::AdvertRefused { origin, from, why: AdvertRefusal::Key });
+                return Err(DropReason::AdvertForged);
+            }
+            old => {
+                let first_use = !direct;
+                let replaced = old.is_some();
+                self.origin_keys.insert(origin, OriginKey { key: advert.key, first_use, via: from });
+                self.events.push(Event::OriginKeyBound { origin, via: from, first_use, replaced });
+            }
+        }
+        if let Some(p) =
+            advert.prefixes.iter().find(|p| self.claims.iter().any(|(q, owner)| *owner != origin && q.contains(*p)))
+        {
+            let prefix = *p;
+            self.events.push(Event::AdvertRefused { origin, from, why: AdvertRefusal::Prefix(prefix) });
+            return Err(DropReason::AdvertUnowned);
+        }
+        Ok(())
     }
 }
