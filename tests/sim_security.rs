@@ -114,6 +114,30 @@ fn replays_long_after_and_flipped_bits_are_refused_on_every_path() {
     assert_eq!(p.sim.node(p.b).stats().tun_out.packets, 2_000);
 }
 
+/// The initiation toward B of a host that claims to be A (host 1) but has
+/// another private key than the one B knows for A.
+fn impostor_initiation(p: &Pair) -> Vec<u8> {
+    let mut cfg = mpvr::proto::NodeConfig::new(HostId::new(1).unwrap(), [7; 32]);
+    cfg.keepalive = None;
+    let mut a = mpvr::proto::Node::new(cfg).unwrap();
+    let (link_a, _) = p.sim.end(p.wires[0], p.a);
+    let (_, b_addr) = p.sim.end(p.wires[0], p.b);
+    a.add_link(Time::ZERO, link_a);
+    a.add_bundle(mpvr::proto::BundleConfig {
+        host: HostId::new(2).unwrap(),
+        public_key: p.sim.node(p.b).public_key(),
+        psk: None,
+        endpoints: vec![mpvr::proto::EndpointSpec { remote: b_addr, link: Some(link_a) }],
+    })
+    .unwrap();
+    a.add_route("10.9.0.2/32".parse().unwrap(), mpvr::proto::NextHop::Host(HostId::new(2).unwrap())).unwrap();
+    let mut out = mpvr::proto::Transmits::new();
+    let pkt = mpvr::sim::traffic::udp_packet(scenario::addr4(1), scenario::addr4(2), 1, 100);
+    let sent = a.handle_tun_packet(Time::ZERO, &pkt, &mut out).unwrap();
+    assert_eq!(sent.seq, None, "held until a session exists");
+    out.iter().next().unwrap().datagram.to_vec()
+}
+
 #[test]
 fn a_wrong_key_gets_no_session_and_is_reported() {
     let link = LinkModel::delay(ms(5));
@@ -121,27 +145,8 @@ fn a_wrong_key_gets_no_session_and_is_reported() {
     let s = p.stream(ms(500), ms(10), 100, 160);
     // A host claiming to be A (host 1) with another private key than the one
     // B knows for A: it initiates toward B.
-    let mut cfg = mpvr::proto::NodeConfig::new(HostId::new(1).unwrap(), [7; 32]);
-    cfg.keepalive = None;
-    let mut a = mpvr::proto::Node::new(cfg).unwrap();
-    let b_pub = p.sim.node(p.b).public_key();
-    let (link_a, _) = p.sim.end(p.wires[0], p.a);
-    let (_, b_addr) = p.sim.end(p.wires[0], p.b);
-    a.add_link(Time::ZERO, link_a);
-    a.add_bundle(mpvr::proto::BundleConfig {
-        host: HostId::new(2).unwrap(),
-        public_key: b_pub,
-        psk: None,
-        endpoints: vec![mpvr::proto::EndpointSpec { remote: b_addr, link: Some(link_a) }],
-    })
-    .unwrap();
-    let mut out = mpvr::proto::Transmits::new();
-    a.add_route("10.9.0.2/32".parse().unwrap(), mpvr::proto::NextHop::Host(HostId::new(2).unwrap())).unwrap();
-    let pkt = mpvr::sim::traffic::udp_packet(scenario::addr4(1), scenario::addr4(2), 1, 100);
-    let sent = a.handle_tun_packet(Time::ZERO, &pkt, &mut out).unwrap();
-    assert_eq!(sent.seq, None, "held until a session exists");
+    let init = impostor_initiation(&p);
     let (_, a_addr) = p.sim.end(p.wires[0], p.a);
-    let init = out.iter().next().unwrap().datagram.to_vec();
     p.sim.inject(p.b, p.wires[0], a_addr, at_ms(100), init);
     p.sim.run_until(at_ms(3_000));
     let b = p.sim.node_mut(p.b);
@@ -195,25 +200,7 @@ fn a_spoofed_initiation_flood_is_bounded_by_cookies_and_the_real_peer_connects()
     p.sim.run_until(at_ms(1_000));
     // An attacker claiming to be A (host 1), with its own key: its
     // initiation carries a valid mac1, and only the Diffie-Hellman finds it out.
-    let mut cfg = mpvr::proto::NodeConfig::new(HostId::new(1).unwrap(), [7; 32]);
-    cfg.keepalive = None;
-    let mut attacker = mpvr::proto::Node::new(cfg).unwrap();
-    let (link_a, _) = p.sim.end(p.wires[0], p.a);
-    let (_, b_addr) = p.sim.end(p.wires[0], p.b);
-    attacker.add_link(Time::ZERO, link_a);
-    attacker
-        .add_bundle(mpvr::proto::BundleConfig {
-            host: HostId::new(2).unwrap(),
-            public_key: p.sim.node(p.b).public_key(),
-            psk: None,
-            endpoints: vec![mpvr::proto::EndpointSpec { remote: b_addr, link: Some(link_a) }],
-        })
-        .unwrap();
-    attacker.add_route("10.9.0.2/32".parse().unwrap(), mpvr::proto::NextHop::Host(HostId::new(2).unwrap())).unwrap();
-    let mut out = mpvr::proto::Transmits::new();
-    let pkt = mpvr::sim::traffic::udp_packet(scenario::addr4(1), scenario::addr4(2), 1, 100);
-    attacker.handle_tun_packet(Time::ZERO, &pkt, &mut out).unwrap();
-    let init = out.iter().next().unwrap().datagram.to_vec();
+    let init = impostor_initiation(&p);
     assert_eq!(init.len(), 20 + 137);
     // 20 000/s for 3 s, round robin over 10 000 source addresses (2/s each:
     // under the per-address limit of 10/s).

@@ -211,6 +211,24 @@ impl Tx<'_> {
 
 impl Node {
     /// Bundle `idx` and what sending to it needs.
+    /// Seal `body` as a control message of type `ty` to `peer` in its
+    /// session, on its usable paths: so a fuzz target can put any body
+    /// inside an authenticated session. Only with the `fuzzing` feature.
+    #[cfg(feature = "fuzzing")]
+    pub fn seal_for_fuzzing(
+        &mut self,
+        now: Time,
+        peer: HostId,
+        ty: MessageType,
+        body: &[u8],
+        out: &mut Transmits,
+    ) -> bool {
+        let Some(&idx) = self.index.get(&peer) else { return false };
+        let (b, mut tx) = self.tx(idx);
+        let set = b.usable();
+        tx.seal(b, now, set, Kind::control(ty), body, out).is_ok()
+    }
+
     pub(super) fn tx(&mut self, idx: usize) -> (&mut Bundle, Tx<'_>) {
         let tx = Tx { me: self.cfg.host, links: &mut self.links, stats: &mut self.stats, pad: &mut self.scratch };
         (&mut self.bundles[idx], tx)
