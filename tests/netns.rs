@@ -1045,3 +1045,87 @@ fn systemd_unit_and_readiness() {
     let n = sock.recv(&mut buf).expect("STOPPING=1 at shutdown");
     assert_eq!(&buf[..n], b"STOPPING=1\n");
 }
+
+/// Captured tunnel datagrams sent again from an attacker's own address (the
+/// middle router M, which sees every packet): they reach no TUN, teach B
+/// no path, and draw not one datagram toward that address.
+#[test]
+fn replayed_datagrams_teach_no_path_and_draw_no_traffic() {
+    if !root_or_skip("replayed_datagrams_teach_no_path_and_draw_no_traffic") {
+        return;
+    }
+    let _g = serial();
+    let t = two_hosts();
+    wait_paths_up(&t.db);
+    // Capture, on M's side of B's link 0, the mpvr datagrams A sends to B
+    // (AF_PACKET: whole IPv4 packets) while a stream runs.
+    let m_ns = t.m.name.clone();
+    let capture = in_netns(&m_ns, move || {
+        // SAFETY: plain socket calls on a socket this thread owns; buffers outlive the calls.
+        unsafe {
+            let index = libc::if_nametoindex(c"mb0".as_ptr()) as i32;
+            assert!(index > 0, "mb0 in {}", std::io::Error::last_os_error());
+            let s = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from((libc::ETH_P_IP as u16).to_be()));
+            assert!(s >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+            sll.sll_ifindex = index;
+            let r = libc::bind(s, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of_val(&sll) as u32);
+            assert_eq!(r, 0);
+            let tv = libc::timeval { tv_sec: 3, tv_usec: 0 };
+            libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), 16);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while got.len() < 200 {
+                let n = libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n <= 0 {
+                    break;
+                }
+                let p = &buf[..n as usize];
+                let ihl = usize::from(p[0] & 0x0f) * 4;
+                // UDP to B's port 51820, from A.
+                if p[9] == 17 && p.len() > ihl + 8 && u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]) == 51820 {
+                    got.push(p[ihl + 8..].to_vec());
+                }
+            }
+            libc::close(s);
+            got
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let r = stream(&t, 1000, |_| {});
+    assert_eq!(r.received, 1000);
+    let captured = capture.join().unwrap();
+    assert!(captured.len() >= 150, "captured {} datagrams", captured.len());
+    let delivered = t.db.snapshot().totals.tun_out.packets;
+    // M sends them all again to B, from its own address, and listens.
+    let replayed = in_netns(&m_ns, move || {
+        let s = std::net::UdpSocket::bind("10.20.0.1:51820").unwrap();
+        for d in &captured {
+            s.send_to(d, "10.20.0.2:51820").unwrap();
+        }
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut answers = 0;
+        while s.recv(&mut buf).is_ok() {
+            answers += 1;
+        }
+        (captured.len(), answers)
+    });
+    let (sent, answers) = replayed.join().unwrap();
+    assert_eq!(answers, 0, "B sent {answers} datagrams toward the address {sent} replays came from");
+    let snap = t.db.snapshot();
+    assert_eq!(snap.totals.tun_out.packets, delivered, "a replay reached B's TUN");
+    assert!(
+        snap.peers[0].paths.iter().all(|p| !p.remote.starts_with("10.20.0.1:")),
+        "a path to the replaying address: {:#?}",
+        snap.peers[0].paths
+    );
+    let refused: u64 = ["duplicate", "too_old", "handshake_replay", "handshake_unexpected"]
+        .iter()
+        .map(|k| snap.totals.drops.get(*k).copied().unwrap_or(0))
+        .sum();
+    assert!(refused >= sent as u64 - 5, "{sent} replays, {refused} refused: {:?}", snap.totals.drops);
+    let _ = (&t.da, &t.dir, &t.a, &t.b);
+}

@@ -441,7 +441,7 @@ impl Mesh {
             }
         };
         if due {
-            self.seq = (self.seq + 1).max(wall_ms);
+            self.seq = self.seq.saturating_add(1).max(wall_ms);
             let mut advert = Advert {
                 origin: self.me,
                 seq: self.seq,

@@ -346,6 +346,8 @@ pub struct Node {
     version_noted: Option<Time>,
     /// The advert key bound to each origin.
     origin_keys: std::collections::BTreeMap<HostId, OriginKey>,
+    /// This host's own advert public key.
+    advert_key: [u8; 32],
     /// Prefixes the config gives to a host: no other origin may advertise them.
     claims: Vec<(IpNet, HostId)>,
 }
@@ -386,6 +388,7 @@ impl Node {
             clock: Time::ZERO,
             version_noted: None,
             origin_keys: std::collections::BTreeMap::new(),
+            advert_key: super::mesh::advert_key(&cfg.private_key),
             claims: Vec::new(),
             cfg,
         })

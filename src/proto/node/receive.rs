@@ -398,7 +398,15 @@ impl Node {
         let from = self.bundles[idx].host();
         let me = self.cfg.host;
         let known = self.router.mesh().and_then(|m| m.advert(advert.origin)).is_some_and(|a| a.seq >= advert.seq);
-        if advert.origin != me && !known {
+        if advert.origin == me {
+            // This host's own, from before a restart, makes it advertise
+            // above it: only if it is really its own (a neighbour could
+            // otherwise push its sequence number to the end).
+            if !(advert.signature_ok() && advert.key == self.advert_key) {
+                self.events.push(Event::AdvertRefused { origin: me, from, why: AdvertRefusal::Key });
+                return Err(DropReason::AdvertForged);
+            }
+        } else if !known {
             self.check_advert(&advert, from)?;
         }
         let direct = self.direct_costs();
