@@ -722,6 +722,19 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // A forged inner source through the relay: vm0 sends from an address
+    // not routed to it; the relay refuses every packet (bad_source).
+    vm0.sh(&["ip", "addr", "add", "10.9.0.77/32", "dev", "mpvr0"]);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm0.name, "ping", "-I", "10.9.0.77", "-c", "10", "-i", "0.05", "-W", "1", "10.9.0.2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10 packets transmitted, 0 received"), "{text}");
+    let relay = d1.snapshot();
+    let from_vm0 = relay.peers.iter().find(|p| p.id == 1).expect("vm0 is the relay's peer");
+    assert!(from_vm0.bad_source >= 10, "{from_vm0:#?}");
+    vm0.sh(&["ip", "addr", "del", "10.9.0.77/32", "dev", "mpvr0"]);
     // vm0's config gives vm2's network to vm2 (a reload adds the relayed
     // peer back), then the relay claims a part of it (another reload): vm0
     // refuses the relay's advert, counts it, and routes nothing new.
