@@ -4,15 +4,25 @@
 #
 #   plain          the raw link 0, no tunnel (baseline)
 #   wireguard-go   Debian's userspace WireGuard over link 0
+#   boringtun      boringtun-cli (crates.io, installed into target/bench-tools
+#                  on first use) over link 0
 #   mpvr-1link     mpvr over link 0 only
 #   mpvr-2links    mpvr over both links (every packet duplicated: bulk_policy "all")
 #
-# For each: TCP throughput (iperf3, 1 stream), UDP throughput (iperf3, 1200-byte
-# datagrams), ping RTT percentiles, the resident memory of the tunnel process,
-# and the residual loss of a 2000 packets/s stream while each link drops 5 %
-# of the packets (nftables numgen). Prints a table and writes JSON
-# (default target/bench/bench.json), then runs scripts/bench-realtime.sh
-# (real-time quality under bulk load; BENCH_REALTIME=0 skips it).
+# For each: TCP throughput (iperf3, 1 stream), the CPU time both tunnel
+# processes spent per gigabit of that TCP run (utime + stime from
+# /proc/PID/stat), UDP throughput (iperf3, 1200-byte datagrams), ping RTT
+# percentiles, the resident memory of the tunnel process, and the residual
+# loss of a 2000 packets/s stream while each link drops 5 % of the packets
+# (nftables numgen). Prints a table and writes JSON (default
+# target/bench/bench.json), then runs scripts/bench-realtime.sh (real-time
+# quality under bulk load; BENCH_REALTIME=0 skips it).
+#
+# BENCH_BASE=<git revision> also builds that revision (in a worktree under
+# target/) and measures its mpvr rows in the same run, alternating with this
+# tree's, BENCH_ROUNDS times each (default 3; rows are the medians): a
+# before/after comparison on one noisy machine. BENCH_BORINGTUN=0 skips the
+# boringtun row.
 # Needs root. Usage: scripts/bench.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +44,27 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --locked --release --quiet
 mpvr=$PWD/target/release/mpvr
+rounds=1
+base_mpvr=
+if [ -n "${BENCH_BASE:-}" ]; then
+  rounds=${BENCH_ROUNDS:-3}
+  rev=$(git rev-parse --verify "$BENCH_BASE^{commit}")
+  base_tree=$root/target/bench-base/tree
+  rm -rf "$base_tree"; git worktree prune
+  git worktree add --detach -f "$base_tree" "$rev" >/dev/null
+  (cd "$base_tree" && CARGO_TARGET_DIR=$root/target/bench-base/target cargo build --locked --release --quiet --bin mpvr)
+  base_mpvr=$root/target/bench-base/target/release/mpvr
+  git worktree remove --force "$base_tree"
+  echo "bench: base ${BENCH_BASE} = ${rev:0:10}, $rounds alternating rounds" >&2
+fi
+boringtun=
+if [ "${BENCH_BORINGTUN:-1}" != 0 ]; then
+  boringtun=$root/target/bench-tools/bin/boringtun-cli
+  if [ ! -x "$boringtun" ]; then
+    echo "bench: installing boringtun-cli from crates.io into target/bench-tools" >&2
+    cargo install --quiet --locked boringtun-cli --version 0.7.1 --root "$root/target/bench-tools"
+  fi
+fi
 
 A=mpvrbenchA$$; B=mpvrbenchB$$
 work=$(mktemp -d)
@@ -61,12 +92,29 @@ pa=$("$mpvr" pubkey < "$work/a.key"); pb=$("$mpvr" pubkey < "$work/b.key")
 results="$work/results.txt"
 : > "$results"
 
-measure() { # name target-ip pid
-  local name=$1 ip=$2 pid=$3
+# CPU time (user + system, in clock ticks) of the given processes so far.
+cpu_ticks() {
+  local t=0 p f
+  for p in "$@"; do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
+    f=$(sed 's/.*) //' "/proc/$p/stat")
+    t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
+  done
+  echo "$t"
+}
+
+measure() { # name target-ip pid-at-A [pid-at-B]
+  local name=$1 ip=$2 pid=$3 pid_b=${4:-0}
   ip netns exec "$B" iperf3 -s -1 -D -p 5299 >/dev/null 2>&1
   sleep 0.3
-  local tcp udp
+  local tcp udp t0=0 t1=0 cpu=0
+  if [ "$pid" != 0 ]; then t0=$(cpu_ticks "$pid" "$pid_b"); fi
   tcp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5299 -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  if [ "$pid" != 0 ]; then
+    t1=$(cpu_ticks "$pid" "$pid_b")
+    # CPU seconds per gigabit received: ticks / CLK_TCK over bits / 1e9.
+    cpu=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK) / ($tcp * $secs / 1e9))")
+  fi
   ip netns exec "$B" iperf3 -s -1 -D -p 5298 >/dev/null 2>&1
   sleep 0.3
   # UDP: offered 3 Gbit/s of 1200-byte datagrams; what arrives.
@@ -88,8 +136,8 @@ measure() { # name target-ip pid
   impair off
   local loss
   loss=$(awk '{print $5}' "$work/loss.out")
-  echo "$name $tcp $udp $rss $loss $rtts" >> "$results"
-  echo "  $name: TCP $(python3 -c "print(round($tcp/1e6))") Mbit/s, UDP $(python3 -c "print(round($udp/1e6))") Mbit/s, loss at 5 % per link $loss %" >&2
+  echo "$name $tcp $udp $rss $loss $cpu $rtts" >> "$results"
+  echo "  $name: TCP $(python3 -c "print(round($tcp/1e6))") Mbit/s ($(python3 -c "print(round($cpu, 2))") CPU s/Gbit), UDP $(python3 -c "print(round($udp/1e6))") Mbit/s, loss at 5 % per link $loss %" >&2
 }
 
 impair() { # on|off
@@ -105,7 +153,8 @@ EON
   fi
 }
 
-start_mpvr() { # ns id key addr peer peerpub endpoints include [bulk_policy]
+start_mpvr() { # binary ns id key addr peer peerpub endpoints include [bulk_policy]
+  local bin=$1; shift
   local cfg="$work/$1.toml"
   # iperf3's TCP and UDP are bulk: with two links the run copies them onto
   # both (bulk_policy "all"), to measure what duplication costs.
@@ -125,7 +174,7 @@ endpoints = $7
 prefixes = ["10.9.0.$5/32"]
 EOC
   # One control socket per daemon: both run on this machine.
-  ip netns exec "$1" "$mpvr" run -c "$cfg" --socket "$work/$1.sock" >/dev/null 2>"$work/$1.log" &
+  ip netns exec "$1" "$bin" run -c "$cfg" --socket "$work/$1.sock" >/dev/null 2>"$work/$1.log" &
   last_pid=$!
   pids+=("$last_pid")
 }
@@ -133,56 +182,93 @@ EOC
 echo "bench: ${secs}s per TCP run" >&2
 measure plain 10.1.0.2 0
 
-# wireguard-go over link 0.
-WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$A" wireguard-go -f wga >/dev/null 2>&1 & pids+=($!); wga=$!
-WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$B" wireguard-go -f wgb >/dev/null 2>&1 & pids+=($!); wgb=$!
-for _ in $(seq 100); do
-  # The UAPI sockets are per name, shared by all namespaces: hence wga and wgb.
-  [ -S /var/run/wireguard/wga.sock ] && [ -S /var/run/wireguard/wgb.sock ] && break
-  sleep 0.1
-done
-"$mpvr" genkey > "$work/wa.key"; "$mpvr" genkey > "$work/wb.key"
-ip netns exec "$A" wg set wga listen-port 51900 private-key "$work/wa.key" peer "$("$mpvr" pubkey < "$work/wb.key")" allowed-ips 10.8.0.2/32 endpoint 10.1.0.2:51900
-ip netns exec "$B" wg set wgb listen-port 51900 private-key "$work/wb.key" peer "$("$mpvr" pubkey < "$work/wa.key")" allowed-ips 10.8.0.1/32 endpoint 10.1.0.1:51900
-ip -n "$A" addr add 10.8.0.1/24 dev wga; ip -n "$A" link set wga up
-ip -n "$B" addr add 10.8.0.2/24 dev wgb; ip -n "$B" link set wgb up
-ip netns exec "$A" ping -c 1 -W 2 10.8.0.2 >/dev/null
-measure wireguard-go 10.8.0.2 "$wga"
-kill "$wga" "$wgb"; sleep 0.3
+# A WireGuard userspace implementation over link 0, as interfaces wga/wgb:
+# run_wg name command... (the command gets the interface name appended).
+run_wg() {
+  local name=$1; shift
+  rm -f /var/run/wireguard/wga.sock /var/run/wireguard/wgb.sock
+  WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$A" "$@" wga >/dev/null 2>&1 & pids+=($!); local wa=$!
+  WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$B" "$@" wgb >/dev/null 2>&1 & pids+=($!); local wb=$!
+  for _ in $(seq 100); do
+    # The UAPI sockets are per name, shared by all namespaces: hence wga and wgb.
+    [ -S /var/run/wireguard/wga.sock ] && [ -S /var/run/wireguard/wgb.sock ] && break
+    sleep 0.1
+  done
+  "$mpvr" genkey > "$work/wa.key"; "$mpvr" genkey > "$work/wb.key"
+  ip netns exec "$A" wg set wga listen-port 51900 private-key "$work/wa.key" peer "$("$mpvr" pubkey < "$work/wb.key")" allowed-ips 10.8.0.2/32 endpoint 10.1.0.2:51900
+  ip netns exec "$B" wg set wgb listen-port 51900 private-key "$work/wb.key" peer "$("$mpvr" pubkey < "$work/wa.key")" allowed-ips 10.8.0.1/32 endpoint 10.1.0.1:51900
+  ip -n "$A" addr add 10.8.0.1/24 dev wga; ip -n "$A" link set wga up
+  ip -n "$B" addr add 10.8.0.2/24 dev wgb; ip -n "$B" link set wgb up
+  ip netns exec "$A" ping -c 1 -W 2 10.8.0.2 >/dev/null
+  measure "$name" 10.8.0.2 "$wa" "$wb"
+  kill "$wa" "$wb"; wait "$wa" "$wb" 2>/dev/null || true
+  sleep 0.3
+}
+run_wg wireguard-go wireguard-go -f
+if [ -n "$boringtun" ]; then
+  # Its own defaults (4 threads, multi-queue TUN).
+  run_wg boringtun "$boringtun" --foreground --disable-drop-privileges --log "$work/boringtun.log"
+fi
 
-for links in 1 2; do
+run_mpvr() { # name binary links
+  local name=$1 bin=$2 links=$3 inc_a inc_b
   if [ "$links" = 1 ]; then inc_a='["a0"]'; inc_b='["b0"]'; else inc_a='["a0", "a1"]'; inc_b='["b0", "b1"]'; fi
-  start_mpvr "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a" all; ma=$last_pid
-  start_mpvr "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b" all; mb=$last_pid
+  start_mpvr "$bin" "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a" all; local ma=$last_pid
+  start_mpvr "$bin" "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b" all; local mb=$last_pid
   for _ in $(seq 50); do ip netns exec "$A" ping -c 1 -W 0.2 10.9.0.2 >/dev/null 2>&1 && break; done
-  measure "mpvr-${links}link" 10.9.0.2 "$ma"
+  measure "$name" 10.9.0.2 "$ma" "$mb"
   kill "$ma" "$mb"; wait "$ma" "$mb" 2>/dev/null || true
+}
+for links in 1 2; do
+  for _ in $(seq "$rounds"); do
+    run_mpvr "mpvr-${links}link" "$mpvr" "$links"
+    if [ -n "$base_mpvr" ]; then run_mpvr "mpvr-${links}link@base" "$base_mpvr" "$links"; fi
+  done
 done
 
 python3 - "$results" "$out_dir/bench.json" <<'EOP'
 import json, sys, statistics, datetime, platform, os
-rows = {}
+runs = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    rtts = sorted(float(x) for x in f[5:])
+    rtts = sorted(float(x) for x in f[6:])
     q = lambda p: rtts[min(len(rtts) - 1, int(round(p / 100 * (len(rtts) - 1))))] if rtts else None
-    rows[f[0]] = {"tcp_mbit_s": float(f[1]) / 1e6, "udp_mbit_s": float(f[2]) / 1e6, "rss_kib": int(f[3]),
-                  "loss_pct_at_5pct_per_link": float(f[4]),
-                  "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts)}}
+    runs.setdefault(f[0], []).append({
+        "tcp_mbit_s": float(f[1]) / 1e6, "udp_mbit_s": float(f[2]) / 1e6, "rss_kib": int(f[3]),
+        "loss_pct_at_5pct_per_link": float(f[4]), "cpu_s_per_gbit": float(f[5]),
+        "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts)}})
+# A row measured in several rounds (BENCH_BASE) is the median of each figure;
+# the rounds themselves are kept in the JSON.
+med = statistics.median
+rows = {}
+for name, rs in runs.items():
+    r = {k: med(x[k] for x in rs) for k in ("tcp_mbit_s", "udp_mbit_s", "rss_kib", "loss_pct_at_5pct_per_link", "cpu_s_per_gbit")}
+    r["rtt_ms"] = {k: med(x["rtt_ms"][k] for x in rs) for k in ("p50", "p90", "p99", "n")}
+    if len(rs) > 1:
+        r["rounds"] = rs
+    rows[name] = r
 base, wg = rows["plain"], rows.get("wireguard-go")
 for name, r in rows.items():
     r["tcp_vs_plain"] = r["tcp_mbit_s"] / base["tcp_mbit_s"]
     if wg:
         r["tcp_vs_wireguard_go"] = r["tcp_mbit_s"] / wg["tcp_mbit_s"]
     r["rtt_p50_added_ms"] = r["rtt_ms"]["p50"] - base["rtt_ms"]["p50"]
-doc = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+doc = {"date": datetime.date.today().isoformat(), "base": os.environ.get("BENCH_BASE"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
        "kernel": platform.release(), "results": rows}
 json.dump(doc, open(sys.argv[2], "w"), indent=2)
-print(f"{'':14} {'TCP Mbit/s':>10} {'vs wg-go':>8} {'UDP Mbit/s':>10} {'RTT p50':>8} {'p99':>7} {'+p50 ms':>8} {'loss %':>7} {'RSS MiB':>8}")
+print(f"{'':19} {'TCP Mbit/s':>10} {'vs wg-go':>8} {'CPU s/Gbit':>10} {'UDP Mbit/s':>10} {'RTT p50':>8} {'p99':>7} {'+p50 ms':>8} {'loss %':>7} {'RSS MiB':>8}")
 for name, r in rows.items():
-    print(f"{name:14} {r['tcp_mbit_s']:10.0f} {r.get('tcp_vs_wireguard_go', 0):8.2f} {r['udp_mbit_s']:10.0f} "
+    cpu = f"{r['cpu_s_per_gbit']:10.2f}" if r["cpu_s_per_gbit"] else f"{'-':>10}"
+    print(f"{name:19} {r['tcp_mbit_s']:10.0f} {r.get('tcp_vs_wireguard_go', 0):8.2f} {cpu} {r['udp_mbit_s']:10.0f} "
           f"{r['rtt_ms']['p50']:8.3f} {r['rtt_ms']['p99']:7.3f} {r['rtt_p50_added_ms']:8.3f} "
           f"{r['loss_pct_at_5pct_per_link']:7.3f} {r['rss_kib'] / 1024:8.1f}")
+for name, r in rows.items():
+    b = rows.get(name + "@base")
+    if b:
+        print(f"{name} against {name}@base ({len(r.get('rounds', [r]))} rounds, medians): "
+              f"TCP {r['tcp_mbit_s'] / b['tcp_mbit_s'] - 1:+.1%}, UDP {r['udp_mbit_s'] / b['udp_mbit_s'] - 1:+.1%}, "
+              f"CPU/Gbit {r['cpu_s_per_gbit'] / b['cpu_s_per_gbit'] - 1:+.1%}, "
+              f"added RTT p50 {r['rtt_p50_added_ms'] * 1000:.0f} vs {b['rtt_p50_added_ms'] * 1000:.0f} us")
 print(f"(JSON: {sys.argv[2]})")
 EOP
 
