@@ -762,6 +762,46 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     // The overlay still works (what the relay does with what it relays,
     // 10.77.0.0/25 now its own, is the relay's: it can always drop it).
     vm0.sh(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.9.0.2"]);
+    // An impostor in vm2's name: the relay is told (reload) that host 2
+    // has a new key, and a daemon with that key and id 2 takes vm2's place
+    // and advertises a network of its own. The relay takes it (its config
+    // vouches for it), but vm0 pinned host 2's advert key: it refuses the
+    // impostor's advert as forged and routes nothing new.
+    let mut d2 = d2;
+    d2.stop();
+    let (impostor_key, impostor_pub) = keypair(&dir, "impostor.key");
+    let text = std::fs::read_to_string(&c1).unwrap().replace(&keys[2].1, &impostor_pub);
+    std::fs::write(&c1, text).unwrap();
+    reload(&d1);
+    let text = std::fs::read_to_string(&c2)
+        .unwrap()
+        .replace(&keys[2].0.display().to_string(), &impostor_key.display().to_string())
+        .replace("advertise = [\"10.77.0.0/24\"]", "advertise = [\"10.78.0.0/24\"]");
+    let ci = dir.write("impostor.toml", &text);
+    let forged_before = d0.snapshot().totals.drops.get("advert_forged").copied().unwrap_or(0);
+    let _impostor = Daemon::start(&vm2, &ci, dir.0.join("impostor.log"));
+    let t0 = std::time::Instant::now();
+    while d0.snapshot().totals.drops.get("advert_forged").copied().unwrap_or(0) == forged_before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the impostor's advert was not refused:\n{}\n{}",
+            d0.status(&[]),
+            d1.status(&[])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snap = d0.snapshot();
+    assert!(!snap.routes.iter().any(|r| r.prefix == "10.78.0.0/24"), "{:#?}", snap.routes);
+    assert!(!vm0.sh(&["ip", "route"]).contains("10.78.0.0"));
+    let still = snap.origin_keys.iter().find(|k| k.origin == 2).expect("host 2's key stays pinned");
+    assert_eq!(still.key, pinned.key);
+    let log = d0.log();
+    assert!(
+        log.lines().any(|l| l.contains("route advertisement refused")
+            && l.contains("origin=2")
+            && l.contains("signed with another key than the origin's")),
+        "{log}"
+    );
 }
 
 /// Two hosts joined directly by two veth pairs, each with an IPv4 and an
