@@ -20,7 +20,8 @@
 #
 # BENCH_BASE=<git revision> also builds that revision (in a worktree under
 # target/) and measures its mpvr rows in the same run, alternating with this
-# tree's, BENCH_ROUNDS times each (default 3; rows are the medians): a
+# tree's (which goes first alternates too), BENCH_ROUNDS times each
+# (default 3; rows are the medians): a
 # before/after comparison on one noisy machine. BENCH_BORINGTUN=0 skips the
 # boringtun row.
 # Needs root. Usage: scripts/bench.sh [seconds]
@@ -94,26 +95,21 @@ results="$work/results.txt"
 
 # CPU time (user + system, in clock ticks) of the given processes so far.
 cpu_ticks() {
-  local t=0 p f
-  for p in "$@"; do
-    # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
-    f=$(sed 's/.*) //' "/proc/$p/stat")
-    t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
-  done
-  echo "$t"
+  local p
+  # Fields 14 and 15 of /proc/PID/stat: 12 and 13 after the ")" that ends the name.
+  for p in "$@"; do sed 's/.*) //' "/proc/$p/stat"; done | awk '{t += $12 + $13} END {print t}'
 }
 
 measure() { # name target-ip pid-at-A [pid-at-B]
   local name=$1 ip=$2 pid=$3 pid_b=${4:-0}
   ip netns exec "$B" iperf3 -s -1 -D -p 5299 >/dev/null 2>&1
   sleep 0.3
-  local tcp udp t0=0 t1=0 cpu=0
+  local tcp udp t0=0 cpu=0
   if [ "$pid" != 0 ]; then t0=$(cpu_ticks "$pid" "$pid_b"); fi
   tcp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5299 -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
   if [ "$pid" != 0 ]; then
-    t1=$(cpu_ticks "$pid" "$pid_b")
     # CPU seconds per gigabit received: ticks / CLK_TCK over bits / 1e9.
-    cpu=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK) / ($tcp * $secs / 1e9))")
+    cpu=$(python3 -c "print(($(cpu_ticks "$pid" "$pid_b") - $t0) / $(getconf CLK_TCK) / ($tcp * $secs / 1e9))")
   fi
   ip netns exec "$B" iperf3 -s -1 -D -p 5298 >/dev/null 2>&1
   sleep 0.3
@@ -186,7 +182,6 @@ measure plain 10.1.0.2 0
 # run_wg name command... (the command gets the interface name appended).
 run_wg() {
   local name=$1; shift
-  rm -f /var/run/wireguard/wga.sock /var/run/wireguard/wgb.sock
   WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$A" "$@" wga >/dev/null 2>&1 & pids+=($!); local wa=$!
   WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 ip netns exec "$B" "$@" wgb >/dev/null 2>&1 & pids+=($!); local wb=$!
   for _ in $(seq 100); do
@@ -202,6 +197,8 @@ run_wg() {
   ip netns exec "$A" ping -c 1 -W 2 10.8.0.2 >/dev/null
   measure "$name" 10.8.0.2 "$wa" "$wb"
   kill "$wa" "$wb"; wait "$wa" "$wb" 2>/dev/null || true
+  # Ours, named for this script: the next implementation waits for its own.
+  rm -f /var/run/wireguard/wga.sock /var/run/wireguard/wgb.sock
   sleep 0.3
 }
 run_wg wireguard-go wireguard-go -f
@@ -220,9 +217,15 @@ run_mpvr() { # name binary links
   kill "$ma" "$mb"; wait "$ma" "$mb" 2>/dev/null || true
 }
 for links in 1 2; do
-  for _ in $(seq "$rounds"); do
-    run_mpvr "mpvr-${links}link" "$mpvr" "$links"
-    if [ -n "$base_mpvr" ]; then run_mpvr "mpvr-${links}link@base" "$base_mpvr" "$links"; fi
+  for round in $(seq "$rounds"); do
+    # Which tree goes first alternates too: an order effect cancels out.
+    if [ -n "$base_mpvr" ] && [ $((round % 2)) = 0 ]; then
+      run_mpvr "mpvr-${links}link@base" "$base_mpvr" "$links"
+      run_mpvr "mpvr-${links}link" "$mpvr" "$links"
+    else
+      run_mpvr "mpvr-${links}link" "$mpvr" "$links"
+      if [ -n "$base_mpvr" ]; then run_mpvr "mpvr-${links}link@base" "$base_mpvr" "$links"; fi
+    fi
   done
 done
 

@@ -655,7 +655,7 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     vm2.sh(&["ip", "addr", "add", "10.77.0.1/32", "dev", "lo"]);
     let d1 = Daemon::start(&vm1, &c1, dir.0.join("vm1.log"));
     let d0 = Daemon::start(&vm0, &c0, dir.0.join("vm0.log"));
-    let d2 = Daemon::start(&vm2, &c2, dir.0.join("vm2.log"));
+    let mut d2 = Daemon::start(&vm2, &c2, dir.0.join("vm2.log"));
     d1.wait_log("link up", 4, Duration::from_secs(10));
     d0.wait_log("link up", 2, Duration::from_secs(10));
     d2.wait_log("link up", 2, Duration::from_secs(10));
@@ -767,7 +767,6 @@ fn seed_layout_relays_through_vm1_and_a_cut_loses_nothing() {
     // and advertises a network of its own. The relay takes it (its config
     // vouches for it), but vm0 pinned host 2's advert key: it refuses the
     // impostor's advert as forged and routes nothing new.
-    let mut d2 = d2;
     d2.stop();
     let (impostor_key, impostor_pub) = keypair(&dir, "impostor.key");
     let text = std::fs::read_to_string(&c1).unwrap().replace(&keys[2].1, &impostor_pub);
