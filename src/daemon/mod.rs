@@ -198,12 +198,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.tun
         )));
     }
-    let (tun, tun_index) = tun::create(&cfg.tun, mtu).map_err(|source| match source.raw_os_error() {
-        Some(libc::EBUSY) => RunError::Fatal(format!(
-            "the TUN name {} is in use (another mpvr, or another VPN): set host.tun to a free name",
-            cfg.tun
-        )),
-        _ => RunError::Tun { name: cfg.tun.clone(), source },
+    let (tun, tun_index) = tun::create(&cfg.tun, mtu, crate::sys::udp::Disabled::from_env().tun).map_err(|source| {
+        match source.raw_os_error() {
+            Some(libc::EBUSY) => RunError::Fatal(format!(
+                "the TUN name {} is in use (another mpvr, or another VPN): set host.tun to a free name",
+                cfg.tun
+            )),
+            _ => RunError::Tun { name: cfg.tun.clone(), source },
+        }
     })?;
     // The tables are this daemon's by its TUN's name, and the TUN is ours
     // now (another live daemon with that name would have made its creation
@@ -219,6 +221,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut tun_routes = routes::TunRoutes::default();
     tun_routes.sync(&nl, tun_index, &plan::tun_routes(&cfg), true).await;
     let held_at_start: Vec<String> = tun_routes.held().map(|p| p.to_string()).collect();
+    match tun.offload() {
+        tun::Offload::On { udp } => info!(
+            tcp = "segmentation and checksum offload (TSO4/TSO6): super-packets up to 64 KiB per read",
+            udp =
+                if *udp { "segmentation offload (USO)" } else { "one datagram per read (kernels before 6.2 lack USO)" },
+            "TUN offloads"
+        ),
+        tun::Offload::Off(why) => info!(why = %why, "TUN offloads off: one packet per read and write"),
+    }
     info!(host = cfg.host.get(), tun = %cfg.tun, mtu, addresses = ?cfg.addresses, "mpvr running");
 
     let shared = Arc::new(Shared {

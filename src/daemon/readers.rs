@@ -14,10 +14,14 @@ use super::BUF_LEN;
 use super::shared::Shared;
 use crate::proto::{LinkId, Received, Transmits};
 use crate::sys::LinkIo;
+use crate::sys::tun::{RecvBufs, SendBufs};
 use crate::sys::udp::{RECV_BATCH, RecvBatch};
 
 /// Read one link's socket until aborted: a batch per system call, the core
 /// called for the whole batch under one lock, then deliveries and sends.
+/// Deliveries go to the TUN in batches (coalesced per flow where the TUN
+/// has offloads), written before the next receive: nothing waits for a
+/// batch to fill.
 pub(super) async fn read_link(
     shared: Arc<Shared>,
     link: LinkId,
@@ -28,6 +32,7 @@ pub(super) async fn read_link(
     let mut delivered: Vec<Range<usize>> = Vec::with_capacity(RECV_BATCH);
     let mut ranges: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     let mut out = Transmits::new();
+    let mut to_tun = SendBufs::default();
     loop {
         if let Err(e) = socket.recv(&mut batch).await {
             shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
@@ -53,10 +58,12 @@ pub(super) async fn read_link(
             shared.timer_moved(&node);
         }
         for r in &delivered {
-            if shared.tun.send(&batch.storage()[r.clone()]).await.is_err() {
-                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+            if !to_tun.push(&batch.storage()[r.clone()]) {
+                write_tun(&shared, &mut to_tun).await;
+                to_tun.push(&batch.storage()[r.clone()]);
             }
         }
+        write_tun(&shared, &mut to_tun).await;
         shared.send(&out);
         out.clear();
         if fatal.is_closed() {
@@ -65,41 +72,30 @@ pub(super) async fn read_link(
     }
 }
 
-/// Packets read from the TUN in one go.
-const TUN_BATCH: usize = 32;
+/// Write what `bufs` holds to the TUN, counting a failure.
+async fn write_tun(shared: &Shared, bufs: &mut SendBufs) {
+    if !bufs.is_empty() && shared.tun.send_batch(bufs).await.is_err() {
+        shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
-/// Read the TUN until it fails: wait for one packet, take every other one
-/// already queued (up to [`TUN_BATCH`]), run the core once for all of them.
+/// Read the TUN until it fails: wait for packets, take every other one
+/// already queued (up to [`crate::sys::tun::BATCH`]; a super-packet of the offloaded
+/// TUN comes as its segments), run the core once for all of them.
 pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
-    let mut storage = vec![0u8; TUN_BATCH * BUF_LEN];
-    let mut lens = [0usize; TUN_BATCH];
+    let mut bufs = RecvBufs::new(BUF_LEN);
     let mut out = Transmits::new();
     let mut answers: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut slots = storage.chunks_mut(BUF_LEN);
-        let first = slots.next().expect("TUN_BATCH slots");
-        lens[0] = match shared.tun.recv(first).await {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = fatal.send(format!("reading the TUN failed: {e}"));
-                return;
-            }
-        };
-        let mut n = 1;
-        for slot in slots {
-            match shared.tun.try_recv(slot) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
-                }
-                Err(_) => break,
-            }
+        if let Err(e) = shared.tun.recv_batch(&mut bufs).await {
+            let _ = fatal.send(format!("reading the TUN failed: {e}"));
+            return;
         }
         {
             let now = shared.now();
             let mut node = shared.node();
-            for (slot, len) in storage.chunks(BUF_LEN).zip(&lens[..n]) {
-                let _ = node.handle_tun_packet(now, &slot[..*len], &mut out);
+            for packet in bufs.packets() {
+                let _ = node.handle_tun_packet(now, packet, &mut out);
             }
             answers.extend(std::iter::from_fn(|| node.poll_tun_packet()));
             shared.log_events(&mut node);
@@ -109,7 +105,7 @@ pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<S
         out.clear();
         // ICMP "too big" for packets no path carries: the sender's stack adapts.
         for a in answers.drain(..) {
-            if shared.tun.send(&a).await.is_err() {
+            if shared.tun.send_one(&a).await.is_err() {
                 shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }

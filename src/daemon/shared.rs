@@ -13,7 +13,7 @@ use super::links::Links;
 use crate::proto::{Event, HostId, LinkId, Node, Time};
 use crate::status;
 use crate::sys::LinkIo;
-use crate::sys::tun::AsyncDevice;
+use crate::sys::tun::Tun;
 
 /// I/O outcomes the core cannot see, counted by the shell.
 #[derive(Debug, Default)]
@@ -99,7 +99,7 @@ impl ConfigState {
 pub(super) struct Shared {
     pub(super) node: Mutex<Node>,
     pub(super) sockets: RwLock<HashMap<LinkId, Arc<LinkIo>>>,
-    pub(super) tun: Arc<AsyncDevice>,
+    pub(super) tun: Arc<Tun>,
     pub(super) epoch: std::time::Instant,
     /// The TUN's MTU now, and its bounds when it follows the paths
     /// (`host.mtu = "auto"`; `None`: fixed).
@@ -255,6 +255,7 @@ impl Shared {
             link_name: &|l| self.link_name(l),
             io: io.named(),
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
+            tun_offload: Some(self.tun.offload().to_string()),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),

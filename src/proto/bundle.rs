@@ -75,6 +75,15 @@ pub struct BundleStats {
     pub exit_in: Count,
 }
 
+/// A neighbour's handshake keys (see [`Bundle`]).
+#[derive(Debug)]
+pub(super) struct HandshakeKeys {
+    /// mac1 key of messages to it.
+    pub(super) mac1: ring::hmac::Key,
+    /// The key its cookie replies are sealed with.
+    pub(super) cookie: ring::aead::LessSafeKey,
+}
+
 /// This host's state toward one peer.
 #[derive(Debug)]
 pub struct Bundle {
@@ -102,9 +111,11 @@ pub struct Bundle {
     /// The last initiation in its name that was refused, and when (why a
     /// peer has no session, in status).
     pub(super) refused: Option<(Time, crate::proto::handshake::HandshakeError)>,
-    /// mac1 key of messages to it, and the key its cookie replies are sealed with.
-    pub(super) mac1_key: ring::hmac::Key,
-    pub(super) cookie_key: ring::aead::LessSafeKey,
+    /// The keys of its handshake MACs and cookie replies: used per
+    /// handshake only, so boxed (ring's HMAC and AEAD keys take 720 bytes,
+    /// which would spread the fields every packet touches over more cache
+    /// lines).
+    pub(super) keys: Box<HandshakeKeys>,
     /// The last cookie it sent (for mac2), and when; when an initiation
     /// last went again because of one.
     pub(super) cookie: Option<([u8; crate::proto::cookie::COOKIE_LEN], Time)>,
@@ -162,8 +173,10 @@ impl Bundle {
             firsts: [(false, 0, Time::ZERO); RECENT_FIRSTS],
             source_ok: None,
             refused: None,
-            mac1_key: crate::proto::cookie::mac1_key(&c.public_key),
-            cookie_key: crate::proto::cookie::cookie_key(&c.public_key),
+            keys: Box::new(HandshakeKeys {
+                mac1: crate::proto::cookie::mac1_key(&c.public_key),
+                cookie: crate::proto::cookie::cookie_key(&c.public_key),
+            }),
             cookie: None,
             cookie_resent: None,
             roles: Vec::new(),

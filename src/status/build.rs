@@ -151,6 +151,8 @@ pub struct ShellInfo<'a> {
     pub io: Vec<(&'static str, u64)>,
     /// The TUN's MTU now, and whether it follows the paths.
     pub tun_mtu: Option<(u16, bool)>,
+    /// The TUN's offloads, in words (`TSO, USO`, or `off: why`).
+    pub tun_offload: Option<String>,
     /// The internet exit, at either end.
     pub exit: Option<ExitSnap>,
     /// The config file in use.
@@ -294,6 +296,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         totals,
         tun_mtu: shell.tun_mtu.map(|(m, _)| u32::from(m)),
         tun_mtu_auto: shell.tun_mtu.is_some_and(|(_, auto)| auto),
+        tun_offload: shell.tun_offload.clone(),
         tunnel_mtu: node.tunnel_mtu().map(|m| m as u32),
         exit: shell.exit.clone(),
         config: shell.config.clone(),
@@ -332,6 +335,7 @@ pub(crate) fn simulated() -> Snapshot {
         link_name: &|l: LinkId| format!("wan{}", l.0),
         io: vec![("send_errors", 0)],
         tun_mtu: Some((1436, true)),
+        tun_offload: Some("TSO, USO".into()),
         exit: None,
         config: Some(ConfigSnap {
             file: "/etc/mpvr/mpvr.toml".into(),

@@ -176,10 +176,13 @@ pub fn render_text(s: &Snapshot) -> String {
         "host {}  tun {}{}  policy {} (realtime), {} (bulk)  up {}  probes every {:.0} ms",
         s.host,
         s.tun,
-        match (s.tun_mtu, s.tun_mtu_auto) {
-            (Some(m), true) => format!(" (mtu {m}, follows the paths)"),
-            (Some(m), false) => format!(" (mtu {m})"),
-            (None, _) => String::new(),
+        match (s.tun_mtu, s.tun_mtu_auto, &s.tun_offload) {
+            (Some(m), auto, offload) => format!(
+                " (mtu {m}{}{})",
+                if auto { ", follows the paths" } else { "" },
+                offload.as_ref().map(|o| format!("; offloads {o}")).unwrap_or_default()
+            ),
+            (None, _, _) => String::new(),
         },
         s.policy,
         s.bulk_policy,

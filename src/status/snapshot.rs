@@ -58,6 +58,10 @@ pub struct Snapshot {
     /// The TUN's MTU follows the paths (`host.mtu = "auto"`).
     #[serde(default)]
     pub tun_mtu_auto: bool,
+    /// The TUN's offloads: `TSO` (with checksum offload; GRO toward the
+    /// TUN), `TSO, USO`, or `off: ` and why.
+    #[serde(default)]
+    pub tun_offload: Option<String>,
     /// The largest inner packet the paths toward every neighbour carry.
     #[serde(default)]
     pub tunnel_mtu: Option<u32>,

@@ -1,15 +1,212 @@
 //! The TUN device (tun-rs): created with its name and MTU and brought up;
 //! addresses and routes are set through netlink. Closing it (drop, exit, or
 //! a crash) makes the kernel delete it with every address and route on it.
+//!
+//! With offloads (the default), the device is opened with a virtio-net
+//! header (`IFF_VNET_HDR`) and TSO4/TSO6 with checksum offload, plus UDP
+//! segmentation (USO) where the kernel has it (6.2 and later). The kernel
+//! then hands mpvr TCP (and UDP) super-packets of up to 64 KiB in one read;
+//! tun-rs cuts them into packets of the TUN's MTU, headers and checksums
+//! fixed, and the core sees ordinary packets. Toward the TUN, consecutive
+//! segments of one flow in a batch are coalesced back into one super-packet
+//! per write (GRO), with no waiting: a batch is written as soon as the
+//! links' receive batch is processed. Without offloads (the kernel refuses
+//! them, or `MPVR_DISABLE_OFFLOADS=tun`), one packet per read and write.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-pub use tun_rs::AsyncDevice;
+use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
 
-/// Create the TUN `name` with `mtu`, up. Returns it and its interface index.
-pub fn create(name: &str, mtu: u16) -> io::Result<(Arc<AsyncDevice>, u32)> {
-    let dev = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).enable(true).build_async()?;
+/// Room in front of each packet handed to [`Tun::send_batch`].
+pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+/// Packet buffers one [`Tun::recv_batch`] fills at most (and one
+/// [`Tun::send_batch`] writes at most): tun-rs's own batch size.
+pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Packets the plain device reads per batch (one system call each).
+const PLAIN_BATCH: usize = 32;
+/// Free buffers a read of one super-packet needs: 64 KiB cut at the
+/// smallest MSS an IPv6-capable TUN has (1280-byte MTU) is 54 segments.
+const SEGMENTS_PER_READ: usize = 64;
+/// The largest read: a virtio-net header and a 64 KiB super-packet.
+const SCRATCH: usize = VIRTIO_NET_HDR_LEN + 65_536;
+
+/// How the TUN was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Offload {
+    /// TSO and checksum offload; `udp` when the kernel took USO too.
+    On {
+        /// UDP segmentation offload (USO) too.
+        udp: bool,
+    },
+    /// One packet per read and write, and why.
+    Off(String),
+}
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Offload::On { udp: true } => f.write_str("TSO, USO"),
+            Offload::On { udp: false } => f.write_str("TSO"),
+            Offload::Off(why) => write!(f, "off: {why}"),
+        }
+    }
+}
+
+/// The TUN and how it was opened.
+pub struct Tun {
+    dev: AsyncDevice,
+    offload: Offload,
+}
+
+/// Create the TUN `name` with `mtu`, up, with offloads unless `plain`.
+/// A kernel that refuses the offloads gets the plain device instead.
+/// Returns it and its interface index.
+pub fn create(name: &str, mtu: u16, plain: bool) -> io::Result<(Arc<Tun>, u32)> {
+    let build =
+        |offload: bool| tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(offload).enable(true).build_async();
+    let (dev, offload) = if plain {
+        (build(false)?, Offload::Off("disabled by MPVR_DISABLE_OFFLOADS".into()))
+    } else {
+        match build(true) {
+            Ok(dev) => {
+                let udp = dev.udp_gso();
+                (dev, Offload::On { udp })
+            }
+            // The name is taken: no use trying again without offloads.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(e),
+            Err(e) => (build(false)?, Offload::Off(format!("the kernel refused them ({e})"))),
+        }
+    };
     let index = dev.if_index()?;
-    Ok((Arc::new(dev), index))
+    Ok((Arc::new(Tun { dev, offload }), index))
+}
+
+/// Buffers for [`Tun::recv_batch`], reused from call to call.
+pub struct RecvBufs {
+    scratch: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    filled: usize,
+}
+
+impl RecvBufs {
+    /// Buffers for packets of up to `packet` bytes.
+    pub fn new(packet: usize) -> RecvBufs {
+        // Zeroed allocations each (not clones): pages a short packet never
+        // reaches stay untouched.
+        let bufs = (0..BATCH).map(|_| vec![0; packet]).collect();
+        RecvBufs { scratch: vec![0; SCRATCH], bufs, sizes: vec![0; BATCH], filled: 0 }
+    }
+
+    /// The packets of the last [`Tun::recv_batch`], in order.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs.iter().zip(&self.sizes).take(self.filled).map(|(b, n)| &b[..*n])
+    }
+}
+
+/// Packets gathered for one [`Tun::send_batch`], each in a buffer of its
+/// own with [`HEADROOM`] in front (coalescing appends to the first packet
+/// of a flow, and the virtio-net header goes in front of it). The buffers
+/// are kept from batch to batch: no allocation once they have grown.
+pub struct SendBufs {
+    bufs: Vec<Vec<u8>>,
+    filled: usize,
+    gro: GROTable,
+}
+
+impl Default for SendBufs {
+    fn default() -> SendBufs {
+        SendBufs { bufs: Vec::with_capacity(BATCH), filled: 0, gro: GROTable::new() }
+    }
+}
+
+impl SendBufs {
+    /// Add a packet; false (and nothing added) when the batch is full.
+    pub fn push(&mut self, packet: &[u8]) -> bool {
+        if self.filled == BATCH {
+            return false;
+        }
+        if self.filled == self.bufs.len() {
+            // Room for a whole coalesced super-packet: tun-rs coalesces
+            // only into a buffer that has it (and never reallocates). Pages
+            // a buffer never reaches are never touched.
+            self.bufs.push(Vec::with_capacity(2 * HEADROOM + 65_536));
+        }
+        let b = &mut self.bufs[self.filled];
+        b.clear();
+        b.resize(HEADROOM, 0);
+        b.extend_from_slice(packet);
+        self.filled += 1;
+        true
+    }
+
+    /// Packets waiting.
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    /// Whether no packet waits.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+}
+
+impl Tun {
+    /// How the device was opened.
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
+    /// Set the MTU.
+    pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
+        self.dev.set_mtu(mtu)
+    }
+
+    /// Wait for packets and read as many as `bufs` holds: a super-packet
+    /// comes out as its segments. Returns how many packets `bufs` holds.
+    pub async fn recv_batch(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+        let RecvBufs { scratch, bufs: b, sizes, filled } = bufs;
+        *filled = self.dev.recv_multiple(scratch, b, sizes, 0).await?;
+        let (need, most) = if self.offloaded() { (SEGMENTS_PER_READ, BATCH) } else { (1, PLAIN_BATCH) };
+        while most - *filled >= need {
+            let at = *filled;
+            match self.dev.try_recv_multiple(scratch, &mut b[at..], &mut sizes[at..], 0) {
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // A bad super-packet (tun-rs refuses it) is that packet's
+                // loss, not the batch's.
+                Err(_) if *filled > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(*filled)
+    }
+
+    fn offloaded(&self) -> bool {
+        matches!(self.offload, Offload::On { .. })
+    }
+
+    /// Write the packets of `bufs` (coalesced where offloads allow), then
+    /// empty it.
+    pub async fn send_batch(&self, bufs: &mut SendBufs) -> io::Result<()> {
+        let n = bufs.filled;
+        bufs.filled = 0;
+        if n == 0 {
+            return Ok(());
+        }
+        // The plain device writes each packet from after its headroom.
+        self.dev.send_multiple(&mut bufs.gro, &mut bufs.bufs[..n], HEADROOM).await.map(|_| ())
+    }
+
+    /// Write one packet (an ICMP answer of the core's), with an empty
+    /// virtio-net header in front when the device has offloads.
+    pub async fn send_one(&self, packet: &[u8]) -> io::Result<()> {
+        if self.offloaded() {
+            let hdr = [0u8; VIRTIO_NET_HDR_LEN];
+            self.dev.send_vectored(&[IoSlice::new(&hdr), IoSlice::new(packet)]).await.map(|_| ())
+        } else {
+            self.dev.send(packet).await.map(|_| ())
+        }
+    }
 }

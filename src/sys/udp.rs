@@ -36,7 +36,7 @@ pub struct LinkSocket {
 }
 
 /// Kernel offloads turned off by the environment variable
-/// `MPVR_DISABLE_OFFLOADS` (a comma-separated list of `gso`, `gro`): to
+/// `MPVR_DISABLE_OFFLOADS` (a comma-separated list of `gso`, `gro`, `tun`): to
 /// rule them out when troubleshooting, and for the tests of the plain
 /// paths that kernels without them (GSO before 4.18, GRO before 5.0) take.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Disabled {
     pub gso: bool,
     /// UDP GRO (one receive buffer for a train of datagrams).
     pub gro: bool,
+    /// The TUN's offloads (TSO and GRO through a virtio-net header).
+    pub tun: bool,
 }
 
 impl Disabled {
@@ -52,7 +54,7 @@ impl Disabled {
     pub fn from_env() -> Disabled {
         let v = std::env::var("MPVR_DISABLE_OFFLOADS").unwrap_or_default();
         let has = |w: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(w));
-        Disabled { gso: has("gso"), gro: has("gro") }
+        Disabled { gso: has("gso"), gro: has("gro"), tun: has("tun") }
     }
 }
 

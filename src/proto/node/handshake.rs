@@ -127,7 +127,7 @@ impl Node {
             (&mut init[..INIT_LEN]).try_into().expect("INIT_LEN bytes"),
         );
         let (noise, macs) = init.split_at_mut(INIT_LEN);
-        let mac1 = cookie::mac1(&b.mac1_key, MessageType::HandshakeInit, me, b.host(), noise);
+        let mac1 = cookie::mac1(&b.keys.mac1, MessageType::HandshakeInit, me, b.host(), noise);
         macs[..MAC_LEN].copy_from_slice(&mac1);
         // mac2 with the peer's cookie while it lasts (it is under load).
         if let Some((c, at)) = b.cookie
@@ -251,7 +251,7 @@ impl Node {
         }
         let session = Session::new(accepted.keys, self.cfg.window_packets, now, false, accepted.key_phase);
         let (b, mut tx) = self.tx(idx);
-        let mac1 = cookie::mac1(&b.mac1_key, MessageType::HandshakeResponse, me, peer, &reply[..RESPONSE_LEN]);
+        let mac1 = cookie::mac1(&b.keys.mac1, MessageType::HandshakeResponse, me, peer, &reply[..RESPONSE_LEN]);
         reply[RESPONSE_LEN..].copy_from_slice(&mac1);
         b.sessions.answered(slot, session, reply);
         b.stats.handshakes += 1;
@@ -332,7 +332,7 @@ impl Node {
             return Err(DropReason::HandshakeUnexpected);
         };
         let mac1: [u8; MAC_LEN] = pending.init[INIT_LEN..INIT_LEN + MAC_LEN].try_into().expect("MAC_LEN bytes");
-        let c = cookie::open_reply(&b.cookie_key, &mac1, msg).ok_or(DropReason::BadCookie)?;
+        let c = cookie::open_reply(&b.keys.cookie, &mac1, msg).ok_or(DropReason::BadCookie)?;
         b.cookie = Some((c, now));
         if b.cookie_resent.is_some_and(|t| now - t < COOKIE_RESEND_GAP) {
             return Ok(Received::Handshake);
