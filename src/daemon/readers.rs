@@ -58,9 +58,17 @@ pub(super) async fn read_link(
             shared.timer_moved(&node);
         }
         for r in &delivered {
-            if !to_tun.push(&batch.storage()[r.clone()]) {
+            let packet = &batch.storage()[r.clone()];
+            if !shared.tun.coalesces(packet) {
+                // Written alone, after what came before it: real-time
+                // datagrams are never held for or merged into a batch.
                 write_tun(&shared, &mut to_tun).await;
-                to_tun.push(&batch.storage()[r.clone()]);
+                if shared.tun.send_one(packet).await.is_err() {
+                    shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if !to_tun.push(packet) {
+                write_tun(&shared, &mut to_tun).await;
+                to_tun.push(packet);
             }
         }
         write_tun(&shared, &mut to_tun).await;
