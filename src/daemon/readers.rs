@@ -19,8 +19,9 @@ use crate::sys::udp::{RECV_BATCH, RecvBatch};
 
 /// Read one link's socket until aborted: a batch per system call, the core
 /// called for the whole batch under one lock, then deliveries and sends.
-/// Deliveries go to the TUN in batches (coalesced per flow where the TUN
-/// has offloads), written before the next receive: nothing waits for a
+/// TCP deliveries go to the TUN in batches (coalesced per flow where the TUN
+/// has offloads), other packets one by one in their place, all written
+/// before the next receive: nothing waits for a
 /// batch to fill.
 pub(super) async fn read_link(
     shared: Arc<Shared>,
