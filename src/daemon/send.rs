@@ -75,6 +75,12 @@ fn for_each_run<'a>(out: &'a Transmits, mut f: impl FnMut(&Run<'a>)) {
 
 /// Most datagrams sent in one GSO call.
 const MAX_RUN: usize = 64;
+/// Most bytes sent in one GSO call: the whole run is one UDP send, so it
+/// must fit one IPv4 datagram (65 535 bytes less the 20-byte IP and 8-byte
+/// UDP headers; IPv6 allows a little more). A larger run is refused whole by
+/// the kernel with EMSGSIZE, every copy in it lost: 64 datagrams of 1 436
+/// bytes are 91 904, and a TSO super-packet cut at the MSS fills such runs.
+const MAX_RUN_BYTES: usize = 65_507;
 
 /// Datagrams contiguous in a [`Transmits`], all of `size` bytes (the last
 /// may be shorter), all for the same paths.
@@ -98,6 +104,7 @@ impl<'a> Run<'a> {
         let len = t.datagram.len();
         let fits = !self.closed
             && self.count < MAX_RUN
+            && self.end - self.start + len <= MAX_RUN_BYTES
             && t.offset == self.end
             && len <= self.size
             && len > 0
@@ -128,8 +135,9 @@ mod tests {
     use crate::sim::traffic::udp_packet;
     use std::net::SocketAddr;
 
-    #[test]
-    fn equal_size_datagrams_for_the_same_paths_form_one_run() {
+    /// Two nodes with keys and a route from the first to the second, which
+    /// has two links; their endpoints. Hands not yet shaken.
+    fn pair() -> (Node, Node, SocketAddr, SocketAddr) {
         let h = |n| HostId::new(n).unwrap();
         let (ea, eb): (SocketAddr, SocketAddr) =
             ("192.0.2.1:51820".parse().unwrap(), "192.0.2.2:51820".parse().unwrap());
@@ -145,6 +153,12 @@ mod tests {
         let public_key = node.public_key();
         peer.add_bundle(BundleConfig { host: h(1), public_key, psk: None, endpoints }).unwrap();
         node.add_route("10.9.0.2/32".parse().unwrap(), NextHop::Host(h(2))).unwrap();
+        (node, peer, ea, eb)
+    }
+
+    #[test]
+    fn equal_size_datagrams_for_the_same_paths_form_one_run() {
+        let (mut node, mut peer, ea, eb) = pair();
         crate::sim::shake_hands(&mut node, LinkId(1), ea, &mut peer, LinkId(1), eb, Time::ZERO);
         let mut out = Transmits::new();
         let (a, b) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
@@ -155,5 +169,24 @@ mod tests {
         for_each_run(&out, |r| runs.push((r.count, r.size, r.end - r.start, r.paths.len())));
         // 3 x 1400 + the shorter 600 close one run; the last two make another.
         assert_eq!(runs, vec![(4, 1436, 3 * 1436 + 636, 2), (2, 1436, 2 * 1436, 2)]);
+    }
+
+    #[test]
+    fn a_run_fits_one_udp_send() {
+        let (mut node, mut peer, ea, eb) = pair();
+        crate::sim::shake_hands(&mut node, LinkId(1), ea, &mut peer, LinkId(1), eb, Time::ZERO);
+        let mut out = Transmits::new();
+        let (a, b) = ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
+        // What a TSO super-packet cut at the MSS gives: a long train of
+        // equal segments, more than one send can carry.
+        for i in 0..100 {
+            node.handle_tun_packet(Time::ZERO, &udp_packet(a, b, i, 1400), &mut out).unwrap();
+        }
+        let mut runs = Vec::new();
+        for_each_run(&out, |r| runs.push((r.count, r.end - r.start)));
+        assert!(runs.iter().all(|&(_, bytes)| bytes <= MAX_RUN_BYTES), "{runs:?}");
+        assert_eq!(runs.iter().map(|r| r.0).sum::<usize>(), 100);
+        // Each run as full as the byte limit allows: 45 x 1436 = 64 620.
+        assert_eq!(runs[0], (45, 45 * 1436));
     }
 }
