@@ -8,6 +8,8 @@
 #                  on first use) over link 0
 #   mpvr-1link     mpvr over link 0 only
 #   mpvr-2links    mpvr over both links (every packet duplicated: bulk_policy "all")
+#   mpvr-1link-plain  mpvr over link 0 with the plain TUN
+#                  (MPVR_DISABLE_OFFLOADS=tun: no TSO/GRO on the TUN)
 #
 # For each: TCP throughput (iperf3, 1 stream), the CPU time both tunnel
 # processes spent per gigabit of that TCP run (utime + stime from
@@ -169,8 +171,10 @@ public_key = "$6"
 endpoints = $7
 prefixes = ["10.9.0.$5/32"]
 EOC
-  # One control socket per daemon: both run on this machine.
-  ip netns exec "$1" "$bin" run -c "$cfg" --socket "$work/$1.sock" >/dev/null 2>"$work/$1.log" &
+  # One control socket per daemon: both run on this machine. $offloads is
+  # what MPVR_DISABLE_OFFLOADS gets (empty: every offload the kernel has).
+  ip netns exec "$1" env MPVR_DISABLE_OFFLOADS="$offloads" "$bin" run -c "$cfg" --socket "$work/$1.sock" \
+    >/dev/null 2>"$work/$1.log" &
   last_pid=$!
   pids+=("$last_pid")
 }
@@ -207,8 +211,9 @@ if [ -n "$boringtun" ]; then
   run_wg boringtun "$boringtun" --foreground --disable-drop-privileges --log "$work/boringtun.log"
 fi
 
-run_mpvr() { # name binary links
+run_mpvr() { # name binary links [offloads to disable]
   local name=$1 bin=$2 links=$3 inc_a inc_b
+  offloads=${4:-}
   if [ "$links" = 1 ]; then inc_a='["a0"]'; inc_b='["b0"]'; else inc_a='["a0", "a1"]'; inc_b='["b0", "b1"]'; fi
   start_mpvr "$bin" "$A" 1 "$work/a.key" 10.9.0.1 2 "$pb" '["10.1.0.2:51820", "10.2.0.2:51820"]' "$inc_a" all; local ma=$last_pid
   start_mpvr "$bin" "$B" 2 "$work/b.key" 10.9.0.2 1 "$pa" '["10.1.0.1:51820", "10.2.0.1:51820"]' "$inc_b" all; local mb=$last_pid
@@ -228,6 +233,9 @@ for links in 1 2; do
     fi
   done
 done
+# The same over the plain TUN (one system call per packet), as a kernel
+# that refuses the TUN offloads runs it: what the offloads bring.
+run_mpvr mpvr-1link-plain "$mpvr" 1 tun
 
 python3 - "$results" "$out_dir/bench.json" <<'EOP'
 import json, sys, statistics, datetime, platform, os
