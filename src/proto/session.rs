@@ -10,6 +10,7 @@
 //! sending on the previous one, or holds packets.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::crypto::SessionKeys;
@@ -36,8 +37,9 @@ pub const MAX_STAGED: usize = 128;
 /// One session's keys and counters.
 #[derive(Debug)]
 pub struct Session {
-    /// Keys from the handshake.
-    pub keys: SessionKeys,
+    /// Keys from the handshake; shared with the transmit batches that hold
+    /// datagrams still to be sealed with them.
+    pub keys: Arc<SessionKeys>,
     /// Last sequence number sealed.
     pub tx_seq: u64,
     /// Dedup / anti-replay window of what it received.
@@ -59,7 +61,7 @@ impl Session {
     /// A new session.
     pub fn new(keys: SessionKeys, window_packets: u32, now: Time, initiator: bool, remote_phase: bool) -> Session {
         Session {
-            keys,
+            keys: Arc::new(keys),
             tx_seq: 0,
             window: ReplayWindow::new(window_packets),
             created: now,
