@@ -156,5 +156,59 @@ fn classify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, window, seal_open_baseline, send_receive, classify);
+/// Packets per batch in [`core_scaling`]: what one TUN read gives under load.
+const SCALING_BATCH: u64 = 64;
+
+/// Core scaling of the send path: `threads` threads share one node behind a
+/// mutex, as the daemon's readers do; each takes a batch of 1400-byte
+/// packets through the node under the lock (route, classify, sequence
+/// numbers, fan out) and seals it, after releasing the lock ("outside", the
+/// daemon's shape) or before ("inside": one core seals at a time). Per
+/// packet: compare 2 threads with 1 in the same run.
+fn core_scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core_scaling_send_1400");
+    g.throughput(Throughput::Elements(SCALING_BATCH));
+    for (name, threads, outside) in [("1_thread", 1, true), ("2_threads_seal_inside", 2, false), ("2_threads", 2, true)] {
+        let mut a = node(1, 2, &[(1, "192.0.2.2:51820"), (2, "198.51.100.2:51820")]);
+        let mut b = node(2, 1, &[(1, "192.0.2.1:51820"), (2, "198.51.100.1:51820")]);
+        let from: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let to: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        mpvr::sim::shake_hands(&mut a, LinkId(1), from, &mut b, LinkId(1), to, Time::ZERO);
+        let a = std::sync::Mutex::new(a);
+        let packet = traffic::udp_packet("10.9.0.1".parse().expect("ip"), "10.9.0.2".parse().expect("ip"), 1, 1400);
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|batches| {
+                let t0 = std::time::Instant::now();
+                std::thread::scope(|scope| {
+                    for t in 0..threads {
+                        let (a, packet) = (&a, &packet);
+                        // Thread t does batches t, t + threads, ...
+                        let mine = (batches + threads - 1 - t) / threads;
+                        scope.spawn(move || {
+                            let mut out = Transmits::new();
+                            for _ in 0..mine {
+                                {
+                                    let mut a = a.lock().expect("not poisoned");
+                                    for _ in 0..SCALING_BATCH {
+                                        a.handle_tun_packet(Time::ZERO, packet, &mut out).expect("sent");
+                                    }
+                                    if !outside {
+                                        out.seal();
+                                    }
+                                }
+                                out.seal();
+                                black_box(out.bytes().len());
+                                out.clear();
+                            }
+                        });
+                    }
+                });
+                t0.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, header, window, seal_open_baseline, send_receive, classify, core_scaling);
 criterion_main!(benches);

@@ -356,7 +356,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                     node.handle_timeout(now, &mut out);
                     shared.log_events(&mut node);
                 }
-                shared.send(&out);
+                shared.send(&mut out);
                 out.clear();
                 let want = wanted_tun_routes(&shared, &cfg);
                 tun_routes.sync(&nl, tun_index, &want, false).await;

@@ -73,7 +73,7 @@ pub(super) async fn read_link(
             }
         }
         write_tun(&shared, &mut to_tun).await;
-        shared.send(&out);
+        shared.send(&mut out);
         out.clear();
         if fatal.is_closed() {
             return;
@@ -110,7 +110,7 @@ pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<S
             shared.log_events(&mut node);
             shared.timer_moved(&node);
         }
-        shared.send(&out);
+        shared.send(&mut out);
         out.clear();
         // ICMP "too big" for packets no path carries: the sender's stack adapts.
         for a in answers.drain(..) {

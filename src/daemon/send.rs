@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use tracing::warn;
 
 use super::shared::Shared;
-use crate::proto::{self, LinkId, Transmits};
+use crate::proto::{self, LinkId, Sealed, Transmits};
 use crate::sys::LinkIo;
 
 impl Shared {
@@ -18,10 +18,13 @@ impl Shared {
     /// Consecutive datagrams of one size for the same paths go to each path
     /// in one system call (UDP GSO): a batch read from the TUN costs a few
     /// sends per path, not one per packet.
-    pub(super) fn send(&self, out: &Transmits) {
+    /// Datagrams still to be sealed are sealed here, first: the caller has
+    /// released the node's lock, so sealing runs beside the other tasks.
+    pub(super) fn send(&self, out: &mut Transmits) {
         if out.is_empty() {
             return;
         }
+        let out = out.sealed();
         let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
         for_each_run(out, |r| self.send_run(&sockets, out.bytes(), r));
     }
@@ -55,7 +58,7 @@ impl Shared {
 }
 
 /// Split `out` into [`Run`]s, in order.
-fn for_each_run<'a>(out: &'a Transmits, mut f: impl FnMut(&Run<'a>)) {
+fn for_each_run<'a>(out: Sealed<'a>, mut f: impl FnMut(&Run<'a>)) {
     let mut run: Option<Run<'a>> = None;
     for t in out.iter() {
         if let Some(r) = &mut run
@@ -166,7 +169,7 @@ mod tests {
             node.handle_tun_packet(Time::ZERO, &udp_packet(a, b, i as u64, size), &mut out).unwrap();
         }
         let mut runs = Vec::new();
-        for_each_run(&out, |r| runs.push((r.count, r.size, r.end - r.start, r.paths.len())));
+        for_each_run(out.sealed(), |r| runs.push((r.count, r.size, r.end - r.start, r.paths.len())));
         // 3 x 1400 + the shorter 600 close one run; the last two make another.
         assert_eq!(runs, vec![(4, 1436, 3 * 1436 + 636, 2), (2, 1436, 2 * 1436, 2)]);
     }
@@ -183,7 +186,7 @@ mod tests {
             node.handle_tun_packet(Time::ZERO, &udp_packet(a, b, i, 1400), &mut out).unwrap();
         }
         let mut runs = Vec::new();
-        for_each_run(&out, |r| runs.push((r.count, r.end - r.start)));
+        for_each_run(out.sealed(), |r| runs.push((r.count, r.end - r.start)));
         assert!(runs.iter().all(|&(_, bytes)| bytes <= MAX_RUN_BYTES), "{runs:?}");
         assert_eq!(runs.iter().map(|r| r.0).sum::<usize>(), 100);
         // Each run as full as the byte limit allows: 45 x 1436 = 64 620.

@@ -62,4 +62,4 @@ pub use policy::Policy;
 pub use route::NextHop;
 pub use stats::DropReason;
 pub use time::Time;
-pub use transmit::{Transmit, Transmits};
+pub use transmit::{Sealed, Transmit, Transmits};

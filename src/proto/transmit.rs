@@ -73,6 +73,33 @@ pub struct Transmit<'a> {
     pub paths: &'a [PathAddr],
 }
 
+/// A batch with every datagram sealed ([`Transmits::sealed`]): what the
+/// shell reads to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Sealed<'a>(&'a Transmits);
+
+impl<'a> Sealed<'a> {
+    /// The datagrams in the order they were produced.
+    pub fn iter(self) -> impl ExactSizeIterator<Item = Transmit<'a>> + 'a {
+        let t = self.0;
+        t.items.iter().map(move |i| Transmit {
+            datagram: &t.buf[i.bytes.clone()],
+            offset: i.bytes.start,
+            paths: &t.paths[i.paths.clone()],
+        })
+    }
+
+    /// Every datagram, back to back, in the order they were produced.
+    pub fn bytes(self) -> &'a [u8] {
+        &self.0.buf
+    }
+
+    /// Nothing to send.
+    pub fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Transmits {
     /// An empty batch.
     pub fn new() -> Transmits {
@@ -103,20 +130,20 @@ impl Transmits {
         self.items.iter().map(|i| i.paths.len()).sum()
     }
 
+    /// The batch, every datagram sealed first.
+    pub fn sealed(&mut self) -> Sealed<'_> {
+        self.seal();
+        Sealed(self)
+    }
+
     /// The datagrams in the order they were produced, sealed.
     pub fn iter(&mut self) -> impl ExactSizeIterator<Item = Transmit<'_>> + '_ {
-        self.seal();
-        self.items.iter().map(|i| Transmit {
-            datagram: &self.buf[i.bytes.clone()],
-            offset: i.bytes.start,
-            paths: &self.paths[i.paths.clone()],
-        })
+        self.sealed().iter()
     }
 
     /// Every datagram, back to back, in the order they were produced, sealed.
     pub fn bytes(&mut self) -> &[u8] {
-        self.seal();
-        &self.buf
+        self.sealed().bytes()
     }
 
     /// Datagrams queued and not sealed yet.
@@ -226,5 +253,96 @@ impl Transmits {
         self.items.push(Item { bytes: start..start + len, paths: self.paths.len() - copies..self.paths.len() });
         self.pending = 0;
         copies
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ids::{HostId, LinkId};
+    use crate::proto::wire::{MessageType, Packet};
+
+    fn h(n: u32) -> HostId {
+        HostId::new(n).unwrap()
+    }
+
+    fn path() -> PathAddr {
+        PathAddr { link: LinkId(1), remote: "192.0.2.2:51820".parse().unwrap() }
+    }
+
+    fn header(seq: u64) -> Header {
+        let (sender, receiver) = (h(1), h(2));
+        Header { msg_type: MessageType::Data, hop_limit: 8, key_phase: false, sole: false, sender, receiver, seq: Seq(seq) }
+    }
+
+    fn payload(seq: u64) -> Vec<u8> {
+        (0..100 + seq as usize * 37).map(|i| (i as u64 * 31 + seq) as u8).collect()
+    }
+
+    /// Datagrams 1..=n queued for sealing, with an unsealed message and a
+    /// raw one between them (as handshakes and shaped copies come).
+    fn batch(keys: &Arc<SessionKeys>, n: u64) -> Transmits {
+        let mut out = Transmits::new();
+        for seq in 1..=n {
+            out.add_path(path());
+            out.push_sealed(&header(seq), &payload(seq), keys);
+            if seq == n / 2 {
+                out.add_path(path());
+                out.push_plain(&header(0), b"handshake");
+                out.push_raw(b"sealed before", path());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn what_is_read_is_sealed_once_and_opens() {
+        let keys = Arc::new(SessionKeys::from_shared_secret(&[5; 32], h(1), h(2)));
+        let other = SessionKeys::from_shared_secret(&[5; 32], h(2), h(1));
+        let mut out = batch(&keys, 10);
+        assert_eq!(out.unsealed(), 10);
+        let mut opened = 0;
+        for t in out.iter() {
+            let Ok(hd) = Packet::new_checked(t.datagram).and_then(|p| Header::parse(&p)) else { continue };
+            if hd.seq.0 == 0 {
+                continue;
+            }
+            let mut d = t.datagram.to_vec();
+            let (head, sealed) = d.split_at_mut(HEADER_LEN);
+            let n = other.open(hd.seq, head, sealed).expect("sealed with the session's keys");
+            assert_eq!(&sealed[..n], &payload(hd.seq.0)[..]);
+            opened += 1;
+        }
+        assert_eq!((opened, out.unsealed()), (10, 0));
+    }
+
+    #[test]
+    fn sealing_on_threads_gives_the_same_bytes() {
+        let keys = Arc::new(SessionKeys::from_shared_secret(&[6; 32], h(1), h(2)));
+        let mut one = batch(&keys, 41);
+        one.seal();
+        for threads in [1, 2, 3, 8, 100] {
+            let mut split = batch(&keys, 41);
+            split.seal_split(threads);
+            assert_eq!(split.unsealed(), 0);
+            assert_eq!(split.bytes(), one.bytes(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn the_last_datagram_is_sealed_when_read_and_dropped_with_its_seal() {
+        let keys = Arc::new(SessionKeys::from_shared_secret(&[7; 32], h(1), h(2)));
+        let mut once = batch(&keys, 3);
+        let mut out = batch(&keys, 3);
+        let last = out.last_datagram().unwrap().to_vec();
+        assert_eq!(out.unsealed(), 2, "only the last one sealed");
+        assert_eq!(&once.bytes()[once.bytes().len() - last.len()..], &last[..]);
+        // Queued on no path (every copy held by shapers): dropped, and
+        // nothing is left to seal at its place.
+        out.push_sealed(&header(9), &payload(9), &keys);
+        assert_eq!(out.unsealed(), 3);
+        out.drop_last_if_pathless();
+        assert_eq!((out.len(), out.unsealed()), (5, 2));
+        assert_eq!(out.bytes(), once.bytes());
     }
 }

@@ -566,7 +566,7 @@ impl Sim {
 
     /// Put what host `h` queued on the wires, then re-arm its timer.
     fn flush(&mut self, h: HostIx) {
-        let out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.out);
         for t in out.iter() {
             for path in t.paths {
                 let Some(&(w, dir)) = self.hosts[h.0].links.get(&path.link) else {
