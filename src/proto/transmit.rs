@@ -336,7 +336,8 @@ mod tests {
         let mut out = batch(&keys, 3);
         let last = out.last_datagram().unwrap().to_vec();
         assert_eq!(out.unsealed(), 2, "only the last one sealed");
-        assert_eq!(&once.bytes()[once.bytes().len() - last.len()..], &last[..]);
+        let all = once.bytes();
+        assert_eq!(&all[all.len() - last.len()..], &last[..]);
         // Queued on no path (every copy held by shapers): dropped, and
         // nothing is left to seal at its place.
         out.push_sealed(&header(9), &payload(9), &keys);
