@@ -168,7 +168,8 @@ const SCALING_BATCH: u64 = 64;
 fn core_scaling(c: &mut Criterion) {
     let mut g = c.benchmark_group("core_scaling_send_1400");
     g.throughput(Throughput::Elements(SCALING_BATCH));
-    for (name, threads, outside) in [("1_thread", 1, true), ("2_threads_seal_inside", 2, false), ("2_threads", 2, true)] {
+    for (name, threads, outside) in [("1_thread", 1, true), ("2_threads_seal_inside", 2, false), ("2_threads", 2, true)]
+    {
         let mut a = node(1, 2, &[(1, "192.0.2.2:51820"), (2, "198.51.100.2:51820")]);
         let mut b = node(2, 1, &[(1, "192.0.2.1:51820"), (2, "198.51.100.1:51820")]);
         let from: SocketAddr = "192.0.2.1:51820".parse().expect("addr");

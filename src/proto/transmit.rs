@@ -19,8 +19,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::crypto::SessionKeys;
-use super::ids::Seq;
 use super::ids::PathAddr;
+use super::ids::Seq;
 use super::wire::{HEADER_LEN, Header, TAG_LEN};
 
 #[derive(Clone, Debug)]
@@ -30,20 +30,22 @@ struct Item {
 }
 
 /// A datagram laid out in the buffer and not yet sealed: its bytes (header,
-/// plaintext, room for the tag), its sequence number and the keys.
+/// plaintext, room for the tag), its sequence number and which of the
+/// batch's keys seal it.
 #[derive(Clone, Debug)]
 struct SealJob {
     bytes: Range<usize>,
     seq: Seq,
-    keys: Arc<SessionKeys>,
+    keys: usize,
 }
 
 impl SealJob {
-    /// Seal the datagram in `dgram` (exactly this job's bytes) in place.
-    fn seal(&self, dgram: &mut [u8]) {
+    /// Seal the datagram in `dgram` (exactly this job's bytes) in place
+    /// with `keys`, the batch's key list.
+    fn seal(&self, keys: &[Arc<SessionKeys>], dgram: &mut [u8]) {
         let (head, rest) = dgram.split_at_mut(HEADER_LEN);
         let (body, tag_out) = rest.split_at_mut(rest.len() - TAG_LEN);
-        let tag = self.keys.seal(self.seq, head, body);
+        let tag = keys[self.keys].seal(self.seq, head, body);
         tag_out.copy_from_slice(&tag);
     }
 }
@@ -58,6 +60,9 @@ pub struct Transmits {
     pending: usize,
     /// Datagrams not yet sealed, in buffer order.
     unsealed: Vec<SealJob>,
+    /// The keys the unsealed datagrams need, each once: a batch holds one
+    /// reference per session, not one per datagram.
+    keys: Vec<Arc<SessionKeys>>,
 }
 
 /// One sealed datagram and where to send copies of it.
@@ -113,6 +118,7 @@ impl Transmits {
         self.paths.clear();
         self.pending = 0;
         self.unsealed.clear();
+        self.keys.clear();
     }
 
     /// Number of datagrams (not copies).
@@ -154,8 +160,9 @@ impl Transmits {
     /// Seal every datagram queued for sealing, on this thread.
     pub fn seal(&mut self) {
         for job in self.unsealed.drain(..) {
-            job.seal(&mut self.buf[job.bytes.clone()]);
+            job.seal(&self.keys, &mut self.buf[job.bytes.clone()]);
         }
+        self.keys.clear();
     }
 
     /// Seal every datagram queued for sealing on up to `threads` threads
@@ -168,6 +175,7 @@ impl Transmits {
             return self.seal();
         }
         let jobs = std::mem::take(&mut self.unsealed);
+        let keys = &self.keys;
         std::thread::scope(|scope| {
             // Jobs are in buffer order and do not overlap: each chunk of
             // jobs gets the disjoint stretch of the buffer it covers.
@@ -179,7 +187,7 @@ impl Transmits {
                 let start = base;
                 scope.spawn(move || {
                     for job in chunk {
-                        job.seal(&mut mine[job.bytes.start - start..job.bytes.end - start]);
+                        job.seal(keys, &mut mine[job.bytes.start - start..job.bytes.end - start]);
                     }
                 });
                 rest = tail;
@@ -188,6 +196,7 @@ impl Transmits {
         });
         self.unsealed = jobs;
         self.unsealed.clear();
+        self.keys.clear();
     }
 
     /// Stage a path for the next datagram.
@@ -208,7 +217,7 @@ impl Transmits {
     /// The bytes of the datagram queued last, sealed.
     pub(crate) fn last_datagram(&mut self) -> Option<&[u8]> {
         if let Some(job) = self.unsealed.pop_if(|j| Some(&j.bytes) == self.items.last().map(|i| &i.bytes)) {
-            job.seal(&mut self.buf[job.bytes.clone()]);
+            job.seal(&self.keys, &mut self.buf[job.bytes.clone()]);
         }
         self.items.last().map(|i| &self.buf[i.bytes.clone()])
     }
@@ -248,7 +257,14 @@ impl Transmits {
         let dgram = &mut self.buf[start..];
         header.emit(dgram);
         dgram[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-        self.unsealed.push(SealJob { bytes: start..start + len, seq: header.seq, keys: Arc::clone(keys) });
+        let k = match self.keys.iter().rposition(|k| Arc::ptr_eq(k, keys)) {
+            Some(k) => k,
+            None => {
+                self.keys.push(Arc::clone(keys));
+                self.keys.len() - 1
+            }
+        };
+        self.unsealed.push(SealJob { bytes: start..start + len, seq: header.seq, keys: k });
         let copies = self.pending;
         self.items.push(Item { bytes: start..start + len, paths: self.paths.len() - copies..self.paths.len() });
         self.pending = 0;
@@ -272,7 +288,15 @@ mod tests {
 
     fn header(seq: u64) -> Header {
         let (sender, receiver) = (h(1), h(2));
-        Header { msg_type: MessageType::Data, hop_limit: 8, key_phase: false, sole: false, sender, receiver, seq: Seq(seq) }
+        Header {
+            msg_type: MessageType::Data,
+            hop_limit: 8,
+            key_phase: false,
+            sole: false,
+            sender,
+            receiver,
+            seq: Seq(seq),
+        }
     }
 
     fn payload(seq: u64) -> Vec<u8> {
