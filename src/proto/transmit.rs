@@ -11,8 +11,7 @@
 //! (sequence numbers are taken in order under the lock; the keys are
 //! shared, read-only). Nothing can read an unsealed datagram: every reader
 //! ([`Transmits::iter`], [`Transmits::bytes`]) takes `&mut self` and seals
-//! what is pending first. [`Transmits::seal_split`] seals on several
-//! threads at once. The batch is reused: `clear` keeps its capacity, so
+//! what is pending first. The batch is reused: `clear` keeps its capacity, so
 //! steady-state traffic allocates nothing.
 
 use std::ops::Range;
@@ -165,40 +164,6 @@ impl Transmits {
         self.keys.clear();
     }
 
-    /// Seal every datagram queued for sealing on up to `threads` threads
-    /// (scoped: they end before this returns), each taking an equal share
-    /// of the datagrams. Worth it for large batches only: a thread costs
-    /// tens of microseconds to start.
-    pub fn seal_split(&mut self, threads: usize) {
-        let per = self.unsealed.len().div_ceil(threads.max(1)).max(1);
-        if per >= self.unsealed.len() {
-            return self.seal();
-        }
-        let jobs = std::mem::take(&mut self.unsealed);
-        let keys = &self.keys;
-        std::thread::scope(|scope| {
-            // Jobs are in buffer order and do not overlap: each chunk of
-            // jobs gets the disjoint stretch of the buffer it covers.
-            let mut rest: &mut [u8] = &mut self.buf;
-            let mut base = 0;
-            for chunk in jobs.chunks(per) {
-                let end = chunk.last().map_or(base, |j| j.bytes.end);
-                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(end - base);
-                let start = base;
-                scope.spawn(move || {
-                    for job in chunk {
-                        job.seal(keys, &mut mine[job.bytes.start - start..job.bytes.end - start]);
-                    }
-                });
-                rest = tail;
-                base = end;
-            }
-        });
-        self.unsealed = jobs;
-        self.unsealed.clear();
-        self.keys.clear();
-    }
-
     /// Stage a path for the next datagram.
     pub(crate) fn add_path(&mut self, path: PathAddr) {
         self.paths.push(path);
@@ -338,19 +303,6 @@ mod tests {
             opened += 1;
         }
         assert_eq!((opened, out.unsealed()), (10, 0));
-    }
-
-    #[test]
-    fn sealing_on_threads_gives_the_same_bytes() {
-        let keys = Arc::new(SessionKeys::from_shared_secret(&[6; 32], h(1), h(2)));
-        let mut one = batch(&keys, 41);
-        one.seal();
-        for threads in [1, 2, 3, 8, 100] {
-            let mut split = batch(&keys, 41);
-            split.seal_split(threads);
-            assert_eq!(split.unsealed(), 0);
-            assert_eq!(split.bytes(), one.bytes(), "{threads} threads");
-        }
     }
 
     #[test]
