@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use mpvr::proto::{
-    BundleConfig, DropReason, EndpointSpec, HostId, Identity, LinkId, NextHop, Node, NodeConfig, Received, Time,
-    Transmits,
+    BundleConfig, DropReason, EndpointSpec, HostId, Identity, LinkId, NextHop, Node, NodeConfig, Openings, Received,
+    Time, Transmits,
 };
 use mpvr::sim::{shake_hands, traffic};
 use proptest::prelude::*;
@@ -67,6 +67,91 @@ const FROM_A: &str = A_EP;
 fn deliver(b: &mut Node, d: &[u8]) -> Received {
     let mut buf = d.to_vec();
     b.handle_datagram(Time::ZERO, LinkId(1), addr(FROM_A), &mut buf, &mut Transmits::new())
+}
+
+/// Handle `batch` on `b` the daemon's way (`mpvr::proto::opening`): every
+/// datagram planned under the lock, opened outside it, then handled.
+fn deliver_ahead(b: &mut Node, batch: &[Vec<u8>]) -> Vec<Received> {
+    let mut bufs = batch.to_vec();
+    let mut openings = Openings::new();
+    for d in &bufs {
+        b.plan_open(Time::ZERO, d, &mut openings);
+    }
+    for (i, d) in bufs.iter_mut().enumerate() {
+        openings.open(i, d);
+    }
+    let mut out = Transmits::new();
+    let mut got = Vec::new();
+    for (i, d) in bufs.iter_mut().enumerate() {
+        got.push(b.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), d, openings.ahead(i), &mut out));
+    }
+    got
+}
+
+/// One batch with a datagram of each kind, from `d` (4 genuine ones):
+/// genuine, copies, forged, the other key phase, garbage, a forged
+/// sequence number.
+fn mixed_batch(d: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let flip = |i: usize, at: usize| {
+        let mut x: Vec<u8> = d[i].clone();
+        x[at] ^= 1;
+        x
+    };
+    let (g, garbage) = (|i: usize| d[i].clone(), vec![1, 0, 0, 0, 0, 0, 0, 2]);
+    vec![g(0), g(0), flip(1, 40), g(1), flip(2, 3), g(2), garbage, g(3), g(1), flip(3, 12), g(3)]
+}
+
+#[test]
+fn opening_ahead_decides_as_opening_inline() {
+    let (mut inline_b, d) = setup(4);
+    let inline: Vec<Received> = mixed_batch(&d).iter().map(|x| deliver(&mut inline_b, x)).collect();
+    let (mut ahead_b, d) = setup(4);
+    let ahead = deliver_ahead(&mut ahead_b, &mixed_batch(&d));
+    assert_eq!(ahead, inline);
+    assert_eq!(inline.iter().filter(|r| matches!(r, Received::Deliver(_))).count(), 4, "{inline:?}");
+    assert_eq!(ahead_b.stats().drops, inline_b.stats().drops);
+    assert_eq!(ahead_b.stats().tun_out.packets, inline_b.stats().tun_out.packets);
+}
+
+#[test]
+fn a_result_opened_with_other_keys_is_never_taken() {
+    // Opened ahead with one node's session, handled by another's (as when
+    // the session of that key phase is replaced between the steps): the
+    // bytes are plaintext now and the keys are not the session's.
+    let (mut b1, d) = setup(1);
+    let (mut b2, _) = setup(1);
+    let mut openings = Openings::new();
+    let mut buf = d[0].clone();
+    b1.plan_open(Time::ZERO, &buf, &mut openings);
+    openings.open(0, &mut buf);
+    let r = b2.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), &mut buf, openings.ahead(0), &mut Transmits::new());
+    assert_eq!(r, Received::Dropped(DropReason::AuthFailed));
+    assert_eq!(b2.stats().tun_out.packets, 0);
+    // The one that opened it still takes it.
+    let r = b1.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), &mut buf, openings.ahead(0), &mut Transmits::new());
+    assert!(matches!(r, Received::Deliver(_)), "{r:?}");
+}
+
+#[test]
+fn a_result_is_taken_for_its_own_datagram_only() {
+    let (mut b, d) = setup(2);
+    let mut openings = Openings::new();
+    let mut bufs = d.clone();
+    for (i, x) in bufs.iter_mut().enumerate() {
+        b.plan_open(Time::ZERO, x, &mut openings);
+        openings.open(i, x);
+    }
+    // Datagram 1 handed with datagram 0's result: refused, nothing marked.
+    let mut out = Transmits::new();
+    let r = b.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), &mut bufs[1], openings.ahead(0), &mut out);
+    assert_eq!(r, Received::Dropped(DropReason::AuthFailed));
+    let r = b.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), &mut bufs[0], openings.ahead(0), &mut out);
+    assert!(matches!(r, Received::Deliver(_)), "{r:?}");
+    // A result asked for past the batch: opened in place as usual.
+    assert!(matches!(
+        b.handle_opened(Time::ZERO, LinkId(1), addr(FROM_A), &mut d[1].clone(), openings.ahead(7), &mut out),
+        Received::Deliver(_)
+    ));
 }
 
 #[test]
@@ -192,6 +277,7 @@ proptest! {
         pos in any::<prop::sample::Index>(),
         bit in 0u8..8,
         cut in any::<Option<prop::sample::Index>>(),
+        ahead in any::<bool>(),
     ) {
         let (mut b, d) = setup(4);
         let good = &d[which];
@@ -201,7 +287,7 @@ proptest! {
         if let Some(c) = cut {
             bad.truncate(c.index(bad.len()));
         }
-        let r = deliver(&mut b, &bad);
+        let r = if ahead { deliver_ahead(&mut b, &[bad])[0].clone() } else { deliver(&mut b, &bad) };
         prop_assert!(matches!(r, Received::Dropped(_)), "{:?}", r);
         prop_assert_eq!(b.stats().tun_out.packets, 0);
         // The genuine packets are all still accepted.

@@ -12,13 +12,14 @@ use tracing::debug;
 
 use super::BUF_LEN;
 use super::shared::Shared;
-use crate::proto::{LinkId, Received, Transmits};
+use crate::proto::{LinkId, Openings, Received, Transmits};
 use crate::sys::LinkIo;
 use crate::sys::tun::{RecvBufs, SendBufs};
 use crate::sys::udp::{RECV_BATCH, RecvBatch};
 
-/// Read one link's socket until aborted: a batch per system call, the core
-/// called for the whole batch under one lock, then deliveries and sends.
+/// Read one link's socket until aborted: a batch per system call, opened
+/// outside the node's lock and handled by the core under one lock, then
+/// deliveries and sends.
 /// TCP deliveries go to the TUN in batches (coalesced per flow where the TUN
 /// has offloads), other packets one by one in their place, all written
 /// before the next receive: nothing waits for a
@@ -33,6 +34,7 @@ pub(super) async fn read_link(
     let mut delivered: Vec<Range<usize>> = Vec::with_capacity(RECV_BATCH);
     let mut ranges: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     let mut out = Transmits::new();
+    let mut openings = Openings::new();
     let mut to_tun = SendBufs::default();
     loop {
         if let Err(e) = socket.recv(&mut batch).await {
@@ -42,15 +44,28 @@ pub(super) async fn read_link(
             continue;
         }
         delivered.clear();
+        ranges.clear();
+        ranges.extend(batch.datagrams());
+        // Open the batch outside the node's lock (crate::proto::opening):
+        // plan under it, open without it, then handle under it again.
+        openings.clear();
+        {
+            let now = shared.now();
+            let node = shared.node();
+            for (_, range) in &ranges {
+                node.plan_open(now, &batch.storage()[range.clone()], &mut openings);
+            }
+        }
+        let storage = batch.storage();
+        for (i, (_, range)) in ranges.iter().enumerate() {
+            openings.open(i, &mut storage[range.clone()]);
+        }
         {
             let now = shared.now();
             let mut node = shared.node();
-            ranges.clear();
-            ranges.extend(batch.datagrams());
-            let storage = batch.storage();
-            for (from, range) in ranges.drain(..) {
+            for (i, (from, range)) in ranges.drain(..).enumerate() {
                 if let Received::Deliver(r) =
-                    node.handle_datagram(now, link, from, &mut storage[range.clone()], &mut out)
+                    node.handle_opened(now, link, from, &mut storage[range.clone()], openings.ahead(i), &mut out)
                 {
                     delivered.push(range.start + r.start..range.start + r.end);
                 }

@@ -175,6 +175,11 @@ impl Sessions {
         self.slots[usize::from(phase)].as_mut().filter(|s| s.alive(now))
     }
 
+    /// [`Sessions::receiving`], read only.
+    pub fn peek(&self, phase: bool, now: Time) -> Option<&Session> {
+        self.slots[usize::from(phase)].as_ref().filter(|s| s.alive(now))
+    }
+
     /// A packet arrived on the session of `phase`: a responder's session is
     /// now confirmed and becomes the one to send on. True if that happened.
     pub fn confirm(&mut self, phase: bool) -> bool {

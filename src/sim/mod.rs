@@ -31,8 +31,8 @@ pub use link::{Channel, ChannelStats, GilbertElliott, Jitter, LinkModel};
 
 use crate::proto::wire::Packet;
 use crate::proto::{
-    BundleConfig, DropReason, EndpointSpec, LinkId, LinkSettings, NextHop, Node, NodeConfig, Received, SetupError,
-    Time, Transmits,
+    BundleConfig, DropReason, EndpointSpec, LinkId, LinkSettings, NextHop, Node, NodeConfig, Openings, Received,
+    SetupError, Time, Transmits,
 };
 
 /// Index of a host in the simulator.
@@ -211,6 +211,8 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<Event>>,
     order: u64,
     out: Transmits,
+    /// Reused for the three-step receive the daemon does (`crate::proto::opening`).
+    openings: Openings,
     copies: Vec<link::Handover>,
     /// Record every datagram arrival in [`Sim::arrivals`].
     pub record_arrivals: bool,
@@ -235,6 +237,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             order: 0,
             out: Transmits::new(),
+            openings: Openings::new(),
             copies: Vec::new(),
             record_arrivals: false,
             deliveries: Vec::new(),
@@ -483,7 +486,13 @@ impl Sim {
                 self.flush(host);
             }
             EventKind::Arrive { host, link, from, mut bytes } => {
-                let r = self.hosts[host.0].node.handle_datagram(now, link, from, &mut bytes, &mut self.out);
+                // As the daemon does: planned, opened (outside its lock
+                // there), then handled.
+                let node = &mut self.hosts[host.0].node;
+                self.openings.clear();
+                node.plan_open(now, &bytes, &mut self.openings);
+                self.openings.open(0, &mut bytes);
+                let r = node.handle_opened(now, link, from, &mut bytes, self.openings.ahead(0), &mut self.out);
                 if let Received::Deliver(range) = r {
                     self.deliveries.push(Delivery { host, at: now, packet: bytes[range].to_vec() });
                 }

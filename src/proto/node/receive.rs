@@ -3,6 +3,7 @@
 //! peer, cheap window check, open, and only then any state change.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::send::Kind;
@@ -13,6 +14,7 @@ use crate::proto::ids::{HostId, LinkId, PathAddr};
 use crate::proto::ip;
 use crate::proto::mesh::{Advert, Heard};
 use crate::proto::monitor::{MtuProbeBody, NoticeBody, ProbeBody, Reason, ReplyBody};
+use crate::proto::opening::{Ahead, OpenedAhead, Openings};
 use crate::proto::path::{PathId, PathSet};
 use crate::proto::route::NextHop;
 use crate::proto::shaper::Rate;
@@ -49,6 +51,56 @@ impl Node {
         datagram: &mut [u8],
         out: &mut Transmits,
     ) -> Received {
+        self.handle(now, PathAddr { link, remote: from }, datagram, None, out)
+    }
+
+    /// Step 1 of opening a batch outside the lock (see [`crate::proto::opening`]):
+    /// note in `openings` the keys and sequence number `datagram` would be
+    /// opened with, or that it is not to be opened ahead. Changes nothing.
+    pub fn plan_open(&self, now: Time, datagram: &[u8], openings: &mut Openings) {
+        let job = || {
+            let packet = Packet::new_checked(datagram).ok()?;
+            let header = Header::parse(&packet).ok()?;
+            if header.receiver != self.cfg.host
+                || matches!(
+                    header.msg_type,
+                    MessageType::Cookie | MessageType::HandshakeInit | MessageType::HandshakeResponse
+                )
+            {
+                return None;
+            }
+            let idx = *self.index.get(&header.sender)?;
+            let session = self.bundles[idx].sessions.peek(header.key_phase, now)?;
+            (session.window.check(header.seq) != Verdict::TooOld).then_some((&session.keys, header.seq))
+        };
+        openings.plan(job());
+    }
+
+    /// Step 3: a datagram of a batch whose step 2 ([`Openings::open`]) is
+    /// done, handled as [`Node::handle_datagram`] does, every check made
+    /// again. `datagram` is the buffer planned and opened at some `i`, and
+    /// `ahead` is [`Openings::ahead(i)`](Openings::ahead).
+    pub fn handle_opened(
+        &mut self,
+        now: Time,
+        link: LinkId,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        ahead: Ahead<'_>,
+        out: &mut Transmits,
+    ) -> Received {
+        self.handle(now, PathAddr { link, remote: from }, datagram, ahead.0, out)
+    }
+
+    fn handle(
+        &mut self,
+        now: Time,
+        addr: PathAddr,
+        datagram: &mut [u8],
+        ahead: Option<OpenedAhead<'_>>,
+        out: &mut Transmits,
+    ) -> Received {
+        let link = addr.link;
         self.tick(now);
         self.release_shapers(now, out);
         self.stats.datagrams_in.add(datagram.len());
@@ -57,7 +109,7 @@ impl Node {
             return Received::Dropped(DropReason::UnknownLink);
         };
         ls.rx.add(datagram.len());
-        match self.receive(now, PathAddr { link, remote: from }, datagram, out) {
+        match self.receive(now, addr, datagram, ahead, out) {
             Ok(r) => r,
             Err(reason) => {
                 self.stats.drops.add(reason);
@@ -74,6 +126,7 @@ impl Node {
         now: Time,
         addr: PathAddr,
         datagram: &mut [u8],
+        ahead: Option<OpenedAhead<'_>>,
         out: &mut Transmits,
     ) -> Result<Received, DropReason> {
         let wire_len = datagram.len();
@@ -111,8 +164,20 @@ impl Node {
         // A later copy is authenticated too (one more open per copy): only
         // an authenticated copy may credit its path or teach a new one (the
         // peer moved, and its copies there lose the race).
-        let (head, sealed) = packet.split_mut();
-        let plain_len = session.keys.open(header.seq, head, sealed).map_err(|_| DropReason::AuthFailed)?;
+        let plain_len = match ahead {
+            // Opened outside the lock: taken only if made with the keys this
+            // key phase holds now, for this sequence number and length.
+            Some(a) if Arc::ptr_eq(a.keys, &session.keys) && a.seq == header.seq && a.len == wire_len => a.plain,
+            // Opened with keys replaced since (it would not open with
+            // these), or another datagram's result: the bytes are no longer
+            // the sealed ones, so nothing can authenticate them.
+            Some(_) => None,
+            None => {
+                let (head, sealed) = packet.split_mut();
+                session.keys.open(header.seq, head, sealed).ok()
+            }
+        }
+        .ok_or(DropReason::AuthFailed)?;
         // Authenticated: only now may state change.
         if fresh {
             session.window.mark(header.seq);
