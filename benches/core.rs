@@ -159,7 +159,7 @@ fn classify(c: &mut Criterion) {
 /// Packets per batch in [`core_scaling`]: what one TUN read gives under load.
 const SCALING_BATCH: u64 = 64;
 
-/// Core scaling of the send path: `threads` threads share one node behind a
+/// Core scaling of the send path (and [`core_scaling_receive`]): `threads` threads share one node behind a
 /// mutex, as the daemon's readers do; each takes a batch of 1400-byte
 /// packets through the node under the lock (route, classify, sequence
 /// numbers, fan out) and seals it, after releasing the lock ("outside", the
@@ -211,5 +211,101 @@ fn core_scaling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, header, window, seal_open_baseline, send_receive, classify, core_scaling);
+/// Core scaling of the receive path: `threads` threads share node B behind a
+/// mutex, as the daemon's link readers do; each takes a batch of 64 sealed
+/// 1400-byte datagrams (made beforehand, not timed) and either handles it
+/// under the lock ("inside": one core opens at a time, as before) or plans
+/// it under the lock, opens it outside and handles it under the lock again
+/// (the daemon's shape, [`mpvr::proto::opening`]). Every datagram must be
+/// delivered: a bench that dropped some would measure less work.
+fn core_scaling_receive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core_scaling_receive_1400");
+    g.throughput(Throughput::Elements(SCALING_BATCH));
+    g.sample_size(30);
+    for (name, threads, outside) in [("1_thread", 1, true), ("2_threads_open_inside", 2, false), ("2_threads", 2, true)]
+    {
+        let mut a = node(1, 2, &[(1, "192.0.2.2:51820")]);
+        let mut b = node(2, 1, &[(1, "192.0.2.1:51820")]);
+        let from: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let to: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        mpvr::sim::shake_hands(&mut a, LinkId(1), from, &mut b, LinkId(1), to, Time::ZERO);
+        let b = std::sync::Mutex::new(b);
+        let packet = traffic::udp_packet("10.9.0.1".parse().expect("ip"), "10.9.0.2".parse().expect("ip"), 1, 1400);
+        let len = packet.len() + OVERHEAD;
+        let mut out = Transmits::new();
+        let mut made: Vec<u8> = Vec::new();
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|batches| {
+                made.clear();
+                for _ in 0..batches * SCALING_BATCH {
+                    out.clear();
+                    a.handle_tun_packet(Time::ZERO, &packet, &mut out).expect("sent");
+                    made.extend_from_slice(out.iter().next().expect("one datagram").datagram);
+                }
+                assert_eq!(made.len() as u64, batches * SCALING_BATCH * len as u64);
+                let batch_len = SCALING_BATCH as usize * len;
+                let delivered = std::sync::atomic::AtomicU64::new(0);
+                let chunks: Vec<std::sync::Mutex<&mut [u8]>> =
+                    made.chunks_mut(batch_len).map(std::sync::Mutex::new).collect();
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let t0 = std::time::Instant::now();
+                std::thread::scope(|scope| {
+                    // Each thread takes the next batch not taken: close in
+                    // sequence, as two links' copies are (a fixed split lets
+                    // one thread run ahead past the window).
+                    for _ in 0..threads {
+                        let (b, delivered, chunks, next) = (&b, &delivered, &chunks, &next);
+                        scope.spawn(move || {
+                            let mut rx_out = Transmits::new();
+                            let mut openings = mpvr::proto::Openings::new();
+                            let mut n = 0;
+                            while let Some(chunk) = chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                            {
+                                let mut chunk = chunk.lock().expect("not poisoned");
+                                if outside {
+                                    openings.clear();
+                                    {
+                                        let b = b.lock().expect("not poisoned");
+                                        for d in chunk.chunks(len) {
+                                            b.plan_open(Time::ZERO, d, &mut openings);
+                                        }
+                                    }
+                                    for (i, d) in chunk.chunks_mut(len).enumerate() {
+                                        openings.open(i, d);
+                                    }
+                                }
+                                let mut b = b.lock().expect("not poisoned");
+                                for (i, d) in chunk.chunks_mut(len).enumerate() {
+                                    let r = if outside {
+                                        b.handle_opened(Time::ZERO, LinkId(1), from, d, openings.ahead(i), &mut rx_out)
+                                    } else {
+                                        b.handle_datagram(Time::ZERO, LinkId(1), from, d, &mut rx_out)
+                                    };
+                                    n += matches!(r, Received::Deliver(_)) as u64;
+                                }
+                                rx_out.clear();
+                            }
+                            delivered.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        });
+                    }
+                });
+                let elapsed = t0.elapsed();
+                assert_eq!(delivered.into_inner(), batches * SCALING_BATCH, "every datagram delivered");
+                elapsed
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    header,
+    window,
+    seal_open_baseline,
+    send_receive,
+    classify,
+    core_scaling,
+    core_scaling_receive
+);
 criterion_main!(benches);

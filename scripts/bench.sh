@@ -25,7 +25,8 @@
 # tree's (which goes first alternates too), BENCH_ROUNDS times each
 # (default 3; rows are the medians): a
 # before/after comparison on one noisy machine. BENCH_BORINGTUN=0 skips the
-# boringtun row.
+# boringtun row. BENCH_LINKS="2" measures only the 2-link mpvr rows
+# (default "1 2"; the plain-TUN row goes with 1).
 # Needs root. Usage: scripts/bench.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -221,7 +222,7 @@ run_mpvr() { # name binary links [offloads to disable]
   measure "$name" 10.9.0.2 "$ma" "$mb"
   kill "$ma" "$mb"; wait "$ma" "$mb" 2>/dev/null || true
 }
-for links in 1 2; do
+for links in ${BENCH_LINKS:-1 2}; do
   for round in $(seq "$rounds"); do
     # Which tree goes first alternates too: an order effect cancels out.
     if [ -n "$base_mpvr" ] && [ $((round % 2)) = 0 ]; then
@@ -235,7 +236,7 @@ for links in 1 2; do
 done
 # The same over the plain TUN (one system call per packet), as a kernel
 # that refuses the TUN offloads runs it: what the offloads bring.
-run_mpvr mpvr-1link-plain "$mpvr" 1 tun
+case " ${BENCH_LINKS:-1 2} " in *" 1 "*) run_mpvr mpvr-1link-plain "$mpvr" 1 tun ;; esac
 
 python3 - "$results" "$out_dir/bench.json" <<'EOP'
 import json, sys, statistics, datetime, platform, os
