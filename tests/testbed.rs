@@ -49,14 +49,15 @@ fn emulated_delay_is_accurate_and_loss_is_as_asked() {
         q(0.95),
         q(1.0)
     );
-    assert!((40.0..41.5).contains(&mean), "mean RTT {mean}");
-    // The spread of the bulk, not the standard deviation: on a busy VM a few
-    // per cent of wake-ups come 2-5 ms late (the host's scheduling, not the
-    // emulator's timing; an idle vCPU waits for the host), and those few
-    // alone made the deviation 0.7-0.9 ms while 90 % of the RTTs stayed
-    // within 0.5 ms.
-    assert!((40.0..41.0).contains(&q(0.5)), "median RTT {}", q(0.5));
-    assert!(q(0.9) - q(0.05) < 1.0, "RTT p5 {} to p90 {}: the emulated delay is not steady", q(0.05), q(0.9));
+    // Robust figures, not the mean and deviation: on a busy VM (as in the
+    // full test run) some per cent of wake-ups come 1-5 ms late, the host's
+    // scheduling rather than the emulator's timing (an idle vCPU waits for
+    // the host); those alone moved the mean to 40.9 ms and the deviation to
+    // 0.7-0.9 ms while the median stayed at 40.4-40.6 ms. A wrong delay
+    // moves the median; an unsteady one widens p5-p50 or lifts p90.
+    assert!((40.0..41.0).contains(&q(0.5)), "median RTT {} ms", q(0.5));
+    assert!(q(0.5) - q(0.05) < 0.5, "RTT p5 {} to p50 {} ms: the emulated delay is not steady", q(0.05), q(0.5));
+    assert!(q(0.9) < 43.0, "RTT p90 {} ms", q(0.9));
 
     // 10 % loss one way only: the receiver sees 90 % (binomial 95 % interval).
     tb.ok(&["impair", "link1", "loss=10%", "ab"]);
