@@ -12,6 +12,8 @@
 //! handshake ([`super::handshake`]); [`SessionKeys::from_shared_secret`]
 //! exists for tests and benchmarks of the sealing alone.
 
+use std::sync::Arc;
+
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
@@ -44,6 +46,20 @@ fn nonce(seq: Seq) -> Nonce {
 fn key(bytes: &[u8; 32]) -> LessSafeKey {
     // CHACHA20_POLY1305 takes exactly 32 bytes, so this cannot fail.
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"))
+}
+
+/// The place of `keys` in a batch's key list, added if new: a batch holds
+/// each session's keys once (one reference count per batch, not per
+/// datagram). Batches hold few sessions, and the last one added is the
+/// likeliest.
+pub(crate) fn key_index(list: &mut Vec<Arc<SessionKeys>>, keys: &Arc<SessionKeys>) -> usize {
+    match list.iter().rposition(|k| Arc::ptr_eq(k, keys)) {
+        Some(k) => k,
+        None => {
+            list.push(Arc::clone(keys));
+            list.len() - 1
+        }
+    }
 }
 
 impl SessionKeys {

@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use super::crypto::SessionKeys;
+use super::crypto::{SessionKeys, key_index};
 use super::ids::Seq;
 use super::wire::{HEADER_LEN, TAG_LEN};
 
@@ -79,30 +79,11 @@ impl Openings {
         self.keys.clear();
     }
 
-    /// Datagrams planned so far (the next one's index).
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Nothing planned.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Plan the next datagram: opened with `keys` at `seq`, or not at all.
     pub(crate) fn plan(&mut self, job: Option<(&Arc<SessionKeys>, Seq)>) {
         let item = match job {
             None => Opening::Skip,
-            Some((keys, seq)) => {
-                let k = match self.keys.iter().rposition(|k| Arc::ptr_eq(k, keys)) {
-                    Some(k) => k,
-                    None => {
-                        self.keys.push(Arc::clone(keys));
-                        self.keys.len() - 1
-                    }
-                };
-                Opening::Planned { keys: k, seq }
-            }
+            Some((keys, seq)) => Opening::Planned { keys: key_index(&mut self.keys, keys), seq },
         };
         self.items.push(item);
     }

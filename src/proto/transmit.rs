@@ -17,7 +17,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::crypto::SessionKeys;
+use super::crypto::{SessionKeys, key_index};
 use super::ids::PathAddr;
 use super::ids::Seq;
 use super::wire::{HEADER_LEN, Header, TAG_LEN};
@@ -222,14 +222,8 @@ impl Transmits {
         let dgram = &mut self.buf[start..];
         header.emit(dgram);
         dgram[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-        let k = match self.keys.iter().rposition(|k| Arc::ptr_eq(k, keys)) {
-            Some(k) => k,
-            None => {
-                self.keys.push(Arc::clone(keys));
-                self.keys.len() - 1
-            }
-        };
-        self.unsealed.push(SealJob { bytes: start..start + len, seq: header.seq, keys: k });
+        let keys = key_index(&mut self.keys, keys);
+        self.unsealed.push(SealJob { bytes: start..start + len, seq: header.seq, keys });
         let copies = self.pending;
         self.items.push(Item { bytes: start..start + len, paths: self.paths.len() - copies..self.paths.len() });
         self.pending = 0;

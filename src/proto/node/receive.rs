@@ -51,7 +51,7 @@ impl Node {
         datagram: &mut [u8],
         out: &mut Transmits,
     ) -> Received {
-        self.handle(now, PathAddr { link, remote: from }, datagram, None, out)
+        self.handle_opened(now, link, from, datagram, Ahead(None), out)
     }
 
     /// Step 1 of opening a batch outside the lock (see [`crate::proto::opening`]):
@@ -89,18 +89,6 @@ impl Node {
         ahead: Ahead<'_>,
         out: &mut Transmits,
     ) -> Received {
-        self.handle(now, PathAddr { link, remote: from }, datagram, ahead.0, out)
-    }
-
-    fn handle(
-        &mut self,
-        now: Time,
-        addr: PathAddr,
-        datagram: &mut [u8],
-        ahead: Option<OpenedAhead<'_>>,
-        out: &mut Transmits,
-    ) -> Received {
-        let link = addr.link;
         self.tick(now);
         self.release_shapers(now, out);
         self.stats.datagrams_in.add(datagram.len());
@@ -109,7 +97,7 @@ impl Node {
             return Received::Dropped(DropReason::UnknownLink);
         };
         ls.rx.add(datagram.len());
-        match self.receive(now, addr, datagram, ahead, out) {
+        match self.receive(now, PathAddr { link, remote: from }, datagram, ahead.0, out) {
             Ok(r) => r,
             Err(reason) => {
                 self.stats.drops.add(reason);
