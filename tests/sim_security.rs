@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{assert_clean, at_ms, binomial_999, ms};
 
-use mpvr::proto::{DropReason, Event, HostId, Time};
+use mpvr::proto::{Cipher, DropReason, Event, HostId, Time};
 use mpvr::sim::scenario::{self, Pair};
 use mpvr::sim::{Dir, Jitter, LinkModel, Stream};
 
@@ -44,6 +44,35 @@ fn sessions_rekey_every_two_minutes_under_loss_without_losing_more() {
     // One session at start, then a new one about every 2 minutes.
     assert!((5..=8).contains(&hs(p.a)), "handshakes at A: {}", hs(p.a));
     assert_eq!(hs(p.a), hs(p.b));
+}
+
+/// Sessions agree AES-256-GCM only when both hosts offer it, and
+/// ChaCha20-Poly1305 otherwise; either way both directions carry every
+/// packet, through a rekey too.
+#[test]
+fn the_data_cipher_is_aes_only_when_both_hosts_offer_it() {
+    for (a_aes, b_aes) in [(false, false), (true, false), (false, true), (true, true)] {
+        let link = LinkModel::delay(ms(10));
+        let mut p =
+            scenario::pair(23, &[link.clone(), link], &|c| c.aes_gcm = if c.host.get() == 1 { a_aes } else { b_aes });
+        // 150 s at 20 packets/s each way: past the 2-minute rekey.
+        let n = 3_000;
+        let s = p.stream(ms(500), ms(50), n, 160);
+        let back = reverse_stream(&mut p, ms(500), ms(50), n);
+        p.sim.run_until(at_ms(152_000));
+        let want = if a_aes && b_aes { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 };
+        for (from, to) in [(p.a, p.b), (p.b, p.a)] {
+            let peer = p.sim.node(to).host();
+            let session = p.sim.node(from).bundle(peer).and_then(|b| b.session());
+            assert_eq!(session.map(|s| s.2), Some(want), "offers {a_aes}/{b_aes}, at {:?}", p.sim.node(from).host());
+        }
+        for (stream, to) in [(s, p.b), (back, p.a)] {
+            let r = p.sim.stream_report(stream, to);
+            assert_clean(&r);
+            assert_eq!(r.lost(), 0, "offers {a_aes}/{b_aes}");
+        }
+        assert!(p.sim.node(p.a).bundle(HostId::new(2).unwrap()).unwrap().stats().handshakes >= 2, "no rekey");
+    }
 }
 
 #[test]

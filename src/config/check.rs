@@ -17,8 +17,8 @@ use super::file::{
     ProbeSection, RuleSection, SessionSection,
 };
 use super::{
-    DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, ExitConfig, Fallback, LinkOptions, LinkSelection, Mtu, PeerConfig,
-    Problem, default_control_socket, valid_ifname,
+    CipherChoice, DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, ExitConfig, Fallback, LinkOptions, LinkSelection, Mtu,
+    PeerConfig, Problem, default_control_socket, valid_ifname,
 };
 use crate::keys::{self, Key};
 use crate::proto::class::{RuleError, protocol, validate_rules};
@@ -619,6 +619,24 @@ pub(super) fn session(c: &mut Checker, s: &SessionSection) -> (u32, Option<Durat
         }
     };
     (window, keepalive, hop_limit)
+}
+
+/// `session.cipher`: "auto" (the default) or "chacha20-poly1305".
+pub(super) fn cipher(c: &mut Checker, s: &SessionSection) -> CipherChoice {
+    match s.cipher.as_deref() {
+        None | Some("auto") => CipherChoice::Auto,
+        Some("chacha20-poly1305") => CipherChoice::ChaCha20Poly1305,
+        Some(other) => {
+            c.bad(
+                "session.cipher",
+                format!(
+                    "unknown cipher {other:?}: use \"auto\" (AES-256-GCM with peers that offer it too, when this \
+                     CPU has AES instructions; ChaCha20-Poly1305 otherwise) or \"chacha20-poly1305\" (always)"
+                ),
+            );
+            CipherChoice::Auto
+        }
+    }
 }
 
 /// The `[control]` section: the control socket (by default named after

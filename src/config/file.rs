@@ -178,4 +178,5 @@ pub(super) struct SessionSection {
     pub(super) window: Option<i64>,
     pub(super) keepalive: Option<String>,
     pub(super) hop_limit: Option<i64>,
+    pub(super) cipher: Option<String>,
 }

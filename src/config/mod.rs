@@ -180,6 +180,8 @@ pub struct Config {
     pub keepalive: Option<Duration>,
     /// Hop limit on packets this host sends.
     pub hop_limit: u8,
+    /// Which data ciphers this host offers and accepts.
+    pub cipher: CipherChoice,
     /// Probes and path states.
     pub monitor: MonitorConfig,
     /// The control socket `mpvr status` reads.
@@ -193,6 +195,26 @@ pub struct Config {
     pub mesh: Option<MeshConfig>,
     /// This host forwards its peers' traffic to the internet (`None`: it does not).
     pub exit: Option<ExitConfig>,
+}
+
+/// `session.cipher`: which AEAD this host offers and accepts for sessions'
+/// data ([`crate::proto::Cipher`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CipherChoice {
+    /// AES-256-GCM when this CPU has AES instructions and the peer offers
+    /// it too, ChaCha20-Poly1305 otherwise (the default).
+    Auto,
+    /// ChaCha20-Poly1305 always: AES-256-GCM is neither offered nor accepted.
+    ChaCha20Poly1305,
+}
+
+impl fmt::Display for CipherChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CipherChoice::Auto => "auto",
+            CipherChoice::ChaCha20Poly1305 => "chacha20-poly1305",
+        })
+    }
 }
 
 /// The control socket of a daemon whose TUN is `tun`, unless the config says otherwise.
@@ -261,6 +283,7 @@ impl Config {
         nc.exit = self.exit.is_some();
         nc.hop_limit = self.hop_limit;
         nc.keepalive = self.keepalive;
+        nc.aes_gcm = self.cipher == CipherChoice::Auto && crate::sys::aes_in_hardware();
         nc.max_packet = max_packet;
         nc.policy = self.policy;
         nc.bulk_policy = self.bulk_policy;
@@ -324,6 +347,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let bulk_policy = check::policy(&mut c, "bulk_policy", file.bulk_policy.as_deref(), Policy::Failover);
     let rules = check::rules(&mut c, &file.rule);
     let (window, keepalive, hop_limit) = check::session(&mut c, &file.session);
+    let cipher = check::cipher(&mut c, &file.session);
     let monitor = check::probe(&mut c, &file.probe);
     let (control_socket, prometheus) = check::control(&mut c, &file.control, &h.tun);
     let mesh = check::mesh(&mut c, &file.mesh);
@@ -347,6 +371,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             window,
             keepalive,
             hop_limit,
+            cipher,
             monitor,
             control_socket,
             control_socket_fixed: false,

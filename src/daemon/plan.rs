@@ -210,6 +210,7 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     differ("host.mtu", old.mtu.to_string(), new.mtu.to_string());
     differ("session.window", old.window.to_string(), new.window.to_string());
     differ("session.hop_limit", old.hop_limit.to_string(), new.hop_limit.to_string());
+    differ("session.cipher", old.cipher.to_string(), new.cipher.to_string());
     differ("control.socket", old.control_socket.display().to_string(), new.control_socket.display().to_string());
     let prom = |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     differ("control.prometheus", prom(old.prometheus), prom(new.prometheus));

@@ -237,8 +237,8 @@ impl Bundle {
     }
 
     /// The session being sent on: when it was made, and whether this host started it.
-    pub fn session(&self) -> Option<(Time, bool)> {
-        self.sessions.current().map(|s| (s.created, s.initiator))
+    pub fn session(&self) -> Option<(Time, bool, crate::proto::crypto::Cipher)> {
+        self.sessions.current().map(|s| (s.created, s.initiator, s.keys.cipher()))
     }
 
     /// A handshake this host started is waiting for an answer.

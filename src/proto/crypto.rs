@@ -1,4 +1,9 @@
-//! Sealing and opening datagrams: ChaCha20-Poly1305 (RFC 8439) via ring.
+//! Sealing and opening datagrams via ring, with the AEAD a session's
+//! handshake agreed ([`Cipher`]): ChaCha20-Poly1305 (RFC 8439), or
+//! AES-256-GCM when both hosts have AES instructions (about 3x faster than
+//! ChaCha20-Poly1305 there; ChaCha20-Poly1305 is the faster and the
+//! constant-time one without them). Both take a 32-byte key and a 12-byte
+//! nonce and end a message with a 16-byte tag, so nothing else changes.
 //!
 //! The nonce is the 64-bit sequence number (little-endian after four zero
 //! bytes, as WireGuard lays it out) and the associated data is the 20-byte
@@ -14,7 +19,7 @@
 
 use std::sync::Arc;
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
 use super::ids::{HostId, Seq};
@@ -25,8 +30,43 @@ use super::wire::TAG_LEN;
 #[error("authentication failed")]
 pub struct OpenError;
 
+/// The AEAD of a session's datagrams, agreed in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// ChaCha20-Poly1305 (RFC 8439): always offered, and the one taken
+    /// unless both hosts want AES-256-GCM.
+    ChaCha20Poly1305,
+    /// AES-256-GCM, taken when both hosts offer it (each does when its CPU
+    /// has AES instructions and its config allows it).
+    Aes256Gcm,
+}
+
+impl Cipher {
+    /// AES-256-GCM if both hosts want it (`aes`), else ChaCha20-Poly1305.
+    pub fn agreed(aes: bool) -> Cipher {
+        if aes { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 }
+    }
+
+    fn algorithm(self) -> &'static Algorithm {
+        match self {
+            Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Cipher::Aes256Gcm => &AES_256_GCM,
+        }
+    }
+}
+
+impl std::fmt::Display for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cipher::ChaCha20Poly1305 => "ChaCha20-Poly1305",
+            Cipher::Aes256Gcm => "AES-256-GCM",
+        })
+    }
+}
+
 /// The two directional keys of one session with a neighbour.
 pub struct SessionKeys {
+    cipher: Cipher,
     send: LessSafeKey,
     recv: LessSafeKey,
 }
@@ -43,9 +83,9 @@ fn nonce(seq: Seq) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn key(bytes: &[u8; 32]) -> LessSafeKey {
-    // CHACHA20_POLY1305 takes exactly 32 bytes, so this cannot fail.
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"))
+fn key(cipher: Cipher, bytes: &[u8; 32]) -> LessSafeKey {
+    // Both algorithms take exactly 32 bytes, so this cannot fail.
+    LessSafeKey::new(UnboundKey::new(cipher.algorithm(), bytes).expect("32-byte AEAD key"))
 }
 
 /// The place of `keys` in a batch's key list, added if new: a batch holds
@@ -63,24 +103,29 @@ pub(crate) fn key_index(list: &mut Vec<Arc<SessionKeys>>, keys: &Arc<SessionKeys
 }
 
 impl SessionKeys {
-    /// Keys from raw 32-byte secrets: `send` seals what this host sends,
-    /// `recv` opens what it receives.
-    pub fn new(send: &[u8; 32], recv: &[u8; 32]) -> SessionKeys {
-        SessionKeys { send: key(send), recv: key(recv) }
+    /// Keys of `cipher` from raw 32-byte secrets: `send` seals what this
+    /// host sends, `recv` opens what it receives.
+    pub fn new(cipher: Cipher, send: &[u8; 32], recv: &[u8; 32]) -> SessionKeys {
+        SessionKeys { cipher, send: key(cipher, send), recv: key(cipher, recv) }
+    }
+
+    /// The AEAD these keys are for.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
     }
 
     /// Directional keys derived with HKDF-SHA256 from a secret both sides
     /// know, for tests and benchmarks of the sealing alone (never for
     /// traffic: such keys would outlive a restart, and the sequence numbers
     /// with them). `local` and `remote` swap on the other side.
-    pub fn from_shared_secret(secret: &[u8; 32], local: HostId, remote: HostId) -> SessionKeys {
+    pub fn from_shared_secret(cipher: Cipher, secret: &[u8; 32], local: HostId, remote: HostId) -> SessionKeys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mpvr v1 shared-secret session").extract(secret);
         let derive = |from: HostId, to: HostId| {
             let info = [b"mpvr v1 direction".as_slice(), &from.get().to_be_bytes(), &to.get().to_be_bytes()];
-            let okm = prk.expand(&info, &CHACHA20_POLY1305).expect("HKDF output of one key length");
+            let okm = prk.expand(&info, cipher.algorithm()).expect("HKDF output of one key length");
             LessSafeKey::new(UnboundKey::from(okm))
         };
-        SessionKeys { send: derive(local, remote), recv: derive(remote, local) }
+        SessionKeys { cipher, send: derive(local, remote), recv: derive(remote, local) }
     }
 
     /// Encrypt `payload` in place and return the tag. `header` is
@@ -89,8 +134,9 @@ impl SessionKeys {
         let tag = self
             .send
             .seal_in_place_separate_tag(nonce(seq), Aad::from(header), payload)
-            // ring fails only for inputs longer than ChaCha20's 256 GiB limit.
-            .expect("payload within ChaCha20-Poly1305 limits");
+            // ring fails only for inputs longer than the cipher's limit
+            // (64 GiB for AES-GCM, 256 GiB for ChaCha20).
+            .expect("payload within the AEAD's limits");
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
         out
@@ -107,16 +153,33 @@ impl SessionKeys {
 mod tests {
     use super::*;
 
-    fn pair() -> (SessionKeys, SessionKeys) {
+    fn pair(cipher: Cipher) -> (SessionKeys, SessionKeys) {
         let a = HostId::new(1).unwrap();
         let b = HostId::new(2).unwrap();
         let s = [7u8; 32];
-        (SessionKeys::from_shared_secret(&s, a, b), SessionKeys::from_shared_secret(&s, b, a))
+        (SessionKeys::from_shared_secret(cipher, &s, a, b), SessionKeys::from_shared_secret(cipher, &s, b, a))
     }
 
     #[test]
     fn seal_open_roundtrip_and_tamper() {
-        let (a, b) = pair();
+        for cipher in [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm] {
+            roundtrip_and_tamper(cipher);
+        }
+    }
+
+    #[test]
+    fn the_ciphers_do_not_open_each_other() {
+        let (a, _) = pair(Cipher::ChaCha20Poly1305);
+        let (_, b) = pair(Cipher::Aes256Gcm);
+        let mut msg = b"same key bytes, other cipher".to_vec();
+        let tag = a.seal(Seq(1), &[0; 20], &mut msg);
+        msg.extend_from_slice(&tag);
+        assert_eq!(b.open(Seq(1), &[0; 20], &mut msg), Err(OpenError));
+    }
+
+    fn roundtrip_and_tamper(cipher: Cipher) {
+        let (a, b) = pair(cipher);
+        assert_eq!(a.cipher(), cipher);
         let header = [9u8; 20];
         let mut msg = b"hello multipath".to_vec();
         let tag = a.seal(Seq(5), &header, &mut msg);

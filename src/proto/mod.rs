@@ -53,7 +53,7 @@ pub mod wire;
 
 pub use bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
 pub use class::{Class, Rule};
-pub use crypto::SessionKeys;
+pub use crypto::{Cipher, SessionKeys};
 pub use handshake::Identity;
 pub use ids::{HostId, LinkId, PathAddr, Seq};
 pub use link::{LinkSettings, Role};

@@ -100,6 +100,8 @@ pub struct Pending {
     pub init: [u8; super::handshake::INIT_MSG_LEN],
     /// Key phase the new session will have.
     pub key_phase: bool,
+    /// The initiation offered AES-256-GCM.
+    pub offered_aes: bool,
     /// When the first initiation of this attempt was sent.
     pub started: Time,
     /// When the last initiation was sent.

@@ -234,6 +234,7 @@ impl Transmits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::crypto::Cipher;
     use crate::proto::ids::{HostId, LinkId};
     use crate::proto::wire::{MessageType, Packet};
 
@@ -280,8 +281,8 @@ mod tests {
 
     #[test]
     fn what_is_read_is_sealed_once_and_opens() {
-        let keys = Arc::new(SessionKeys::from_shared_secret(&[5; 32], h(1), h(2)));
-        let other = SessionKeys::from_shared_secret(&[5; 32], h(2), h(1));
+        let keys = Arc::new(SessionKeys::from_shared_secret(Cipher::ChaCha20Poly1305, &[5; 32], h(1), h(2)));
+        let other = SessionKeys::from_shared_secret(Cipher::ChaCha20Poly1305, &[5; 32], h(2), h(1));
         let mut out = batch(&keys, 10);
         assert_eq!(out.unsealed(), 10);
         let mut opened = 0;
@@ -301,7 +302,7 @@ mod tests {
 
     #[test]
     fn the_last_datagram_is_sealed_when_read_and_dropped_with_its_seal() {
-        let keys = Arc::new(SessionKeys::from_shared_secret(&[7; 32], h(1), h(2)));
+        let keys = Arc::new(SessionKeys::from_shared_secret(Cipher::Aes256Gcm, &[7; 32], h(1), h(2)));
         let mut once = batch(&keys, 3);
         let mut out = batch(&keys, 3);
         let last = out.last_datagram().unwrap().to_vec();

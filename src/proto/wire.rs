@@ -43,8 +43,10 @@
 //! and probe reply, handshake initiation and response (with mac1, and mac2
 //! for an initiation), cookie reply ([`super::cookie`]), route
 //! advertisement, path notice, path MTU probe and reply ([`super::pmtu`]).
-//! Version 2 added the MACs and the cookie reply; a datagram of version 1
-//! is dropped (`bad_version`) and reported ([`super::Event::VersionMismatch`]).
+//! Version 2 added the MACs and the cookie reply; version 3 the cipher
+//! agreement in the handshake payloads ([`super::handshake`]: AES-256-GCM
+//! or ChaCha20-Poly1305). A datagram of another version is dropped
+//! (`bad_version`) and reported ([`super::Event::VersionMismatch`]).
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
 //! sessions), route advertisement (mesh).
@@ -54,10 +56,10 @@ use std::ops::Range;
 use super::ids::{HostId, Seq};
 
 /// The only version this code speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 20;
-/// Length of the Poly1305 tag that ends every sealed message.
+/// Length of the AEAD tag that ends every sealed message.
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed message adds to its payload.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
@@ -395,8 +397,10 @@ mod tests {
         let mut v = b.clone();
         v[0] = 1;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(1), "version 1 had no handshake MACs");
-        v[0] = 3;
-        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(3));
+        v[0] = 2;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(2), "version 2 had no cipher agreement");
+        v[0] = 4;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(4));
         let mut v = b.clone();
         v[1] = 0;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::UnknownType(0));

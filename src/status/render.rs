@@ -299,9 +299,10 @@ pub fn render_text(s: &Snapshot) -> String {
         let _ = writeln!(o);
         let session = match &p.session {
             Some(ss) => format!(
-                "session {} old ({})",
+                "session {} old ({}, {})",
                 human_duration(ss.age_s),
-                if ss.initiator { "initiator" } else { "responder" }
+                if ss.initiator { "initiator" } else { "responder" },
+                ss.cipher
             ),
             None => format!("no session ({})", p.no_session.as_deref().unwrap_or("handshake in progress")),
         };

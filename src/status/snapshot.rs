@@ -231,6 +231,9 @@ pub struct SessionSnap {
     pub age_s: f64,
     /// This host started the handshake.
     pub initiator: bool,
+    /// The AEAD its data is sealed with ("AES-256-GCM" or "ChaCha20-Poly1305").
+    #[serde(default)]
+    pub cipher: String,
 }
 
 /// Passive counts of one direction of a path.

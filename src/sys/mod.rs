@@ -30,6 +30,24 @@ impl Transport {
     }
 }
 
+/// Whether this CPU has the instructions that make AES-256-GCM fast and
+/// constant-time (AES rounds and carry-less multiplication): then mpvr
+/// offers it for sessions' data ([`crate::proto::Cipher`]).
+pub fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// A link's socket, whichever the transport.
 #[derive(Debug)]
 pub enum LinkIo {

@@ -114,6 +114,7 @@ impl Node {
         let me = self.cfg.host;
         let b = &mut self.bundles[idx];
         let key_phase = b.sessions.initiation_phase();
+        let offered_aes = self.cfg.aes_gcm;
         let mut init = [0u8; INIT_MSG_LEN];
         let _ = handshake::initiate(
             seed,
@@ -123,6 +124,7 @@ impl Node {
             me,
             b.host(),
             key_phase,
+            offered_aes,
             timestamp,
             (&mut init[..INIT_LEN]).try_into().expect("INIT_LEN bytes"),
         );
@@ -140,6 +142,7 @@ impl Node {
             timestamp,
             init,
             key_phase,
+            offered_aes,
             started: started.unwrap_or(now),
             last_sent: now,
         });
@@ -206,6 +209,7 @@ impl Node {
             peer,
             me,
             slot,
+            self.cfg.aes_gcm,
             noise,
             (&mut reply[..RESPONSE_LEN]).try_into().expect("RESPONSE_LEN bytes"),
         ) {
@@ -286,7 +290,7 @@ impl Node {
             // Later copies of a response already used, or a stray one.
             return Err(DropReason::HandshakeUnexpected);
         };
-        let key_phase = pending.key_phase;
+        let (key_phase, offered_aes) = (pending.key_phase, pending.offered_aes);
         // Rebuild the initiator's state (same seed, same message) and try
         // this response with it; a bad one leaves the handshake as it was.
         self.stats.handshake_work += 1;
@@ -299,11 +303,13 @@ impl Node {
             me,
             b.host(),
             key_phase,
+            offered_aes,
             pending.timestamp,
             &mut again,
         );
         debug_assert_eq!(again[..], pending.init[..INIT_LEN]);
-        let (keys, remote_phase) = handshake::finish(state, noise).map_err(|_| DropReason::HandshakeInvalid)?;
+        let (keys, remote_phase) =
+            handshake::finish(state, offered_aes, noise).map_err(|_| DropReason::HandshakeInvalid)?;
         b.sessions.end_handshake();
         b.sessions.install(key_phase, Session::new(keys, self.cfg.window_packets, now, true, remote_phase));
         b.stats.handshakes += 1;

@@ -126,6 +126,11 @@ pub struct NodeConfig {
     pub monitor: MonitorConfig,
     /// Route advertisements and computed routes (`None`: static routes only).
     pub mesh: Option<MeshConfig>,
+    /// Offer and accept AES-256-GCM for sessions' data (ChaCha20-Poly1305
+    /// otherwise, and with a peer that does not offer it). The daemon sets
+    /// it when the CPU has AES instructions, unless the config says
+    /// `cipher = "chacha20-poly1305"`.
+    pub aes_gcm: bool,
     /// This host is an internet exit: count, per neighbour, what comes
     /// back for it from outside the overlay (one more route lookup per
     /// packet read from the TUN).
@@ -151,6 +156,7 @@ impl NodeConfig {
             rules: Vec::new(),
             monitor: MonitorConfig::default(),
             mesh: Some(MeshConfig::default()),
+            aes_gcm: false,
             exit: false,
         }
     }
