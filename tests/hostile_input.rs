@@ -329,6 +329,7 @@ fn a_peer_behind_nat_is_learned_from_authenticated_packets_only() {
     // without mac1 it costs one HMAC).
     let mut forged = vec![0u8; 20 + 137];
     forged[..20].copy_from_slice(&[2, 5, 1, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+    forged[0] = mpvr::proto::wire::VERSION;
     assert_eq!(
         b.handle_datagram(Time::ZERO, LinkId(1), nat, &mut forged, &mut out),
         Received::Dropped(DropReason::HandshakeMac)

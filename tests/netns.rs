@@ -214,6 +214,10 @@ fn a_link_cut_mid_stream_loses_nothing() {
     }
     let text = t.da.status(&[]);
     assert!(text.contains("peer 2: session") && text.contains("a0 -> 10.20.0.2:51820"), "{text}");
+    // Both hosts on the default cipher setting: AES-256-GCM where this CPU
+    // has AES instructions (both daemons run on it).
+    let cipher = if mpvr::sys::aes_in_hardware() { "AES-256-GCM" } else { "ChaCha20-Poly1305" };
+    assert_eq!(t.da.snapshot().peers[0].session.map(|s| s.cipher), Some(cipher.to_string()));
     let _ = (&t.db, &t.dir);
 }
 
@@ -988,7 +992,16 @@ fn status_metrics_and_their_access() {
         return;
     }
     let _g = serial();
-    let t = two_hosts_with(|_| {}, |a, b| (format!("{a}\n[control]\nprometheus = \"127.0.0.1:9182\"\n"), b));
+    // B insists on ChaCha20-Poly1305: A (auto) agrees to it.
+    let t = two_hosts_with(
+        |_| {},
+        |a, b| {
+            (
+                format!("{a}\n[control]\nprometheus = \"127.0.0.1:9182\"\n"),
+                format!("{b}\n[session]\ncipher = \"chacha20-poly1305\"\n"),
+            )
+        },
+    );
     t.a.sh(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.9.0.2"]);
     // Wait until every path answered its probes.
     let t0 = std::time::Instant::now();
@@ -998,7 +1011,8 @@ fn status_metrics_and_their_access() {
     }
     let snap = t.da.snapshot();
     assert_eq!(snap.host, 1);
-    assert!(snap.peers[0].session.is_some());
+    assert_eq!(snap.peers[0].session.as_ref().map(|s| s.cipher.as_str()), Some("ChaCha20-Poly1305"));
+    assert!(t.da.status(&[]).contains("ChaCha20-Poly1305"), "{}", t.da.status(&[]));
     assert!(snap.totals.tun_out.packets >= 3);
     // Prometheus: every path's state and RTT, under the documented names.
     let m = http_get(&t.a.name, "127.0.0.1:9182", "/metrics");

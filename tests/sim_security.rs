@@ -205,6 +205,7 @@ fn garbage_initiations_cost_one_mac_and_no_public_key_work() {
     let forged = {
         let mut v = vec![0u8; 20 + 137];
         v[..20].copy_from_slice(&[2, 5, 1, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        v[0] = mpvr::proto::wire::VERSION;
         v
     };
     for i in 0..10_000u64 {

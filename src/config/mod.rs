@@ -428,6 +428,7 @@ mod tests {
             window = 100000
             keepalive = "10s"
             hop_limit = 4
+            cipher = "chacha20-poly1305"
             "#
         ))
         .unwrap();
@@ -442,6 +443,8 @@ mod tests {
         assert_eq!(c.peers[1].via, HostId::new(2));
         assert_eq!((c.peers[0].policy, c.peers[1].policy), (Some(Policy::Failover), None));
         assert_eq!((c.window, c.keepalive, c.hop_limit), (100_000, Some(Duration::from_secs(10)), 4));
+        assert_eq!(c.cipher, CipherChoice::ChaCha20Poly1305);
+        assert!(!c.node_config(1400, 0, [0; 32]).aes_gcm, "chacha20-poly1305 never offers AES-256-GCM");
     }
 
     #[test]
@@ -468,6 +471,7 @@ mod tests {
             window = 5
             keepalive = "100ms"
             hop_limit = 0
+            cipher = "aes-128-cbc"
             "#
         ));
         let want = [
@@ -486,6 +490,7 @@ mod tests {
             "session.window",
             "session.keepalive",
             "session.hop_limit",
+            "session.cipher",
         ];
         assert_eq!(got, want);
     }
