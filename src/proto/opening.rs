@@ -1,6 +1,6 @@
 //! Opening a batch of received datagrams outside the node's lock.
 //!
-//! Opening (ChaCha20-Poly1305 over every byte) is most of what a received
+//! Opening (the session's AEAD over every byte) is most of what a received
 //! datagram costs; the state it reads (the session's keys) is read-only once
 //! made. A shell that keeps the [`Node`](super::node::Node) behind a lock
 //! handles a batch in three steps:
