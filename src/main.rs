@@ -262,6 +262,15 @@ fn check(config: &Path) -> Result<bool> {
         None => println!("  status on {} (`mpvr status`); Prometheus off", cfg.control_socket.display()),
     }
     println!(
+        "  data cipher: {}",
+        match (cfg.cipher, cfg.offers_aes()) {
+            (_, true) =>
+                "AES-256-GCM with peers that offer it too (this CPU has AES instructions), else ChaCha20-Poly1305",
+            (mpvr::config::CipherChoice::ChaCha20Poly1305, _) => "ChaCha20-Poly1305 (session.cipher)",
+            (mpvr::config::CipherChoice::Auto, false) => "ChaCha20-Poly1305 (this CPU has no AES instructions)",
+        }
+    );
+    println!(
         "  policies: realtime {}, bulk {}{}",
         cfg.policy,
         cfg.bulk_policy,

@@ -283,7 +283,7 @@ impl Config {
         nc.exit = self.exit.is_some();
         nc.hop_limit = self.hop_limit;
         nc.keepalive = self.keepalive;
-        nc.aes_gcm = self.cipher == CipherChoice::Auto && crate::sys::aes_in_hardware();
+        nc.aes_gcm = self.offers_aes();
         nc.max_packet = max_packet;
         nc.policy = self.policy;
         nc.bulk_policy = self.bulk_policy;
@@ -297,6 +297,12 @@ impl Config {
 }
 
 impl Config {
+    /// Whether this host offers (and accepts) AES-256-GCM for sessions'
+    /// data: `session.cipher` is "auto" and this CPU has AES instructions.
+    pub fn offers_aes(&self) -> bool {
+        self.cipher == CipherChoice::Auto && crate::sys::aes_in_hardware()
+    }
+
     /// The core's settings that a reload may change ([`crate::proto::Node::retune`]).
     pub fn tunables(&self) -> crate::proto::Tunables {
         let mut t = NodeConfig::new(self.host, self.private_key).tunables();
