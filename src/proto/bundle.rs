@@ -236,7 +236,8 @@ impl Bundle {
         self.policy = policy;
     }
 
-    /// The session being sent on: when it was made, and whether this host started it.
+    /// The session being sent on: when it was made, whether this host
+    /// started it, and the cipher its handshake agreed.
     pub fn session(&self) -> Option<(Time, bool, crate::proto::crypto::Cipher)> {
         self.sessions.current().map(|s| (s.created, s.initiator, s.keys.cipher()))
     }

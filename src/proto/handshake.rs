@@ -260,10 +260,22 @@ mod tests {
         Identity::new([n; 32])
     }
 
+    /// Hosts 1 and 2: their identities and ids.
+    fn hosts() -> (Identity, Identity, HostId, HostId) {
+        (id(1), id(2), HostId::new(1).unwrap(), HostId::new(2).unwrap())
+    }
+
+    /// What `from` seals, `to` opens.
+    fn carries(from: &SessionKeys, to: &SessionKeys, seq: u64, msg: &[u8]) {
+        let mut m = msg.to_vec();
+        let tag = from.seal(Seq(seq), &[1; 20], &mut m);
+        m.extend_from_slice(&tag);
+        assert_eq!(to.open(Seq(seq), &[1; 20], &mut m), Ok(msg.len()));
+    }
+
     #[test]
     fn a_handshake_gives_both_sides_matching_keys() {
-        let (a, b) = (id(1), id(2));
-        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let (a, b, ha, hb) = hosts();
         let psk = [0u8; 32];
         let mut init = [0u8; INIT_LEN];
         let hs = initiate([7; 32], &a, &b.public(), &psk, ha, hb, true, false, 12345, &mut init);
@@ -273,10 +285,7 @@ mod tests {
         assert_eq!(got.timestamp, 12345);
         let (ka, their_phase) = finish(hs, false, &resp).unwrap();
         assert!(!their_phase);
-        let mut m = b"hello".to_vec();
-        let tag = ka.seal(Seq(1), &[0; 20], &mut m);
-        m.extend_from_slice(&tag);
-        assert_eq!(got.keys.open(Seq(1), &[0; 20], &mut m), Ok(5));
+        carries(&ka, &got.keys, 1, b"hello");
     }
 
     /// AES-256-GCM only when the initiator offers it and the responder
@@ -284,8 +293,7 @@ mod tests {
     /// phases come through whatever the choice.
     #[test]
     fn the_cipher_is_aes_only_when_both_want_it() {
-        let (a, b) = (id(1), id(2));
-        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let (a, b, ha, hb) = hosts();
         let psk = [0u8; 32];
         for (offer, accept) in [(false, false), (false, true), (true, false), (true, true)] {
             let mut init = [0u8; INIT_LEN];
@@ -296,10 +304,7 @@ mod tests {
             let want = if offer && accept { Cipher::Aes256Gcm } else { Cipher::ChaCha20Poly1305 };
             assert_eq!((ka.cipher(), got.keys.cipher()), (want, want), "offer {offer} accept {accept}");
             assert_eq!((got.key_phase, their_phase), (offer, accept));
-            let mut m = b"agreed".to_vec();
-            let tag = got.keys.seal(Seq(9), &[1; 20], &mut m);
-            m.extend_from_slice(&tag);
-            assert_eq!(ka.open(Seq(9), &[1; 20], &mut m), Ok(6));
+            carries(&got.keys, &ka, 9, b"agreed");
         }
     }
 
@@ -307,8 +312,7 @@ mod tests {
     /// that was not offered, are refused: the responder cannot impose it.
     #[test]
     fn unknown_flags_and_an_unoffered_choice_are_refused() {
-        let (a, b) = (id(1), id(2));
-        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let (a, b, ha, hb) = hosts();
         let psk = [0u8; 32];
         let mut resp = [0u8; RESPONSE_LEN];
         // An initiation with bit 2 set (written by hand, as a newer or a
@@ -337,8 +341,8 @@ mod tests {
 
     #[test]
     fn wrong_keys_ids_or_bytes_are_refused() {
-        let (a, b, c) = (id(1), id(2), id(3));
-        let (ha, hb) = (HostId::new(1).unwrap(), HostId::new(2).unwrap());
+        let (a, b, ha, hb) = hosts();
+        let c = id(3);
         let psk = [0u8; 32];
         let mut init = [0u8; INIT_LEN];
         let _ = initiate([7; 32], &a, &b.public(), &psk, ha, hb, false, true, 1, &mut init);
