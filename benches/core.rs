@@ -257,31 +257,37 @@ fn core_scaling_receive(c: &mut Criterion) {
                 let next = std::sync::atomic::AtomicUsize::new(0);
                 let t0 = std::time::Instant::now();
                 std::thread::scope(|scope| {
-                    // Each thread takes the next batch not taken: close in
-                    // sequence, as two links' copies are (a fixed split lets
-                    // one thread run ahead past the window).
+                    // Each thread takes the next batch not taken, under the
+                    // node's lock: batches reach the node in sequence, as two
+                    // links' copies do, however the threads are scheduled (a
+                    // fixed split, or a thread preempted between taking a
+                    // batch and locking, lets the other run ahead past the
+                    // window).
                     for _ in 0..threads {
                         let (b, delivered, chunks, next) = (&b, &delivered, &chunks, &next);
                         scope.spawn(move || {
                             let mut rx_out = Transmits::new();
                             let mut openings = mpvr::proto::Openings::new();
                             let mut n = 0;
-                            while let Some(chunk) = chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                            {
+                            loop {
+                                let mut b_locked = b.lock().expect("not poisoned");
+                                let Some(chunk) = chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                                else {
+                                    break;
+                                };
                                 let mut chunk = chunk.lock().expect("not poisoned");
                                 if outside {
                                     openings.clear();
-                                    {
-                                        let b = b.lock().expect("not poisoned");
-                                        for d in chunk.chunks(len) {
-                                            b.plan_open(Time::ZERO, d, &mut openings);
-                                        }
+                                    for d in chunk.chunks(len) {
+                                        b_locked.plan_open(Time::ZERO, d, &mut openings);
                                     }
+                                    drop(b_locked);
                                     for (i, d) in chunk.chunks_mut(len).enumerate() {
                                         openings.open(i, d);
                                     }
+                                    b_locked = b.lock().expect("not poisoned");
                                 }
-                                let mut b = b.lock().expect("not poisoned");
+                                let b = &mut b_locked;
                                 for (i, d) in chunk.chunks_mut(len).enumerate() {
                                     let r = if outside {
                                         b.handle_opened(Time::ZERO, LinkId(1), from, d, openings.ahead(i), &mut rx_out)
