@@ -213,8 +213,27 @@ fn sim(args: SimArgs) -> Result<bool> {
     Ok(mpvr.report.delivered_twice == 0 && mpvr.report.mangled == 0)
 }
 
+/// The runtime of the commands that only ask (netlink for `mpvr check`).
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    daemon_runtime(1)
+}
+
+/// The daemon's runtime: `threads` 1 runs everything on this thread,
+/// more runs that many workers ([`mpvr::config::Threads`]).
+fn daemon_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().context("cannot start the async runtime")
+}
+
+/// The CPUs this process may run on.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn run(config: &Path, socket: Option<PathBuf>) -> Result<bool> {
@@ -225,7 +244,9 @@ fn run(config: &Path, socket: Option<PathBuf>) -> Result<bool> {
         cfg.control_socket = s;
         cfg.control_socket_fixed = true;
     }
-    runtime()?.block_on(mpvr::daemon::run(cfg))?;
+    let threads = cfg.threads.count(cpus());
+    tracing::info!(threads, setting = %cfg.threads, cpus = cpus(), "threads (host.threads)");
+    daemon_runtime(threads)?.block_on(mpvr::daemon::run(cfg))?;
     Ok(true)
 }
 
@@ -269,6 +290,16 @@ fn check(config: &Path) -> Result<bool> {
             (mpvr::config::CipherChoice::ChaCha20Poly1305, _) => "ChaCha20-Poly1305 (session.cipher)",
             (mpvr::config::CipherChoice::Auto, false) => "ChaCha20-Poly1305 (this CPU has no AES instructions)",
         }
+    );
+    let threads = cfg.threads.count(cpus());
+    println!(
+        "  threads: {threads} ({}, {} CPUs{})",
+        match cfg.threads {
+            mpvr::config::Threads::Auto => "host.threads auto",
+            mpvr::config::Threads::Fixed(_) => "host.threads",
+        },
+        cpus(),
+        if threads == 1 { ": one thread runs the readers and everything else" } else { ": readers in parallel" }
     );
     println!(
         "  policies: realtime {}, bulk {}{}",

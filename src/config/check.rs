@@ -13,12 +13,12 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
 
 use super::file::{
-    ControlSection, EndpointValue, ExitSection, HostSection, MeshSection, MtuValue, NumberOrWord, PeerSection,
-    ProbeSection, RuleSection, SessionSection,
+    ControlSection, EndpointValue, ExitSection, HostSection, MeshSection, NumberOrWord, PeerSection, ProbeSection,
+    RuleSection, SessionSection,
 };
 use super::{
-    CipherChoice, DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, ExitConfig, Fallback, LinkOptions, LinkSelection, Mtu,
-    PeerConfig, Problem, default_control_socket, valid_ifname,
+    CipherChoice, DEFAULT_PORT, DEFAULT_TUN, EndpointConfig, ExitConfig, Fallback, LinkOptions, LinkSelection,
+    MAX_THREADS, Mtu, PeerConfig, Problem, Threads, default_control_socket, valid_ifname,
 };
 use crate::keys::{self, Key};
 use crate::proto::class::{RuleError, protocol, validate_rules};
@@ -153,6 +153,7 @@ pub(super) struct HostParts {
     pub(super) addresses: Vec<IpNet>,
     pub(super) advertise: Vec<IpNet>,
     pub(super) mtu: Mtu,
+    pub(super) threads: Threads,
 }
 
 /// This host's private key, given inline or in a file (relative to `path`'s folder).
@@ -242,12 +243,12 @@ pub(super) fn host(c: &mut Checker, host: &HostSection) -> HostParts {
     }
     let mtu = match &host.mtu {
         None => Mtu::Auto,
-        Some(MtuValue::Word(w)) if w == "auto" => Mtu::Auto,
-        Some(MtuValue::Number(n)) if (576..=MAX_PACKET_LIMIT as i64).contains(n) => Mtu::Fixed(*n as u16),
+        Some(NumberOrWord::Word(w)) if w == "auto" => Mtu::Auto,
+        Some(NumberOrWord::Number(n)) if (576..=MAX_PACKET_LIMIT as i64).contains(n) => Mtu::Fixed(*n as u16),
         Some(other) => {
             c.bad(
                 "host.mtu",
-                format!("{other:?} is not an MTU: use \"auto\" or a number from 576 to {MAX_PACKET_LIMIT}"),
+                format!("{other} is not an MTU: use \"auto\" or a number from 576 to {MAX_PACKET_LIMIT}"),
             );
             Mtu::Auto
         }
@@ -259,7 +260,23 @@ pub(super) fn host(c: &mut Checker, host: &HostSection) -> HostParts {
         c.bad("host.mtu", format!("{m} is below IPv6's minimum of 1280 while the TUN has an IPv6 address"));
     }
 
-    HostParts { listen_port, transport, tun, addresses, advertise, mtu }
+    let threads = match &host.threads {
+        None => Threads::Auto,
+        Some(NumberOrWord::Word(w)) if w == "auto" => Threads::Auto,
+        Some(NumberOrWord::Number(n)) if (1..=i64::from(MAX_THREADS)).contains(n) => Threads::Fixed(*n as u16),
+        Some(other) => {
+            c.bad(
+                "host.threads",
+                format!(
+                    "{other} is not a thread count: use \"auto\" (1 on a machine with 2 CPUs or fewer, else one \
+                     per CPU) or a number from 1 to {MAX_THREADS}"
+                ),
+            );
+            Threads::Auto
+        }
+    };
+
+    HostParts { listen_port, transport, tun, addresses, advertise, mtu, threads }
 }
 
 /// The `[links]` and `[link.NAME]` sections.

@@ -78,14 +78,8 @@ pub(super) struct HostSection {
     pub(super) addresses: Vec<String>,
     #[serde(default)]
     pub(super) advertise: Vec<String>,
-    pub(super) mtu: Option<MtuValue>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum MtuValue {
-    Number(i64),
-    Word(String),
+    pub(super) mtu: Option<NumberOrWord>,
+    pub(super) threads: Option<NumberOrWord>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +121,15 @@ pub(super) struct RuleSection {
 pub(super) enum NumberOrWord {
     Number(i64),
     Word(String),
+}
+
+impl std::fmt::Display for NumberOrWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NumberOrWord::Number(n) => write!(f, "{n}"),
+            NumberOrWord::Word(w) => write!(f, "{w:?}"),
+        }
+    }
 }
 
 pub(super) fn yes() -> bool {

@@ -208,6 +208,7 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     let list = |v: &[IpNet]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     differ("host.addresses", list(&old.addresses), list(&new.addresses));
     differ("host.mtu", old.mtu.to_string(), new.mtu.to_string());
+    differ("host.threads", old.threads.to_string(), new.threads.to_string());
     differ("session.window", old.window.to_string(), new.window.to_string());
     differ("session.hop_limit", old.hop_limit.to_string(), new.hop_limit.to_string());
     differ("session.cipher", old.cipher.to_string(), new.cipher.to_string());
@@ -374,12 +375,13 @@ mod tests {
         let (removed, added) = neighbour_changes(&old, &new);
         assert_eq!(removed, [crate::proto::HostId::new(3).unwrap()]);
         assert_eq!(added, [crate::proto::HostId::new(3).unwrap(), crate::proto::HostId::new(4).unwrap()]);
-        let moved = cfg(&format!("listen_port = 4000\ntun = \"x0\"\n{}", peer(2, k1)));
+        let moved = cfg(&format!("listen_port = 4000\ntun = \"x0\"\nthreads = 2\n{}", peer(2, k1)));
         assert_eq!(
             restart_only(&old, &moved),
             [
                 "host.listen_port (51820 -> 4000)",
                 "host.tun (mpvr0 -> x0)",
+                "host.threads (auto -> 2)",
                 "control.socket (/run/mpvr/mpvr0.sock -> /run/mpvr/x0.sock)"
             ]
         );
