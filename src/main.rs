@@ -299,7 +299,11 @@ fn check(config: &Path) -> Result<bool> {
             mpvr::config::Threads::Fixed(_) => "host.threads",
         },
         cpus(),
-        if threads == 1 { ": one thread runs the readers and everything else" } else { ": readers in parallel" }
+        if threads == 1 {
+            ": one thread runs the readers and everything else"
+        } else {
+            ": the readers run in parallel"
+        }
     );
     println!(
         "  policies: realtime {}, bulk {}{}",

@@ -268,8 +268,7 @@ pub(super) fn host(c: &mut Checker, host: &HostSection) -> HostParts {
             c.bad(
                 "host.threads",
                 format!(
-                    "{other} is not a thread count: use \"auto\" (1 on a machine with 2 CPUs or fewer, else one \
-                     per CPU) or a number from 1 to {MAX_THREADS}"
+                    "{other} is not a thread count: use \"auto\" (one per CPU) or a number from 1 to {MAX_THREADS}"
                 ),
             );
             Threads::Auto

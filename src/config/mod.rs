@@ -35,8 +35,7 @@ pub const DEFAULT_TUN: &str = "mpvr0";
 /// `host.threads`: the threads that run the daemon, its data path among it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Threads {
-    /// 1 on a machine with 2 CPUs or fewer, else one per CPU
-    /// ([`Threads::count`]).
+    /// One worker per CPU ([`Threads::count`]).
     Auto,
     /// This many (1: one thread runs everything).
     Fixed(u16),
@@ -47,17 +46,16 @@ pub const MAX_THREADS: u16 = 256;
 
 impl Threads {
     /// How many threads, on a machine with `cpus` CPUs (those this process
-    /// may run on). With 2 CPUs or fewer, one thread runs the readers and
-    /// everything else: measured on a 2-CPU machine, it carried 10-25 %
-    /// more TCP than two worker threads, in one direction and in both, with
-    /// half the context switches (README, Performance). With more CPUs, one
-    /// worker per CPU, so the TUN reader and the link readers run in
-    /// parallel.
+    /// may run on). Auto: one worker per CPU, so the TUN reader and the link
+    /// readers run in parallel. One thread instead (`threads = 1`) measured
+    /// on the 2-CPU bench machine, both hosts on it: 8 % less CPU per
+    /// gigabit and 12-30 % less added RTT, but 18 % less UDP over 2
+    /// duplicated links, and pings 3-16 % slower under a TCP flow (README,
+    /// Performance): no default for every machine.
     pub fn count(self, cpus: usize) -> usize {
         match self {
             Threads::Fixed(n) => usize::from(n),
-            Threads::Auto if cpus <= 2 => 1,
-            Threads::Auto => cpus,
+            Threads::Auto => cpus.max(1),
         }
     }
 }
@@ -548,12 +546,12 @@ mod tests {
     }
 
     #[test]
-    fn threads_are_one_on_two_cpus_or_fewer_else_one_per_cpu() {
+    fn threads_are_one_per_cpu_unless_set() {
         let base = format!("[host]\nid = 1\nprivate_key = \"{KEY}\"\naddresses = [\"10.9.0.1/24\"]\n");
         for text in [base.clone(), format!("{base}threads = \"auto\"\n")] {
             let t = check(&text).unwrap().threads;
             assert_eq!(t, Threads::Auto);
-            assert_eq!([1, 2, 3, 8].map(|cpus| t.count(cpus)), [1, 1, 3, 8]);
+            assert_eq!([0, 1, 2, 8].map(|cpus| t.count(cpus)), [1, 1, 2, 8]);
         }
         assert_eq!(check(&format!("{base}threads = 256\n")).unwrap().threads.count(4), 256);
         for bad in ["0", "257", "-1", "\"many\"", "1.5"] {
