@@ -160,7 +160,7 @@ impl World {
     }
 
     /// A's current session toward its next hop (the peer of the stream).
-    fn session_of(&self, from: HostIx, to: HostIx) -> Option<(Time, bool, mpvr::proto::Cipher)> {
+    fn session_of(&self, from: HostIx, to: HostIx) -> Option<mpvr::proto::SessionInfo> {
         let peer = self.sim.node(to).host();
         self.sim.node(from).bundle(peer).and_then(|b| b.session())
     }
@@ -315,11 +315,11 @@ impl World {
         &mut self,
         streams: &[usize],
         from_to: (HostIx, HostIx),
-        before: Option<(Time, bool, mpvr::proto::Cipher)>,
+        before: Option<mpvr::proto::SessionInfo>,
         since: Time,
     ) -> Result<(), TestCaseError> {
         let after = self.session_of(from_to.0, from_to.1);
-        let stable = before.is_some() && before == after && before.is_some_and(|(t, _, _)| t > self.last_restart);
+        let stable = before.is_some() && before == after && before.is_some_and(|s| s.created > self.last_restart);
         if !stable || !matches!(self.topology, Topology::Pair) {
             return Ok(());
         }

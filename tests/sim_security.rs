@@ -64,7 +64,12 @@ fn the_data_cipher_is_aes_only_when_both_hosts_offer_it() {
         for (from, to) in [(p.a, p.b), (p.b, p.a)] {
             let peer = p.sim.node(to).host();
             let session = p.sim.node(from).bundle(peer).and_then(|b| b.session());
-            assert_eq!(session.map(|s| s.2), Some(want), "offers {a_aes}/{b_aes}, at {:?}", p.sim.node(from).host());
+            assert_eq!(
+                session.map(|s| s.cipher),
+                Some(want),
+                "offers {a_aes}/{b_aes}, at {:?}",
+                p.sim.node(from).host()
+            );
         }
         for (stream, to) in [(s, p.b), (back, p.a)] {
             let r = p.sim.stream_report(stream, to);

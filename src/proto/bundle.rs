@@ -155,6 +155,17 @@ impl Credit for PathCredit<'_> {
     }
 }
 
+/// What [`Bundle::session`] tells of the session being sent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// When its handshake completed.
+    pub created: Time,
+    /// Whether this host started that handshake.
+    pub initiator: bool,
+    /// The data cipher the handshake agreed.
+    pub cipher: crate::proto::crypto::Cipher,
+}
+
 impl Bundle {
     /// A bundle with no paths and no session.
     pub(super) fn new(c: BundleConfig) -> Bundle {
@@ -236,10 +247,13 @@ impl Bundle {
         self.policy = policy;
     }
 
-    /// The session being sent on: when it was made, whether this host
-    /// started it, and the cipher its handshake agreed.
-    pub fn session(&self) -> Option<(Time, bool, crate::proto::crypto::Cipher)> {
-        self.sessions.current().map(|s| (s.created, s.initiator, s.keys.cipher()))
+    /// The session being sent on, if there is one.
+    pub fn session(&self) -> Option<SessionInfo> {
+        self.sessions.current().map(|s| SessionInfo {
+            created: s.created,
+            initiator: s.initiator,
+            cipher: s.keys.cipher(),
+        })
     }
 
     /// A handshake this host started is waiting for an answer.

@@ -51,7 +51,7 @@ pub mod transmit;
 pub mod window;
 pub mod wire;
 
-pub use bundle::{Bundle, BundleConfig, EndpointSpec, Policies};
+pub use bundle::{Bundle, BundleConfig, EndpointSpec, Policies, SessionInfo};
 pub use class::{Class, Rule};
 pub use crypto::{Cipher, SessionKeys};
 pub use handshake::Identity;

@@ -195,10 +195,10 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
                 id: n.host().get(),
                 policy: n.policy().unwrap_or(node.config().policy).to_string(),
                 bulk_policy: node.config().bulk_policy.to_string(),
-                session: n.session().map(|(created, initiator, cipher)| SessionSnap {
-                    age_s: (now - created).as_secs_f64(),
-                    initiator,
-                    cipher: cipher.to_string(),
+                session: n.session().map(|s| SessionSnap {
+                    age_s: (now - s.created).as_secs_f64(),
+                    initiator: s.initiator,
+                    cipher: s.cipher.to_string(),
                 }),
                 handshake_pending: n.handshake_pending(),
                 handshakes: s.handshakes,
