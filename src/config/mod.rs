@@ -49,8 +49,8 @@ impl Threads {
     /// may run on). Auto: one worker per CPU, so the TUN reader and the link
     /// readers run in parallel. One thread instead (`threads = 1`) measured
     /// on the 2-CPU bench machine, both hosts on it: 8 % less CPU per
-    /// gigabit and 12-30 % less added RTT, but 18 % less UDP over 2
-    /// duplicated links, and pings 3-16 % slower under a TCP flow (README,
+    /// gigabit and 11-30 % less added RTT, but 18 % less UDP over 2
+    /// duplicated links, and pings 3-17 % slower under a TCP flow (README,
     /// Performance): no default for every machine.
     pub fn count(self, cpus: usize) -> usize {
         match self {
