@@ -241,17 +241,9 @@ pub(super) fn host(c: &mut Checker, host: &HostSection) -> HostParts {
     if host.addresses.is_empty() {
         c.bad("host.addresses", "the TUN needs at least one address, such as [\"10.9.0.1/24\"]");
     }
-    let mtu = match &host.mtu {
+    let mtu = match auto_or_number(c, "host.mtu", &host.mtu, 576..=MAX_PACKET_LIMIT as i64, "an MTU", "\"auto\"") {
+        Some(n) => Mtu::Fixed(n as u16),
         None => Mtu::Auto,
-        Some(NumberOrWord::Word(w)) if w == "auto" => Mtu::Auto,
-        Some(NumberOrWord::Number(n)) if (576..=MAX_PACKET_LIMIT as i64).contains(n) => Mtu::Fixed(*n as u16),
-        Some(other) => {
-            c.bad(
-                "host.mtu",
-                format!("{other} is not an MTU: use \"auto\" or a number from 576 to {MAX_PACKET_LIMIT}"),
-            );
-            Mtu::Auto
-        }
     };
     if let Mtu::Fixed(m) = mtu
         && m < 1280
@@ -260,22 +252,43 @@ pub(super) fn host(c: &mut Checker, host: &HostSection) -> HostParts {
         c.bad("host.mtu", format!("{m} is below IPv6's minimum of 1280 while the TUN has an IPv6 address"));
     }
 
-    let threads = match &host.threads {
+    let threads = match auto_or_number(
+        c,
+        "host.threads",
+        &host.threads,
+        1..=i64::from(MAX_THREADS),
+        "a thread count",
+        "\"auto\" (one per CPU)",
+    ) {
+        Some(n) => Threads::Fixed(n as u16),
         None => Threads::Auto,
-        Some(NumberOrWord::Word(w)) if w == "auto" => Threads::Auto,
-        Some(NumberOrWord::Number(n)) if (1..=i64::from(MAX_THREADS)).contains(n) => Threads::Fixed(*n as u16),
-        Some(other) => {
-            c.bad(
-                "host.threads",
-                format!(
-                    "{other} is not a thread count: use \"auto\" (one per CPU) or a number from 1 to {MAX_THREADS}"
-                ),
-            );
-            Threads::Auto
-        }
     };
 
     HostParts { listen_port, transport, tun, addresses, advertise, mtu, threads }
+}
+
+/// A field that is "auto" (or absent: `None`) or a number in `range`
+/// (`Some`); anything else is a problem for `field` (then `None`).
+fn auto_or_number(
+    c: &mut Checker,
+    field: &str,
+    v: &Option<NumberOrWord>,
+    range: std::ops::RangeInclusive<i64>,
+    what: &str,
+    auto: &str,
+) -> Option<i64> {
+    match v {
+        None => None,
+        Some(NumberOrWord::Word(w)) if w == "auto" => None,
+        Some(NumberOrWord::Number(n)) if range.contains(n) => Some(*n),
+        Some(other) => {
+            c.bad(
+                field,
+                format!("{other} is not {what}: use {auto} or a number from {} to {}", range.start(), range.end()),
+            );
+            None
+        }
+    }
 }
 
 /// The `[links]` and `[link.NAME]` sections.
