@@ -14,7 +14,8 @@ use super::BUF_LEN;
 use super::shared::Shared;
 use crate::proto::{LinkId, Openings, Received, Transmits};
 use crate::sys::LinkIo;
-use crate::sys::tun::{RecvBufs, SendBufs};
+use crate::sys::gro::Coalescer;
+use crate::sys::tun::RecvBufs;
 use crate::sys::udp::{RECV_BATCH, RecvBatch};
 
 /// Read one link's socket until aborted: a batch per system call, opened
@@ -35,7 +36,7 @@ pub(super) async fn read_link(
     let mut ranges: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     let mut out = Transmits::new();
     let mut openings = Openings::new();
-    let mut to_tun = SendBufs::default();
+    let mut to_tun = Coalescer::default();
     loop {
         if let Err(e) = socket.recv(&mut batch).await {
             shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
@@ -74,20 +75,18 @@ pub(super) async fn read_link(
             shared.timer_moved(&node);
         }
         for r in &delivered {
-            let packet = &batch.storage()[r.clone()];
-            if !shared.tun.coalesces(packet) {
+            if !shared.tun.coalesces(&storage[r.clone()]) {
                 // Written alone, after what came before it: real-time
                 // datagrams are never held for or merged into a batch.
-                write_tun(&shared, &mut to_tun).await;
-                if shared.tun.send_one(packet).await.is_err() {
+                write_tun(&shared, &mut to_tun, storage).await;
+                if shared.tun.send_one(&storage[r.clone()]).await.is_err() {
                     shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
                 }
-            } else if !to_tun.push(packet) {
-                write_tun(&shared, &mut to_tun).await;
-                to_tun.push(packet);
+            } else {
+                to_tun.add(storage, r.clone());
             }
         }
-        write_tun(&shared, &mut to_tun).await;
+        write_tun(&shared, &mut to_tun, storage).await;
         shared.send(&mut out);
         out.clear();
         if fatal.is_closed() {
@@ -96,10 +95,11 @@ pub(super) async fn read_link(
     }
 }
 
-/// Write what `bufs` holds to the TUN, counting a failure.
-async fn write_tun(shared: &Shared, bufs: &mut SendBufs) {
-    if !bufs.is_empty() && shared.tun.send_batch(bufs).await.is_err() {
-        shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
+/// Write what `gro` holds to the TUN, counting failures.
+async fn write_tun(shared: &Shared, gro: &mut Coalescer, storage: &mut [u8]) {
+    if !gro.is_empty() {
+        let failed = shared.tun.send_coalesced(gro, storage).await;
+        shared.io.tun_write_errors.fetch_add(failed as u64, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Linux side: netlink, the TUN device, per-link UDP sockets,
 //! privileges. Thin wrappers with typed APIs; no protocol decisions.
 
+pub mod gro;
 pub mod netlink;
 pub mod packet;
 pub mod privilege;

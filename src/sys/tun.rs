@@ -9,7 +9,8 @@
 //! tun-rs cuts them into packets of the TUN's MTU, headers and checksums
 //! fixed, and the core sees ordinary packets. Toward the TUN, consecutive TCP
 //! segments of one flow in a batch are coalesced back into one super-packet
-//! per write (GRO), with no waiting: a batch is written as soon as the
+//! per write (GRO, [`super::gro`]: one `writev` from where the packets were
+//! opened), with no waiting: a batch is written as soon as the
 //! links' receive batch is processed. Every other packet (UDP: calls, QUIC)
 //! is written alone, in its place: coalescing UDP cost a call 5-9 of 301
 //! packets through a link cut in the namespace test. Without offloads (the kernel refuses
@@ -18,12 +19,12 @@
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, VIRTIO_NET_HDR_LEN};
 
-/// Room in front of each packet handed to [`Tun::send_batch`].
-pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
-/// Packet buffers one [`Tun::recv_batch`] fills at most (and one
-/// [`Tun::send_batch`] writes at most): tun-rs's own batch size.
+use super::gro::{Coalescer, MAX_SLICES};
+
+/// Packet buffers one [`Tun::recv_batch`] fills at most: tun-rs's own
+/// batch size.
 pub const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Packets the plain device reads per batch (one system call each).
 const PLAIN_BATCH: usize = 32;
@@ -107,53 +108,6 @@ impl RecvBufs {
     }
 }
 
-/// Packets gathered for one [`Tun::send_batch`], each in a buffer of its
-/// own with [`HEADROOM`] in front (coalescing appends to the first packet
-/// of a flow, and the virtio-net header goes in front of it). The buffers
-/// are kept from batch to batch: no allocation once they have grown.
-pub struct SendBufs {
-    bufs: Vec<Vec<u8>>,
-    filled: usize,
-    gro: GROTable,
-}
-
-impl Default for SendBufs {
-    fn default() -> SendBufs {
-        SendBufs { bufs: Vec::with_capacity(BATCH), filled: 0, gro: GROTable::new() }
-    }
-}
-
-impl SendBufs {
-    /// Add a packet; false (and nothing added) when the batch is full.
-    pub fn push(&mut self, packet: &[u8]) -> bool {
-        if self.filled == BATCH {
-            return false;
-        }
-        if self.filled == self.bufs.len() {
-            // Room for a whole coalesced super-packet: tun-rs coalesces
-            // only into a buffer that has it (and never reallocates). Pages
-            // a buffer never reaches are never touched.
-            self.bufs.push(Vec::with_capacity(2 * HEADROOM + 65_536));
-        }
-        let b = &mut self.bufs[self.filled];
-        b.clear();
-        b.resize(HEADROOM, 0);
-        b.extend_from_slice(packet);
-        self.filled += 1;
-        true
-    }
-
-    /// Packets waiting.
-    pub fn len(&self) -> usize {
-        self.filled
-    }
-
-    /// Whether no packet waits.
-    pub fn is_empty(&self) -> bool {
-        self.filled == 0
-    }
-}
-
 impl Tun {
     /// How the device was opened.
     pub fn offload(&self) -> &Offload {
@@ -202,16 +156,22 @@ impl Tun {
         matches!(self.offload, Offload::On { .. })
     }
 
-    /// Write the packets of `bufs` (coalesced where offloads allow), then
-    /// empty it.
-    pub async fn send_batch(&self, bufs: &mut SendBufs) -> io::Result<()> {
-        let n = bufs.filled;
-        bufs.filled = 0;
-        if n == 0 {
-            return Ok(());
+    /// Write the packets `gro` holds (ranges of `storage`, which this
+    /// rewrites where segments merge): one `writev` per item, no copies.
+    /// Empties `gro`; returns how many writes failed.
+    pub async fn send_coalesced(&self, gro: &mut Coalescer, storage: &mut [u8]) -> usize {
+        gro.seal(storage);
+        let storage = &*storage;
+        let mut failed = 0;
+        for i in 0..gro.len() {
+            let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+            let n = gro.slices(i, storage, &mut iov);
+            if self.dev.send_vectored(&iov[..n]).await.is_err() {
+                failed += 1;
+            }
         }
-        // The plain device writes each packet from after its headroom.
-        self.dev.send_multiple(&mut bufs.gro, &mut bufs.bufs[..n], HEADROOM).await.map(|_| ())
+        gro.clear();
+        failed
     }
 
     /// Write one packet (an ICMP answer of the core's), with an empty
