@@ -75,15 +75,12 @@ pub(super) async fn read_link(
             shared.timer_moved(&node);
         }
         for r in &delivered {
-            if !shared.tun.coalesces(&storage[r.clone()]) {
-                // Written alone, after what came before it: real-time
-                // datagrams are never held for or merged into a batch.
-                write_tun(&shared, &mut to_tun, storage).await;
-                if shared.tun.send_one(&storage[r.clone()]).await.is_err() {
-                    shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            } else {
+            if shared.tun.offloaded() {
+                // TCP segments of a flow merge; real-time datagrams and
+                // everything else are written alone, in their place.
                 to_tun.add(storage, r.clone());
+            } else if shared.tun.send_one(&storage[r.clone()]).await.is_err() {
+                shared.io.tun_write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
         write_tun(&shared, &mut to_tun, storage).await;

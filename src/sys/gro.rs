@@ -30,7 +30,9 @@
 use std::io::IoSlice;
 use std::ops::Range;
 
-use tun_rs::{VIRTIO_NET_HDR_LEN, checksum, checksum_no_fold};
+use tun_rs::{
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_LEN, VirtioNetHdr, checksum, checksum_no_fold,
+};
 
 /// Segments in one item at most.
 pub const MAX_SEGMENTS: usize = 64;
@@ -43,10 +45,10 @@ const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 const NONE: u32 = u32::MAX;
 const MAX_LEN: usize = 65_535;
-/// virtio-net header values (linux/virtio_net.h).
+/// The virtio-net header's flag for a checksum the kernel completes
+/// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, linux/virtio_net.h; tun-rs keeps its
+/// own private).
 const NEEDS_CSUM: u8 = 1;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
 
 /// One packet's TCP facts, read once.
 #[derive(Clone, Copy)]
@@ -65,7 +67,7 @@ struct Tcp {
 /// else (it is then written alone).
 fn parse(p: &[u8]) -> Option<Tcp> {
     let (v6, ip) = match p.first()? >> 4 {
-        4 => {
+        4 if p.len() >= 20 => {
             let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
             // No options; no fragment (MF clear, offset 0).
             let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
@@ -268,13 +270,15 @@ impl Coalescer {
             // holds the pseudo-header sum, folded and not inverted.
             let partial = checksum(&[], pseudo_header(p, t.v6, item.len - t.ip));
             p[t.ip + 16..t.ip + 18].copy_from_slice(&partial.to_be_bytes());
-            let v = &mut item.vnet;
-            v[0] = NEEDS_CSUM;
-            v[1] = if t.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-            v[2..4].copy_from_slice(&(t.headers as u16).to_ne_bytes());
-            v[4..6].copy_from_slice(&(t.payload as u16).to_ne_bytes());
-            v[6..8].copy_from_slice(&(t.ip as u16).to_ne_bytes());
-            v[8..10].copy_from_slice(&16u16.to_ne_bytes());
+            let hdr = VirtioNetHdr {
+                flags: NEEDS_CSUM,
+                gso_type: if t.v6 { VIRTIO_NET_HDR_GSO_TCPV6 } else { VIRTIO_NET_HDR_GSO_TCPV4 },
+                hdr_len: t.headers as u16,
+                gso_size: t.payload as u16,
+                csum_start: t.ip as u16,
+                csum_offset: 16,
+            };
+            hdr.encode(&mut item.vnet).expect("the array is the header's size");
         }
     }
 
@@ -308,7 +312,7 @@ impl Coalescer {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tun_rs::{VirtioNetHdr, gso_split};
+    use tun_rs::gso_split;
 
     /// A TCP segment with right checksums.
     fn segment(v6: bool, flow: u8, seq: u32, payload: &[u8], flags: u8, id: u16) -> Vec<u8> {
@@ -382,7 +386,7 @@ mod tests {
             assert_eq!(hdr.flags, 0, "a lone packet goes as it came");
             return vec![packet];
         }
-        let v6 = hdr.gso_type == GSO_TCPV6;
+        let v6 = hdr.gso_type == VIRTIO_NET_HDR_GSO_TCPV6;
         let mut out = vec![vec![0u8; 65_536]; MAX_SEGMENTS];
         let mut sizes = vec![0; MAX_SEGMENTS];
         let n = gso_split(&mut packet, hdr, &mut out, &mut sizes, 0, v6).unwrap();
@@ -416,7 +420,7 @@ mod tests {
             assert_eq!(writes.len(), 1, "v6 {v6}");
             let hdr = VirtioNetHdr::decode(&writes[0]).unwrap();
             assert_eq!((hdr.flags, hdr.gso_size), (NEEDS_CSUM, 1200));
-            assert_eq!(hdr.gso_type, if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
+            assert_eq!(hdr.gso_type, if v6 { VIRTIO_NET_HDR_GSO_TCPV6 } else { VIRTIO_NET_HDR_GSO_TCPV4 });
             assert_eq!(usize::from(hdr.hdr_len), if v6 { 72 } else { 52 });
             assert_eq!(packets_of(&writes[0]), segs);
         }
@@ -471,6 +475,18 @@ mod tests {
         assert_eq!(packets_of(&writes[1]), vec![segs[1].clone()]);
         assert_eq!(&writes[2][VIRTIO_NET_HDR_LEN..], &udp[..]);
         assert_eq!(packets_of(&writes[3]), vec![segs[4].clone(), segs[5].clone()]);
+    }
+
+    #[test]
+    fn short_or_odd_packets_are_written_alone() {
+        let whole = segment(false, 1, 0, &[1; 100], ACK, 0);
+        let short = vec![0x45, 0, 0, 4];
+        let segs = vec![short, vec![0x45], vec![0x60, 0, 0, 0, 0, 0, TCP], whole[..30].to_vec(), vec![]];
+        let writes = coalesce(&segs);
+        assert_eq!(writes.len(), segs.len());
+        for (w, s) in writes.iter().zip(&segs) {
+            assert_eq!(&w[VIRTIO_NET_HDR_LEN..], &s[..]);
+        }
     }
 
     #[test]

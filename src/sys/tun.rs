@@ -139,20 +139,10 @@ impl Tun {
         Ok(*filled)
     }
 
-    /// Whether `packet` goes through the coalescing batch: TCP on the
-    /// offloaded device. Everything else (UDP among it: calls, QUIC) is
-    /// written alone with [`Tun::send_one`], as it came.
-    pub fn coalesces(&self, packet: &[u8]) -> bool {
-        const TCP: u8 = 6;
-        let proto = match packet.first().map(|b| b >> 4) {
-            Some(4) => packet.get(9),
-            Some(6) => packet.get(6),
-            _ => None,
-        };
-        self.offloaded() && proto == Some(&TCP)
-    }
-
-    fn offloaded(&self) -> bool {
+    /// Whether the device has offloads: then every packet toward it goes
+    /// through [`Tun::send_coalesced`] (what does not merge is written
+    /// alone, in its place), else through [`Tun::send_one`].
+    pub fn offloaded(&self) -> bool {
         matches!(self.offload, Offload::On { .. })
     }
 
