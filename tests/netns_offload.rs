@@ -72,6 +72,13 @@ fn tun_count(ns: &Netns, what: &str) -> u64 {
     ns.sh(&["cat", &format!("/sys/class/net/mpvr0/statistics/{what}")]).trim().parse().unwrap()
 }
 
+/// Packets `d` read from TUN queue 0 (TCP, when it has a queue of its
+/// own) and queue 1 (everything else).
+fn queue_reads(d: &Daemon) -> (u64, u64) {
+    let io = d.snapshot().totals.io;
+    (io.get("tun_read_queue0").copied().unwrap_or(0), io.get("tun_read_queue1").copied().unwrap_or(0))
+}
+
 /// Known bytes, not a repeating pattern a reordering could pass.
 fn data(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect()
@@ -180,14 +187,25 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         assert!(log.contains("udp=\"segmentation offload (USO)\""), "this kernel (6.2+) has USO: {log}");
         assert_eq!(d.snapshot().tun_offload.as_deref(), Some("TSO, USO"));
         assert!(d.status(&[]).contains("; offloads TSO, USO)"), "{}", d.status(&[]));
+        assert_eq!(d.snapshot().tun_queues.as_deref(), Some("TCP apart"), "{log}");
     }
     const BYTES: usize = 24 << 20;
     // At most this many packets of the TUN's MTU (1420 or less) make the
     // transfer; a super-packet counts once in the kernel's figures.
     let segments = (BYTES / 1420) as u64;
-    for (from, to_ns, to, seed) in [(&p.a, &p.b, "10.9.0.2:7100", 1), (&p.b, &p.a, "[fd09::1]:7101", 2)] {
+    for (from, to_ns, to, seed, sender) in
+        [(&p.a, &p.b, "10.9.0.2:7100", 1, &p.da), (&p.b, &p.a, "[fd09::1]:7101", 2, &p.db)]
+    {
         let (tx0, rx0) = (tun_count(from, "tx_packets"), tun_count(to_ns, "rx_packets"));
+        let (q0, q1) = queue_reads(sender);
         let (sent, got, len) = tcp_transfer(from, to_ns, to.parse().unwrap(), data(BYTES, seed));
+        // TCP came through its own queue: every segment (at most 1448
+        // bytes of payload each) there, next to nothing in the other.
+        let (d0, d1) = (queue_reads(sender).0 - q0, queue_reads(sender).1 - q1);
+        assert!(
+            d0 >= (BYTES / 1448) as u64 && d1 < 50,
+            "{to}: {d0} packets read from the TCP queue, {d1} from the other"
+        );
         assert_eq!(len, BYTES, "{to}: {len} of {BYTES} bytes arrived");
         assert_eq!(sent, got, "{to}: the bytes differ");
         let (reads, writes) = (tun_count(from, "tx_packets") - tx0, tun_count(to_ns, "rx_packets") - rx0);
@@ -200,9 +218,13 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         eprintln!("{to}: {BYTES} bytes whole; {reads} TUN reads, {writes} TUN writes for about {segments} segments");
     }
     for (to, per_send) in [("10.9.0.2:7200", 8), ("[fd09::2]:7201", 8), ("10.9.0.2:7202", 1)] {
+        let (q0, q1) = queue_reads(&p.da);
         let (arrived, bad) = udp_transfer(&p.a, &p.b, to.parse().unwrap(), 4000, 1200, per_send);
         assert_eq!(bad, 0, "{to}: {bad} datagrams not as sent");
         assert!(arrived >= 3980, "{to}: {arrived} of 4000 datagrams arrived");
+        // UDP (calls, QUIC) through the other queue, none in TCP's.
+        let (d0, d1) = (queue_reads(&p.da).0 - q0, queue_reads(&p.da).1 - q1);
+        assert!(d1 >= 4000 && d0 < 50, "{to}: {d1} packets read from the non-TCP queue, {d0} from TCP's");
     }
     // Nothing was refused on the way: by the TUN, or by a link's socket (a
     // GSO run of TSO segments over 64 KiB is refused whole, EMSGSIZE).
@@ -240,4 +262,53 @@ fn plain_tun_fallback_carries_tcp_and_udp_whole() {
     let (arrived, bad) = udp_transfer(&p.a, &p.b, "[fd09::2]:7200".parse().unwrap(), 4000, 1200, 8);
     assert_eq!(bad, 0);
     assert!(arrived >= 3980, "{arrived} of 4000 datagrams arrived");
+}
+
+/// TCP's own TUN queue refused or turned off: one queue, said in the log
+/// and in status, and everything read from it. `MPVR_DISABLE_OFFLOADS=queues`
+/// does what a kernel without TUN steering (before 4.16) or a daemon
+/// without CAP_BPF gets; the latter is checked too, with the capability
+/// taken away, and the capability the unit grants shown to be enough.
+#[test]
+fn one_tun_queue_when_steering_is_off_or_not_permitted() {
+    if !root_or_skip("one_tun_queue_when_steering_is_off_or_not_permitted") {
+        return;
+    }
+    let _g = serial();
+    let p = pair(&[("MPVR_DISABLE_OFFLOADS", "queues")]);
+    for d in [&p.da, &p.db] {
+        assert!(d.log().contains("one TUN queue"), "{}", d.log());
+        assert_eq!(d.snapshot().tun_queues.as_deref(), Some("one: disabled by MPVR_DISABLE_OFFLOADS"));
+        assert!(d.status(&[]).contains("; queues one: disabled by MPVR_DISABLE_OFFLOADS;"), "{}", d.status(&[]));
+    }
+    let (q0, q1) = queue_reads(&p.da);
+    let (arrived, bad) = udp_transfer(&p.a, &p.b, "10.9.0.2:7300".parse().unwrap(), 500, 1200, 1);
+    assert_eq!((arrived, bad), (500, 0), "through the one queue");
+    let (d0, d1) = (queue_reads(&p.da).0 - q0, queue_reads(&p.da).1 - q1);
+    assert!(d0 >= 500 && d1 == 0, "{d0} packets read from queue 0, {d1} from a queue 1 that should not exist");
+    drop(p);
+
+    // Root without CAP_BPF and CAP_SYS_ADMIN: the program cannot be loaded
+    // (unless this kernel lets anyone load socket filters), the daemon
+    // runs with one queue and names the capability. With CAP_BPF alone
+    // (the unit's set): two queues.
+    let c = Netns::new("c");
+    let dir = TempDir::new();
+    let (key, _) = keypair(&dir, "c.key");
+    let cfg = dir.write(
+        "c.toml",
+        &format!("[host]\nid = 3\nprivate_key_file = \"{}\"\naddresses = [\"10.9.0.3/24\"]\n", key.display()),
+    );
+    let open_bpf = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").is_ok_and(|v| v.trim() == "0");
+    for (drop_caps, apart) in [("-bpf,-sys_admin", open_bpf), ("-sys_admin", true)] {
+        let log = dir.0.join(format!("c{drop_caps}.log"));
+        let d = Daemon::start_under(&c, &cfg, log, &[], &["setpriv", &format!("--bounding-set={drop_caps}"), "--"]);
+        d.wait_log("TUN queue", 1, Duration::from_secs(10));
+        let log = d.log();
+        if apart {
+            assert!(log.contains("TUN queues: TCP in one"), "without {drop_caps}: {log}");
+        } else {
+            assert!(log.contains("one TUN queue") && log.contains("CAP_BPF"), "without {drop_caps}: {log}");
+        }
+    }
 }

@@ -198,15 +198,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.tun
         )));
     }
-    let (tun, tun_index) = tun::create(&cfg.tun, mtu, crate::sys::udp::Disabled::from_env().tun).map_err(|source| {
-        match source.raw_os_error() {
+    let disabled = crate::sys::udp::Disabled::from_env();
+    let (tun, tun_index) =
+        tun::create(&cfg.tun, mtu, disabled.tun, disabled.queues).map_err(|source| match source.raw_os_error() {
             Some(libc::EBUSY) => RunError::Fatal(format!(
                 "the TUN name {} is in use (another mpvr, or another VPN): set host.tun to a free name",
                 cfg.tun
             )),
             _ => RunError::Tun { name: cfg.tun.clone(), source },
-        }
-    })?;
+        })?;
     // The tables are this daemon's by its TUN's name, and the TUN is ours
     // now (another live daemon with that name would have made its creation
     // fail): what is in them is what a killed earlier run left.
@@ -229,6 +229,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             "TUN offloads"
         ),
         tun::Offload::Off(why) => info!(why = %why, "TUN offloads off: one packet per read and write"),
+    }
+    match tun.queues() {
+        tun::Queues::TcpApart => info!("TUN queues: TCP in one, everything else in another, each with its reader"),
+        tun::Queues::One(why) => warn!(why = %why, "one TUN queue: real-time packets may wait behind TCP's in it"),
     }
     info!(host = cfg.host.get(), tun = %cfg.tun, mtu, addresses = ?cfg.addresses, "mpvr running");
 
@@ -284,7 +288,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
              links.allow_virtual = true): mpvr runs and takes a NIC as soon as one qualifies"
         );
     }
-    let tun_reader = tokio::spawn(read_tun(shared.clone(), fatal_tx));
+    let tun_readers: Vec<_> =
+        (0..shared.tun.queue_count()).map(|q| tokio::spawn(read_tun(shared.clone(), q, fatal_tx.clone()))).collect();
     // systemd (Type=notify): ready once the TUN, the links and their
     // sockets are up; a watchdog ping from the main loop every half its
     // interval. Without NOTIFY_SOCKET these do nothing.
@@ -365,7 +370,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    tun_reader.abort();
+    tun_readers.iter().for_each(|r| r.abort());
     control_task.abort();
     if let Some(t) = metrics_task {
         t.abort();

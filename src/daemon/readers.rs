@@ -100,17 +100,22 @@ async fn write_tun(shared: &Shared, gro: &mut Coalescer, storage: &mut [u8]) {
     }
 }
 
-/// Read the TUN until it fails: wait for packets, take every other one
-/// already queued (up to [`crate::sys::tun::BATCH`]; a super-packet of the offloaded
-/// TUN comes as its segments), run the core once for all of them.
-pub(super) async fn read_tun(shared: Arc<Shared>, fatal: mpsc::UnboundedSender<String>) {
+/// Read TUN queue `queue` until it fails: wait for packets, take every
+/// other one already queued (up to [`crate::sys::tun::BATCH`]; a
+/// super-packet of the offloaded TUN comes as its segments), run the core
+/// once for all of them. With TCP in a queue of its own, each queue has
+/// this reader, so what is not TCP never waits behind TCP's batches.
+pub(super) async fn read_tun(shared: Arc<Shared>, queue: usize, fatal: mpsc::UnboundedSender<String>) {
     let mut bufs = RecvBufs::new(BUF_LEN);
     let mut out = Transmits::new();
     let mut answers: Vec<Vec<u8>> = Vec::new();
     loop {
-        if let Err(e) = shared.tun.recv_batch(&mut bufs).await {
-            let _ = fatal.send(format!("reading the TUN failed: {e}"));
-            return;
+        match shared.tun.recv_batch(queue, &mut bufs).await {
+            Ok(n) => _ = shared.io.tun_read[queue].fetch_add(n as u64, Ordering::Relaxed),
+            Err(e) => {
+                let _ = fatal.send(format!("reading the TUN (queue {queue}) failed: {e}"));
+                return;
+            }
         }
         {
             let now = shared.now();

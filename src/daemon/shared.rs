@@ -28,6 +28,10 @@ pub struct IoCounters {
     pub tun_write_errors: AtomicU64,
     /// Socket receive errors.
     pub recv_errors: AtomicU64,
+    /// Packets read from each TUN queue (a super-packet counts as its
+    /// segments): queue 0 holds TCP when TCP has a queue of its own
+    /// (everything otherwise), queue 1 everything else.
+    pub tun_read: [AtomicU64; 2],
 }
 
 impl IoCounters {
@@ -39,6 +43,8 @@ impl IoCounters {
             ("send_no_socket", self.send_no_socket.load(Ordering::Relaxed)),
             ("recv_errors", self.recv_errors.load(Ordering::Relaxed)),
             ("tun_write_errors", self.tun_write_errors.load(Ordering::Relaxed)),
+            ("tun_read_queue0", self.tun_read[0].load(Ordering::Relaxed)),
+            ("tun_read_queue1", self.tun_read[1].load(Ordering::Relaxed)),
         ]
     }
 }
@@ -256,6 +262,7 @@ impl Shared {
             io: io.named(),
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
             tun_offload: Some(self.tun.offload().to_string()),
+            tun_queues: Some(self.tun.queues().to_string()),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),

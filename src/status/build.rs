@@ -153,6 +153,8 @@ pub struct ShellInfo<'a> {
     pub tun_mtu: Option<(u16, bool)>,
     /// The TUN's offloads, in words (`TSO, USO`, or `off: why`).
     pub tun_offload: Option<String>,
+    /// The TUN's queues, in words (`TCP apart`, or `one: why`).
+    pub tun_queues: Option<String>,
     /// The internet exit, at either end.
     pub exit: Option<ExitSnap>,
     /// The config file in use.
@@ -299,6 +301,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         tun_mtu: shell.tun_mtu.map(|(m, _)| u32::from(m)),
         tun_mtu_auto: shell.tun_mtu.is_some_and(|(_, auto)| auto),
         tun_offload: shell.tun_offload.clone(),
+        tun_queues: shell.tun_queues.clone(),
         tunnel_mtu: node.tunnel_mtu().map(|m| m as u32),
         exit: shell.exit.clone(),
         config: shell.config.clone(),
@@ -338,6 +341,7 @@ pub(crate) fn simulated() -> Snapshot {
         io: vec![("send_errors", 0)],
         tun_mtu: Some((1436, true)),
         tun_offload: Some("TSO, USO".into()),
+        tun_queues: Some("TCP apart".into()),
         exit: None,
         config: Some(ConfigSnap {
             file: "/etc/mpvr/mpvr.toml".into(),

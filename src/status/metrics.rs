@@ -112,7 +112,7 @@ pub fn render(s: &Snapshot) -> String {
     for (event, n) in &t.io {
         b.counter(
             "mpvr_io_events",
-            "I/O outcomes the daemon counts (send errors, full buffers)",
+            "I/O outcomes the daemon counts (send errors, full buffers; packets read per TUN queue)",
             &[("event", event)],
             *n,
         );

@@ -168,6 +168,9 @@ fn table(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) 
     }
 }
 
+/// The I/O counters of packets read per TUN queue (`tun_read_queue0`, ...).
+const TUN_READ: &str = "tun_read_queue";
+
 /// The table `mpvr status` prints.
 pub fn render_text(s: &Snapshot) -> String {
     let mut o = String::new();
@@ -178,8 +181,9 @@ pub fn render_text(s: &Snapshot) -> String {
         s.tun,
         match (s.tun_mtu, s.tun_mtu_auto, &s.tun_offload) {
             (Some(m), auto, offload) => format!(
-                " (mtu {m}{}{})",
+                " (mtu {m}{}{}{})",
                 if auto { ", follows the paths" } else { "" },
+                s.tun_queues.as_ref().map(|q| format!("; queues {q}")).unwrap_or_default(),
                 offload.as_ref().map(|o| format!("; offloads {o}")).unwrap_or_default()
             ),
             (None, _, _) => String::new(),
@@ -208,10 +212,14 @@ pub fn render_text(s: &Snapshot) -> String {
         .iter()
         .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "duplicate" | "too_old" | "auth_failed"))
         .map(|(k, v)| format!("{k} {v}"))
-        .chain(t.io.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")))
+        .chain(t.io.iter().filter(|(k, v)| **v > 0 && !k.starts_with(TUN_READ)).map(|(k, v)| format!("{k} {v}")))
         .collect();
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
+    }
+    if s.tun_queues.as_deref() == Some("TCP apart") {
+        let read = |q: &str| t.io.get(&format!("{TUN_READ}{q}")).copied().unwrap_or(0);
+        let _ = writeln!(o, "  tun queues: TCP {} pkts read, the rest {}", read("0"), read("1"));
     }
     if t.cookies_out > 0 {
         let _ = writeln!(

@@ -62,6 +62,10 @@ pub struct Snapshot {
     /// TUN), `TSO, USO`, or `off: ` and why.
     #[serde(default)]
     pub tun_offload: Option<String>,
+    /// The TUN's queues: `TCP apart` (TCP in a queue of its own, each queue
+    /// with its reader) or `one: ` and why.
+    #[serde(default)]
+    pub tun_queues: Option<String>,
     /// The largest inner packet the paths toward every neighbour carry.
     #[serde(default)]
     pub tunnel_mtu: Option<u32>,

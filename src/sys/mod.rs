@@ -6,6 +6,7 @@ pub mod netlink;
 pub mod packet;
 pub mod privilege;
 pub mod raw;
+pub mod steer;
 pub mod tun;
 pub mod udp;
 

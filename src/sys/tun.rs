@@ -15,6 +15,13 @@
 //! is written alone, in its place: coalescing UDP cost a call 5-9 of 301
 //! packets through a link cut in the namespace test. Without offloads (the kernel refuses
 //! them, or `MPVR_DISABLE_OFFLOADS=tun`), one packet per read and write.
+//!
+//! The device has two queues (`IFF_MULTI_QUEUE`): TCP in queue 0,
+//! everything else in queue 1, as [`super::steer`]'s program tells the
+//! kernel; the daemon reads each with its own task, so a call's packets are
+//! read at once whatever TCP has queued. Packets are written through queue
+//! 0. Without the steering (a kernel before 4.16, no CAP_BPF, or
+//! `MPVR_DISABLE_OFFLOADS=queues`) the device has one queue.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -56,18 +63,50 @@ impl std::fmt::Display for Offload {
     }
 }
 
-/// The TUN and how it was opened.
-pub struct Tun {
-    dev: AsyncDevice,
-    offload: Offload,
+/// Whether TCP has a TUN queue of its own ([`super::steer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Queues {
+    /// Two queues: TCP in queue 0, everything else in queue 1, each with
+    /// its reader.
+    TcpApart,
+    /// One queue for everything, and why.
+    One(String),
 }
 
-/// Create the TUN `name` with `mtu`, up, with offloads unless `plain`.
-/// A kernel that refuses the offloads gets the plain device instead.
-/// Returns it and its interface index.
-pub fn create(name: &str, mtu: u16, plain: bool) -> io::Result<(Arc<Tun>, u32)> {
-    let build =
-        |offload: bool| tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(offload).enable(true).build_async();
+impl std::fmt::Display for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queues::TcpApart => f.write_str("TCP apart"),
+            Queues::One(why) => write!(f, "one: {why}"),
+        }
+    }
+}
+
+/// The TUN and how it was opened.
+pub struct Tun {
+    /// Queue 0: TCP when steered, else everything. Writes go here.
+    dev: AsyncDevice,
+    /// Queue 1 when steered: everything but TCP.
+    rest: Option<AsyncDevice>,
+    offload: Offload,
+    queues: Queues,
+}
+
+/// Create the TUN `name` with `mtu`, up, with offloads unless `plain`, and
+/// with TCP in a queue of its own unless `one_queue`. A kernel that
+/// refuses the offloads gets the plain device instead; one that refuses a
+/// second queue or its steering, one queue. Returns it and its interface
+/// index.
+pub fn create(name: &str, mtu: u16, plain: bool, one_queue: bool) -> io::Result<(Arc<Tun>, u32)> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(offload)
+            .multi_queue(!one_queue)
+            .enable(true)
+            .build_async()
+    };
     let (dev, offload) = if plain {
         (build(false)?, Offload::Off("disabled by MPVR_DISABLE_OFFLOADS".into()))
     } else {
@@ -82,7 +121,17 @@ pub fn create(name: &str, mtu: u16, plain: bool) -> io::Result<(Arc<Tun>, u32)> 
         }
     };
     let index = dev.if_index()?;
-    Ok((Arc::new(Tun { dev, offload }), index))
+    let (rest, queues) = if one_queue {
+        (None, Queues::One("disabled by MPVR_DISABLE_OFFLOADS".into()))
+    } else {
+        match dev.try_clone().and_then(|rest| super::steer::attach(&dev).map(|()| rest)) {
+            Ok(rest) => (Some(rest), Queues::TcpApart),
+            // A second queue the kernel would fill by flow hash, unsteered,
+            // is of no use: it goes (closing it detaches it).
+            Err(e) => (None, Queues::One(format!("the kernel refused the steering ({e})"))),
+        }
+    };
+    Ok((Arc::new(Tun { dev, rest, offload, queues }), index))
 }
 
 /// Buffers for [`Tun::recv_batch`], reused from call to call.
@@ -114,20 +163,35 @@ impl Tun {
         &self.offload
     }
 
+    /// Whether TCP has a queue of its own.
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// How many queues to read: 1, or 2 with TCP apart.
+    pub fn queue_count(&self) -> usize {
+        1 + usize::from(self.rest.is_some())
+    }
+
     /// Set the MTU.
     pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
         self.dev.set_mtu(mtu)
     }
 
-    /// Wait for packets and read as many as `bufs` holds: a super-packet
-    /// comes out as its segments. Returns how many packets `bufs` holds.
-    pub async fn recv_batch(&self, bufs: &mut RecvBufs) -> io::Result<usize> {
+    /// Wait for packets in `queue` (below [`Tun::queue_count`]) and read as
+    /// many as `bufs` holds: a super-packet comes out as its segments.
+    /// Returns how many packets `bufs` holds.
+    pub async fn recv_batch(&self, queue: usize, bufs: &mut RecvBufs) -> io::Result<usize> {
+        let dev = match (queue, &self.rest) {
+            (1, Some(rest)) => rest,
+            _ => &self.dev,
+        };
         let RecvBufs { scratch, bufs: b, sizes, filled } = bufs;
-        *filled = self.dev.recv_multiple(scratch, b, sizes, 0).await?;
+        *filled = dev.recv_multiple(scratch, b, sizes, 0).await?;
         let (need, most) = if self.offloaded() { (SEGMENTS_PER_READ, BATCH) } else { (1, PLAIN_BATCH) };
         while most - *filled >= need {
             let at = *filled;
-            match self.dev.try_recv_multiple(scratch, &mut b[at..], &mut sizes[at..], 0) {
+            match dev.try_recv_multiple(scratch, &mut b[at..], &mut sizes[at..], 0) {
                 Ok(n) => *filled += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // A bad super-packet (tun-rs refuses it) is that packet's

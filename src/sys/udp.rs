@@ -36,9 +36,10 @@ pub struct LinkSocket {
 }
 
 /// Kernel offloads turned off by the environment variable
-/// `MPVR_DISABLE_OFFLOADS` (a comma-separated list of `gso`, `gro`, `tun`): to
-/// rule them out when troubleshooting, and for the tests of the plain
-/// paths that kernels without them (GSO before 4.18, GRO before 5.0) take.
+/// `MPVR_DISABLE_OFFLOADS` (a comma-separated list of `gso`, `gro`, `tun`,
+/// `queues`): to rule them out when troubleshooting, and for the tests of
+/// the plain paths that kernels without them (GSO before 4.18, GRO before
+/// 5.0, TUN steering before 4.16) take.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Disabled {
     /// UDP GSO (one send call for a run of datagrams).
@@ -47,6 +48,8 @@ pub struct Disabled {
     pub gro: bool,
     /// The TUN's offloads (TSO and GRO through a virtio-net header).
     pub tun: bool,
+    /// The TUN's second queue, for everything but TCP ([`super::steer`]).
+    pub queues: bool,
 }
 
 impl Disabled {
@@ -54,7 +57,7 @@ impl Disabled {
     pub fn from_env() -> Disabled {
         let v = std::env::var("MPVR_DISABLE_OFFLOADS").unwrap_or_default();
         let has = |w: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(w));
-        Disabled { gso: has("gso"), gro: has("gro"), tun: has("tun") }
+        Disabled { gso: has("gso"), gro: has("gro"), tun: has("tun"), queues: has("queues") }
     }
 }
 

@@ -220,9 +220,17 @@ impl Daemon {
 
     /// [`Daemon::start`] with more environment variables.
     pub fn start_with_env(ns: &Netns, config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_under(ns, config, log, env, &[])
+    }
+
+    /// [`Daemon::start_with_env`] under `wrapper` (a command that runs the
+    /// rest in its place, as `setpriv` does: the pid stays the daemon's).
+    pub fn start_under(ns: &Netns, config: &Path, log: PathBuf, env: &[(&str, &str)], wrapper: &[&str]) -> Daemon {
         let socket = log.with_extension("sock");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, mpvr(), "run", "-c"])
+            .args(["netns", "exec", &ns.name])
+            .args(wrapper)
+            .args([mpvr(), "run", "-c"])
             .arg(config)
             .arg("--socket")
             .arg(&socket)
