@@ -10,13 +10,18 @@
 #   mpvr-2links    mpvr over both links (every packet duplicated: bulk_policy "all")
 #   mpvr-1link-plain  mpvr over link 0 with the plain TUN
 #                  (MPVR_DISABLE_OFFLOADS=tun: no TSO/GRO on the TUN)
+#   mpvr-1link-1queue  mpvr over link 0 with one TUN queue
+#                  (MPVR_DISABLE_OFFLOADS=queues: TCP not apart)
 #
 # For each: TCP throughput (iperf3, 1 stream), the CPU time both tunnel
 # processes spent per gigabit of that TCP run (utime + stime from
 # /proc/PID/stat), UDP throughput (iperf3, 1200-byte datagrams), ping RTT
 # percentiles (one ping per 5 ms; and the median at one ping per 0.3 ms,
 # "busy": the tunnel's threads and the CPUs have not gone idle in between,
-# which on a VM that halts idle virtual CPUs is most of an idle ping's cost), the resident memory of the tunnel process, and the residual
+# which on a VM that halts idle virtual CPUs is most of an idle ping's cost;
+# and "under TCP": the median and p99 of pings every 10 ms during the TCP
+# run, real-time beside a download when the tunnel is the bottleneck),
+# the resident memory of the tunnel process, and the residual
 # loss of a 2000 packets/s stream while each link drops 5 % of the packets
 # (nftables numgen). Prints a table and writes JSON (default
 # target/bench/bench.json), then runs scripts/bench-realtime.sh (real-time
@@ -111,7 +116,16 @@ measure() { # name target-ip pid-at-A [pid-at-B]
   sleep 0.3
   local tcp udp t0=0 cpu=0
   if [ "$pid" != 0 ]; then t0=$(cpu_ticks "$pid" "$pid_b"); fi
+  # Pings every 10 ms while TCP runs, from its second second to half a
+  # second before its end.
+  local n_loaded=$(( secs * 100 - 150 ))
+  if [ "$n_loaded" -lt 20 ]; then n_loaded=20; fi
+  (sleep 1; ip netns exec "$A" ping -n -c "$n_loaded" -i 0.01 -W 1 "$ip" | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' > "$work/loaded.txt") &
+  local pinger=$!
   tcp=$(ip netns exec "$A" iperf3 -c "$ip" -p 5299 -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  wait "$pinger"
+  local loaded
+  loaded=$(sort -n "$work/loaded.txt" | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; if (NR) print a[int((NR + 1) / 2)], a[i]; else print -1, -1}')
   if [ "$pid" != 0 ]; then
     # CPU seconds per gigabit received: ticks / CLK_TCK over bits / 1e9.
     cpu=$(python3 -c "print(($(cpu_ticks "$pid" "$pid_b") - $t0) / $(getconf CLK_TCK) / ($tcp * $secs / 1e9))")
@@ -139,7 +153,7 @@ measure() { # name target-ip pid-at-A [pid-at-B]
   impair off
   local loss
   loss=$(awk '{print $5}' "$work/loss.out")
-  echo "$name $tcp $udp $rss $loss $cpu $busy $rtts" >> "$results"
+  echo "$name $tcp $udp $rss $loss $cpu $busy $loaded $rtts" >> "$results"
   echo "  $name: TCP $(python3 -c "print(round($tcp/1e6))") Mbit/s ($(python3 -c "print(round($cpu, 2))") CPU s/Gbit), UDP $(python3 -c "print(round($udp/1e6))") Mbit/s, loss at 5 % per link $loss %" >&2
 }
 
@@ -240,26 +254,29 @@ for links in ${BENCH_LINKS:-1 2}; do
 done
 # The same over the plain TUN (one system call per packet), as a kernel
 # that refuses the TUN offloads runs it: what the offloads bring.
-case " ${BENCH_LINKS:-1 2} " in *" 1 "*) run_mpvr mpvr-1link-plain "$mpvr" 1 tun ;; esac
+# And with one TUN queue (TCP not apart): what the second queue brings
+# to real-time beside TCP.
+case " ${BENCH_LINKS:-1 2} " in *" 1 "*) run_mpvr mpvr-1link-plain "$mpvr" 1 tun; run_mpvr mpvr-1link-1queue "$mpvr" 1 queues ;; esac
 
 python3 - "$results" "$out_dir/bench.json" <<'EOP'
 import json, sys, statistics, datetime, platform, os
 runs = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    rtts = sorted(float(x) for x in f[7:])
+    rtts = sorted(float(x) for x in f[9:])
     q = lambda p: rtts[min(len(rtts) - 1, int(round(p / 100 * (len(rtts) - 1))))] if rtts else None
     runs.setdefault(f[0], []).append({
         "tcp_mbit_s": float(f[1]) / 1e6, "udp_mbit_s": float(f[2]) / 1e6, "rss_kib": int(f[3]),
         "loss_pct_at_5pct_per_link": float(f[4]), "cpu_s_per_gbit": float(f[5]),
-        "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts), "busy_p50": float(f[6])}})
+        "rtt_ms": {"p50": q(50), "p90": q(90), "p99": q(99), "n": len(rtts), "busy_p50": float(f[6]),
+                   "under_tcp_p50": float(f[7]), "under_tcp_p99": float(f[8])}})
 # A row measured in several rounds (BENCH_BASE) is the median of each figure;
 # the rounds themselves are kept in the JSON.
 med = statistics.median
 rows = {}
 for name, rs in runs.items():
     r = {k: med(x[k] for x in rs) for k in ("tcp_mbit_s", "udp_mbit_s", "rss_kib", "loss_pct_at_5pct_per_link", "cpu_s_per_gbit")}
-    r["rtt_ms"] = {k: med(x["rtt_ms"][k] for x in rs) for k in ("p50", "p90", "p99", "n", "busy_p50")}
+    r["rtt_ms"] = {k: med(x["rtt_ms"][k] for x in rs) for k in ("p50", "p90", "p99", "n", "busy_p50", "under_tcp_p50", "under_tcp_p99")}
     if len(rs) > 1:
         r["rounds"] = rs
     rows[name] = r
@@ -273,11 +290,12 @@ for name, r in rows.items():
 doc = {"date": datetime.date.today().isoformat(), "base": os.environ.get("BENCH_BASE"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
        "kernel": platform.release(), "results": rows}
 json.dump(doc, open(sys.argv[2], "w"), indent=2)
-print(f"{'':19} {'TCP Mbit/s':>10} {'vs wg-go':>8} {'CPU s/Gbit':>10} {'UDP Mbit/s':>10} {'RTT p50':>8} {'p99':>7} {'+p50 ms':>8} {'+busy':>6} {'loss %':>7} {'RSS MiB':>8}")
+print(f"{'':19} {'TCP Mbit/s':>10} {'vs wg-go':>8} {'CPU s/Gbit':>10} {'UDP Mbit/s':>10} {'RTT p50':>8} {'p99':>7} {'+p50 ms':>8} {'+busy':>6} {'TCP p50':>8} {'TCP p99':>8} {'loss %':>7} {'RSS MiB':>8}")
 for name, r in rows.items():
     cpu = f"{r['cpu_s_per_gbit']:10.2f}" if r["cpu_s_per_gbit"] else f"{'-':>10}"
     print(f"{name:19} {r['tcp_mbit_s']:10.0f} {r.get('tcp_vs_wireguard_go', 0):8.2f} {cpu} {r['udp_mbit_s']:10.0f} "
           f"{r['rtt_ms']['p50']:8.3f} {r['rtt_ms']['p99']:7.3f} {r['rtt_p50_added_ms']:8.3f} {r['rtt_busy_p50_added_ms']:6.3f} "
+          f"{r['rtt_ms']['under_tcp_p50']:8.2f} {r['rtt_ms']['under_tcp_p99']:8.2f} "
           f"{r['loss_pct_at_5pct_per_link']:7.3f} {r['rss_kib'] / 1024:8.1f}")
 for name, r in rows.items():
     b = rows.get(name + "@base")
