@@ -79,6 +79,12 @@ fn queue_reads(d: &Daemon) -> (u64, u64) {
     (io.get("tun_read_queue0").copied().unwrap_or(0), io.get("tun_read_queue1").copied().unwrap_or(0))
 }
 
+/// Packets `d` read from each queue since it had read `before`.
+fn queue_reads_since(d: &Daemon, before: (u64, u64)) -> (u64, u64) {
+    let now = queue_reads(d);
+    (now.0 - before.0, now.1 - before.1)
+}
+
 /// Known bytes, not a repeating pattern a reordering could pass.
 fn data(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect()
@@ -197,11 +203,11 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         [(&p.a, &p.b, "10.9.0.2:7100", 1, &p.da), (&p.b, &p.a, "[fd09::1]:7101", 2, &p.db)]
     {
         let (tx0, rx0) = (tun_count(from, "tx_packets"), tun_count(to_ns, "rx_packets"));
-        let (q0, q1) = queue_reads(sender);
+        let before = queue_reads(sender);
         let (sent, got, len) = tcp_transfer(from, to_ns, to.parse().unwrap(), data(BYTES, seed));
         // TCP came through its own queue: every segment (at most 1448
         // bytes of payload each) there, next to nothing in the other.
-        let (d0, d1) = (queue_reads(sender).0 - q0, queue_reads(sender).1 - q1);
+        let (d0, d1) = queue_reads_since(sender, before);
         assert!(
             d0 >= (BYTES / 1448) as u64 && d1 < 50,
             "{to}: {d0} packets read from the TCP queue, {d1} from the other"
@@ -218,12 +224,12 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         eprintln!("{to}: {BYTES} bytes whole; {reads} TUN reads, {writes} TUN writes for about {segments} segments");
     }
     for (to, per_send) in [("10.9.0.2:7200", 8), ("[fd09::2]:7201", 8), ("10.9.0.2:7202", 1)] {
-        let (q0, q1) = queue_reads(&p.da);
+        let before = queue_reads(&p.da);
         let (arrived, bad) = udp_transfer(&p.a, &p.b, to.parse().unwrap(), 4000, 1200, per_send);
         assert_eq!(bad, 0, "{to}: {bad} datagrams not as sent");
         assert!(arrived >= 3980, "{to}: {arrived} of 4000 datagrams arrived");
         // UDP (calls, QUIC) through the other queue, none in TCP's.
-        let (d0, d1) = (queue_reads(&p.da).0 - q0, queue_reads(&p.da).1 - q1);
+        let (d0, d1) = queue_reads_since(&p.da, before);
         assert!(d1 >= 4000 && d0 < 50, "{to}: {d1} packets read from the non-TCP queue, {d0} from TCP's");
     }
     // Nothing was refused on the way: by the TUN, or by a link's socket (a
@@ -281,10 +287,10 @@ fn one_tun_queue_when_steering_is_off_or_not_permitted() {
         assert_eq!(d.snapshot().tun_queues.as_deref(), Some("one: disabled by MPVR_DISABLE_OFFLOADS"));
         assert!(d.status(&[]).contains("; queues one: disabled by MPVR_DISABLE_OFFLOADS;"), "{}", d.status(&[]));
     }
-    let (q0, q1) = queue_reads(&p.da);
+    let before = queue_reads(&p.da);
     let (arrived, bad) = udp_transfer(&p.a, &p.b, "10.9.0.2:7300".parse().unwrap(), 500, 1200, 1);
     assert_eq!((arrived, bad), (500, 0), "through the one queue");
-    let (d0, d1) = (queue_reads(&p.da).0 - q0, queue_reads(&p.da).1 - q1);
+    let (d0, d1) = queue_reads_since(&p.da, before);
     assert!(d0 >= 500 && d1 == 0, "{d0} packets read from queue 0, {d1} from a queue 1 that should not exist");
     drop(p);
 

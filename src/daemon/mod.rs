@@ -198,15 +198,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             cfg.tun
         )));
     }
-    let disabled = crate::sys::udp::Disabled::from_env();
-    let (tun, tun_index) =
-        tun::create(&cfg.tun, mtu, disabled.tun, disabled.queues).map_err(|source| match source.raw_os_error() {
+    let (tun, tun_index) = tun::create(&cfg.tun, mtu, crate::sys::udp::Disabled::from_env()).map_err(|source| {
+        match source.raw_os_error() {
             Some(libc::EBUSY) => RunError::Fatal(format!(
                 "the TUN name {} is in use (another mpvr, or another VPN): set host.tun to a free name",
                 cfg.tun
             )),
             _ => RunError::Tun { name: cfg.tun.clone(), source },
-        })?;
+        }
+    })?;
     // The tables are this daemon's by its TUN's name, and the TUN is ours
     // now (another live daemon with that name would have made its creation
     // fail): what is in them is what a killed earlier run left.
@@ -231,7 +231,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tun::Offload::Off(why) => info!(why = %why, "TUN offloads off: one packet per read and write"),
     }
     match tun.queues() {
-        tun::Queues::TcpApart => info!("TUN queues: TCP in one, everything else in another, each with its reader"),
+        tun::Queues::TcpApart(_) => info!("TUN queues: TCP in one, everything else in another, each with its reader"),
         tun::Queues::One(why) => warn!(why = %why, "one TUN queue: real-time packets may wait behind TCP's in it"),
     }
     info!(host = cfg.host.get(), tun = %cfg.tun, mtu, addresses = ?cfg.addresses, "mpvr running");

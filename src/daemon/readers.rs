@@ -74,8 +74,9 @@ pub(super) async fn read_link(
             shared.log_events(&mut node);
             shared.timer_moved(&node);
         }
+        let offloaded = shared.tun.offloaded();
         for r in &delivered {
-            if shared.tun.offloaded() {
+            if offloaded {
                 // TCP segments of a flow merge; real-time datagrams and
                 // everything else are written alone, in their place.
                 to_tun.add(storage, r.clone());

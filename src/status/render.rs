@@ -217,7 +217,7 @@ pub fn render_text(s: &Snapshot) -> String {
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
     }
-    if s.tun_queues.as_deref() == Some("TCP apart") {
+    if s.tun_queues.as_deref() == Some(crate::sys::tun::Queues::TCP_APART) {
         let read = |q: &str| t.io.get(&format!("{TUN_READ}{q}")).copied().unwrap_or(0);
         let _ = writeln!(o, "  tun queues: TCP {} pkts read, the rest {}", read("0"), read("1"));
     }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use tun_rs::{AsyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::gro::{Coalescer, MAX_SLICES};
+use super::udp::Disabled;
 
 /// Packet buffers one [`Tun::recv_batch`] fills at most: tun-rs's own
 /// batch size.
@@ -64,51 +65,56 @@ impl std::fmt::Display for Offload {
 }
 
 /// Whether TCP has a TUN queue of its own ([`super::steer`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Queues {
-    /// Two queues: TCP in queue 0, everything else in queue 1, each with
-    /// its reader.
-    TcpApart,
+    /// Two queues: TCP in queue 0 (the device's first), everything else
+    /// in queue 1, this one, each with its reader.
+    TcpApart(AsyncDevice),
     /// One queue for everything, and why.
     One(String),
+}
+
+impl Queues {
+    /// How [`Queues::TcpApart`] reads in words (status shows it).
+    pub const TCP_APART: &str = "TCP apart";
 }
 
 impl std::fmt::Display for Queues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Queues::TcpApart => f.write_str("TCP apart"),
+            Queues::TcpApart(_) => f.write_str(Queues::TCP_APART),
             Queues::One(why) => write!(f, "one: {why}"),
         }
     }
 }
 
+/// Why an offload or the second queue is off when the environment says so.
+const DISABLED_BY_ENV: &str = "disabled by MPVR_DISABLE_OFFLOADS";
+
 /// The TUN and how it was opened.
 pub struct Tun {
     /// Queue 0: TCP when steered, else everything. Writes go here.
     dev: AsyncDevice,
-    /// Queue 1 when steered: everything but TCP.
-    rest: Option<AsyncDevice>,
     offload: Offload,
     queues: Queues,
 }
 
-/// Create the TUN `name` with `mtu`, up, with offloads unless `plain`, and
-/// with TCP in a queue of its own unless `one_queue`. A kernel that
+/// Create the TUN `name` with `mtu`, up, with offloads and with TCP in a
+/// queue of its own unless `disabled` says otherwise. A kernel that
 /// refuses the offloads gets the plain device instead; one that refuses a
 /// second queue or its steering, one queue. Returns it and its interface
 /// index.
-pub fn create(name: &str, mtu: u16, plain: bool, one_queue: bool) -> io::Result<(Arc<Tun>, u32)> {
+pub fn create(name: &str, mtu: u16, disabled: Disabled) -> io::Result<(Arc<Tun>, u32)> {
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(mtu)
             .offload(offload)
-            .multi_queue(!one_queue)
+            .multi_queue(!disabled.queues)
             .enable(true)
             .build_async()
     };
-    let (dev, offload) = if plain {
-        (build(false)?, Offload::Off("disabled by MPVR_DISABLE_OFFLOADS".into()))
+    let (dev, offload) = if disabled.tun {
+        (build(false)?, Offload::Off(DISABLED_BY_ENV.into()))
     } else {
         match build(true) {
             Ok(dev) => {
@@ -121,17 +127,17 @@ pub fn create(name: &str, mtu: u16, plain: bool, one_queue: bool) -> io::Result<
         }
     };
     let index = dev.if_index()?;
-    let (rest, queues) = if one_queue {
-        (None, Queues::One("disabled by MPVR_DISABLE_OFFLOADS".into()))
+    let queues = if disabled.queues {
+        Queues::One(DISABLED_BY_ENV.into())
     } else {
         match dev.try_clone().and_then(|rest| super::steer::attach(&dev).map(|()| rest)) {
-            Ok(rest) => (Some(rest), Queues::TcpApart),
+            Ok(rest) => Queues::TcpApart(rest),
             // A second queue the kernel would fill by flow hash, unsteered,
             // is of no use: it goes (closing it detaches it).
-            Err(e) => (None, Queues::One(format!("the kernel refused the steering ({e})"))),
+            Err(e) => Queues::One(format!("the kernel refused the steering ({e})")),
         }
     };
-    Ok((Arc::new(Tun { dev, rest, offload, queues }), index))
+    Ok((Arc::new(Tun { dev, offload, queues }), index))
 }
 
 /// Buffers for [`Tun::recv_batch`], reused from call to call.
@@ -170,7 +176,10 @@ impl Tun {
 
     /// How many queues to read: 1, or 2 with TCP apart.
     pub fn queue_count(&self) -> usize {
-        1 + usize::from(self.rest.is_some())
+        match self.queues {
+            Queues::TcpApart(_) => 2,
+            Queues::One(_) => 1,
+        }
     }
 
     /// Set the MTU.
@@ -182,9 +191,10 @@ impl Tun {
     /// many as `bufs` holds: a super-packet comes out as its segments.
     /// Returns how many packets `bufs` holds.
     pub async fn recv_batch(&self, queue: usize, bufs: &mut RecvBufs) -> io::Result<usize> {
-        let dev = match (queue, &self.rest) {
-            (1, Some(rest)) => rest,
-            _ => &self.dev,
+        let dev = match (queue, &self.queues) {
+            (0, _) => &self.dev,
+            (1, Queues::TcpApart(rest)) => rest,
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("the TUN has no queue {queue}"))),
         };
         let RecvBufs { scratch, bufs: b, sizes, filled } = bufs;
         *filled = dev.recv_multiple(scratch, b, sizes, 0).await?;
