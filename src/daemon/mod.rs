@@ -1,10 +1,12 @@
 //! `mpvr run`: the thin Linux shell around the core.
 //!
-//! Tasks: one reads the TUN, one per link reads that link's socket; each
+//! Tasks: one per TUN queue reads it, one per link reads that link's socket; each
 //! feeds what it read to the [`Node`] (behind a mutex: the core is one state
 //! machine, and the lock is held only for the core call) and sends or
-//! delivers what the node returns. The main task watches netlink, runs the
-//! node's timers and handles signals. No protocol decision is taken here.
+//! delivers what the node returns. The main task (spawned on the same
+//! workers, not run on the process's first thread) watches netlink, runs
+//! the node's timers and handles signals; a reader that moves the node's
+//! timer earlier wakes it after its own sends. No protocol decision is taken here.
 //!
 //! Parts: start-up and the main loop here; `shared` (what the tasks
 //! share, rate-limited logs), `links` (links reconciled with the NIC

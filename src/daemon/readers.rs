@@ -61,7 +61,7 @@ pub(super) async fn read_link(
         for (i, (_, range)) in ranges.iter().enumerate() {
             openings.open(i, &mut storage[range.clone()]);
         }
-        {
+        let timer_moved = {
             let now = shared.now();
             let mut node = shared.node();
             for (i, (from, range)) in ranges.drain(..).enumerate() {
@@ -72,8 +72,8 @@ pub(super) async fn read_link(
                 }
             }
             shared.log_events(&mut node);
-            shared.timer_moved(&node);
-        }
+            shared.timer_moved(&node)
+        };
         let offloaded = shared.tun.offloaded();
         for r in &delivered {
             if offloaded {
@@ -87,6 +87,9 @@ pub(super) async fn read_link(
         write_tun(&shared, &mut to_tun, storage).await;
         shared.send(&mut out);
         out.clear();
+        if timer_moved {
+            shared.wake_main();
+        }
         if fatal.is_closed() {
             return;
         }
@@ -118,7 +121,7 @@ pub(super) async fn read_tun(shared: Arc<Shared>, queue: usize, fatal: mpsc::Unb
                 return;
             }
         }
-        {
+        let timer_moved = {
             let now = shared.now();
             let mut node = shared.node();
             for packet in bufs.packets() {
@@ -126,10 +129,13 @@ pub(super) async fn read_tun(shared: Arc<Shared>, queue: usize, fatal: mpsc::Unb
             }
             answers.extend(std::iter::from_fn(|| node.poll_tun_packet()));
             shared.log_events(&mut node);
-            shared.timer_moved(&node);
-        }
+            shared.timer_moved(&node)
+        };
         shared.send(&mut out);
         out.clear();
+        if timer_moved {
+            shared.wake_main();
+        }
         // ICMP "too big" for packets no path carries: the sender's stack adapts.
         for a in answers.drain(..) {
             if shared.tun.send_one(&a).await.is_err() {

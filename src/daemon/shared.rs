@@ -138,15 +138,18 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// After a reader's batch: if the node now wants its timer earlier than
-    /// the main loop sleeps, wake the main loop (a stall deadline set by
-    /// data must be met to the millisecond, as in the simulator).
-    pub(super) fn timer_moved(&self, node: &Node) {
-        if let Some(t) = node.poll_timeout()
-            && t.as_nanos() < self.wake_ns.load(Ordering::Relaxed)
-        {
-            self.timer_changed.notify_one();
-        }
+    /// After a reader's batch, under the node's lock: whether the node now
+    /// wants its timer earlier than the main loop sleeps. The reader then
+    /// wakes the main loop with [`Shared::wake_main`] once its sends are out
+    /// (a stall deadline set by data must be met to the millisecond, as in
+    /// the simulator; the packet that set it goes first).
+    pub(super) fn timer_moved(&self, node: &Node) -> bool {
+        node.poll_timeout().is_some_and(|t| t.as_nanos() < self.wake_ns.load(Ordering::Relaxed))
+    }
+
+    /// Wake the main loop to re-read the node's timer.
+    pub(super) fn wake_main(&self) {
+        self.timer_changed.notify_one();
     }
 
     pub(super) fn now(&self) -> Time {
