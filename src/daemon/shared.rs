@@ -35,7 +35,8 @@ pub struct IoCounters {
 }
 
 impl IoCounters {
-    /// Every counter by name, for status and the exit summary.
+    /// Every outcome counter by name, for status and the exit summary (the
+    /// per-queue reads are counts of work, not outcomes: [`IoCounters::tun_reads`]).
     pub fn named(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("send_would_block", self.send_would_block.load(Ordering::Relaxed)),
@@ -43,9 +44,12 @@ impl IoCounters {
             ("send_no_socket", self.send_no_socket.load(Ordering::Relaxed)),
             ("recv_errors", self.recv_errors.load(Ordering::Relaxed)),
             ("tun_write_errors", self.tun_write_errors.load(Ordering::Relaxed)),
-            ("tun_read_queue0", self.tun_read[0].load(Ordering::Relaxed)),
-            ("tun_read_queue1", self.tun_read[1].load(Ordering::Relaxed)),
         ]
+    }
+
+    /// Packets read from each of the TUN's first `queues` queues.
+    pub fn tun_reads(&self, queues: usize) -> Vec<u64> {
+        self.tun_read.iter().take(queues).map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -266,6 +270,7 @@ impl Shared {
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
             tun_offload: Some(self.tun.offload().to_string()),
             tun_queues: Some(self.tun.queues().to_string()),
+            tun_queue_reads: io.tun_reads(self.tun.queue_count()),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -316,6 +321,7 @@ pub(super) fn log_summary(shared: &Shared, links: &Links) {
         datagrams_in = s.datagrams_in.packets,
         drops = %drops.join(" "),
         io = %shared.io.named().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        tun_queue_reads = ?shared.io.tun_reads(shared.tun.queue_count()),
         "totals"
     );
 }

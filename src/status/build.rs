@@ -155,6 +155,8 @@ pub struct ShellInfo<'a> {
     pub tun_offload: Option<String>,
     /// The TUN's queues, in words (`TCP apart`, or `one: why`).
     pub tun_queues: Option<String>,
+    /// Packets read from each TUN queue (a super-packet counts as its segments).
+    pub tun_queue_reads: Vec<u64>,
     /// The internet exit, at either end.
     pub exit: Option<ExitSnap>,
     /// The config file in use.
@@ -271,6 +273,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         auth_failed: s.drops.get(DropReason::AuthFailed),
         drops: drops_map(&s.drops),
         io: shell.io.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        tun_queue_reads: shell.tun_queue_reads.clone(),
         classes: Class::ALL
             .iter()
             .map(|c| {
@@ -342,6 +345,7 @@ pub(crate) fn simulated() -> Snapshot {
         tun_mtu: Some((1436, true)),
         tun_offload: Some("TSO, USO".into()),
         tun_queues: Some("TCP apart".into()),
+        tun_queue_reads: vec![52_113, 1_207],
         exit: None,
         config: Some(ConfigSnap {
             file: "/etc/mpvr/mpvr.toml".into(),

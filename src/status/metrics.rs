@@ -112,8 +112,17 @@ pub fn render(s: &Snapshot) -> String {
     for (event, n) in &t.io {
         b.counter(
             "mpvr_io_events",
-            "I/O outcomes the daemon counts (send errors, full buffers; packets read per TUN queue)",
+            "I/O outcomes the daemon counts (send errors, full buffers, ...)",
             &[("event", event)],
+            *n,
+        );
+    }
+    for (queue, n) in t.tun_queue_reads.iter().enumerate() {
+        let q = queue.to_string();
+        b.counter(
+            "mpvr_tun_queue_read_packets",
+            "Packets read from each TUN queue (with TCP apart: 0 TCP, 1 everything else)",
+            &[("queue", &q)],
             *n,
         );
     }
@@ -307,6 +316,8 @@ mod tests {
             "mpvr_path_rtt_seconds{peer=\"2\",link=\"wan1\"",
             "mpvr_path_first_arrivals_total{peer=\"2\",link=\"wan1\",remote=\"172.16.0.2:51820\",direction=\"out\"}",
             "mpvr_drops_total{reason=\"duplicate\"}",
+            "mpvr_tun_queue_read_packets_total{queue=\"0\"} 52113",
+            "mpvr_tun_queue_read_packets_total{queue=\"1\"} 1207",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

@@ -168,9 +168,6 @@ fn table(out: &mut String, indent: &str, header: &[&str], rows: &[Vec<String>]) 
     }
 }
 
-/// The I/O counters of packets read per TUN queue (`tun_read_queue0`, ...).
-const TUN_READ: &str = "tun_read_queue";
-
 /// The table `mpvr status` prints.
 pub fn render_text(s: &Snapshot) -> String {
     let mut o = String::new();
@@ -212,14 +209,15 @@ pub fn render_text(s: &Snapshot) -> String {
         .iter()
         .filter(|(k, v)| **v > 0 && !matches!(k.as_str(), "duplicate" | "too_old" | "auth_failed"))
         .map(|(k, v)| format!("{k} {v}"))
-        .chain(t.io.iter().filter(|(k, v)| **v > 0 && !k.starts_with(TUN_READ)).map(|(k, v)| format!("{k} {v}")))
+        .chain(t.io.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")))
         .collect();
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
     }
-    if s.tun_queues.as_deref() == Some(crate::sys::tun::Queues::TCP_APART) {
-        let read = |q: &str| t.io.get(&format!("{TUN_READ}{q}")).copied().unwrap_or(0);
-        let _ = writeln!(o, "  tun queues: TCP {} pkts read, the rest {}", read("0"), read("1"));
+    if s.tun_queues.as_deref() == Some(crate::sys::tun::Queues::TCP_APART)
+        && let [tcp, rest] = t.tun_queue_reads[..]
+    {
+        let _ = writeln!(o, "  tun queues: TCP {tcp} pkts read, the rest {rest}");
     }
     if t.cookies_out > 0 {
         let _ = writeln!(
@@ -432,6 +430,8 @@ mod tests {
             "realtime out 1",
             "(realtime), failover (bulk)",
             "mtu 1436, follows the paths",
+            "; queues TCP apart;",
+            "tun queues: TCP 52113 pkts read, the rest 1207",
             " 1500 ",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");

@@ -422,6 +422,11 @@ pub struct Totals {
     pub drops: BTreeMap<String, u64>,
     /// I/O outcomes only the shell sees (send errors, full buffers, ...).
     pub io: BTreeMap<String, u64>,
+    /// Packets read from each TUN queue, by queue (a super-packet counts as
+    /// its segments): with TCP apart, queue 0 holds TCP and queue 1
+    /// everything else; with one queue, all of it.
+    #[serde(default)]
+    pub tun_queue_reads: Vec<u64>,
     /// Data packets by class.
     #[serde(default)]
     pub classes: BTreeMap<String, ClassSnap>,
