@@ -36,7 +36,7 @@ pub struct IoCounters {
 
 impl IoCounters {
     /// Every outcome counter by name, for status and the exit summary (the
-    /// per-queue reads are counts of work, not outcomes: [`IoCounters::tun_reads`]).
+    /// per-queue reads are counts of work, not outcomes: [`Shared::tun_reads`]).
     pub fn named(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("send_would_block", self.send_would_block.load(Ordering::Relaxed)),
@@ -45,11 +45,6 @@ impl IoCounters {
             ("recv_errors", self.recv_errors.load(Ordering::Relaxed)),
             ("tun_write_errors", self.tun_write_errors.load(Ordering::Relaxed)),
         ]
-    }
-
-    /// Packets read from each of the TUN's first `queues` queues.
-    pub fn tun_reads(&self, queues: usize) -> Vec<u64> {
-        self.tun_read.iter().take(queues).map(|n| n.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -149,6 +144,11 @@ impl Shared {
     /// the simulator; the packet that set it goes first).
     pub(super) fn timer_moved(&self, node: &Node) -> bool {
         node.poll_timeout().is_some_and(|t| t.as_nanos() < self.wake_ns.load(Ordering::Relaxed))
+    }
+
+    /// Packets read from each of the TUN's queues.
+    pub(super) fn tun_reads(&self) -> Vec<u64> {
+        self.io.tun_read.iter().take(self.tun.queue_count()).map(|n| n.load(Ordering::Relaxed)).collect()
     }
 
     /// Wake the main loop to re-read the node's timer.
@@ -270,7 +270,7 @@ impl Shared {
             tun_mtu: Some((self.tun_mtu.load(Ordering::Relaxed), self.tun_mtu_bounds.is_some())),
             tun_offload: Some(self.tun.offload().to_string()),
             tun_queues: Some(self.tun.queues().to_string()),
-            tun_queue_reads: io.tun_reads(self.tun.queue_count()),
+            tun_queue_reads: self.tun_reads(),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -321,7 +321,7 @@ pub(super) fn log_summary(shared: &Shared, links: &Links) {
         datagrams_in = s.datagrams_in.packets,
         drops = %drops.join(" "),
         io = %shared.io.named().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-        tun_queue_reads = ?shared.io.tun_reads(shared.tun.queue_count()),
+        tun_queue_reads = ?shared.tun_reads(),
         "totals"
     );
 }

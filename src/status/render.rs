@@ -214,9 +214,8 @@ pub fn render_text(s: &Snapshot) -> String {
     if !other.is_empty() {
         let _ = writeln!(o, "  other drops: {}", other.join(", "));
     }
-    if s.tun_queues.as_deref() == Some(crate::sys::tun::Queues::TCP_APART)
-        && let [tcp, rest] = t.tun_queue_reads[..]
-    {
+    // Two queues: TCP apart (one queue: nothing to tell apart).
+    if let [tcp, rest] = t.tun_queue_reads[..] {
         let _ = writeln!(o, "  tun queues: TCP {tcp} pkts read, the rest {rest}");
     }
     if t.cookies_out > 0 {

@@ -73,15 +73,10 @@ pub enum Queues {
     One(String),
 }
 
-impl Queues {
-    /// How [`Queues::TcpApart`] reads in words (status shows it).
-    pub const TCP_APART: &str = "TCP apart";
-}
-
 impl std::fmt::Display for Queues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Queues::TcpApart(_) => f.write_str(Queues::TCP_APART),
+            Queues::TcpApart(_) => f.write_str("TCP apart"),
             Queues::One(why) => write!(f, "one: {why}"),
         }
     }
