@@ -24,6 +24,7 @@ fn header(c: &mut Criterion) {
         hop_limit: 8,
         key_phase: false,
         sole: false,
+        realtime: false,
         sender: host(1),
         receiver: host(2),
         seq: Seq(77),

@@ -98,6 +98,27 @@ fn unloaded(seed: u64, role: Role) -> Quality {
 }
 
 #[test]
+fn real_time_data_is_flagged_for_the_receivers_socket_and_bulk_is_not() {
+    // The flag (in the clear, authenticated) is what the receiving kernel
+    // steers on: every voice datagram carries it, no bulk one does.
+    let mut p = site(5, Role::Primary, true, &|_| {});
+    p.sim.record_arrivals = true;
+    let v = voice(&mut p, 2);
+    bulk(&mut p, 1);
+    p.sim.run_until(Time::ZERO + MS(4_000));
+    let data = |len: usize| p.sim.offers().iter().filter(move |o| o.msg_type == DATA && o.len == len);
+    let flagged = |len: usize| data(len).filter(|o| o.flags & mpvr::proto::wire::FLAG_REALTIME != 0).count();
+    let (voice_len, bulk_len) = (160 + mpvr::proto::wire::OVERHEAD, 1200 + mpvr::proto::wire::OVERHEAD);
+    assert!(data(voice_len).count() >= 2 * 100, "{} voice datagrams offered", data(voice_len).count());
+    assert_eq!(flagged(voice_len), data(voice_len).count());
+    assert!(data(bulk_len).count() > 1000, "{} bulk datagrams offered", data(bulk_len).count());
+    assert_eq!(flagged(bulk_len), 0);
+    assert_eq!(quality(&p, v).lost, 0);
+    // Nothing but data carries it.
+    assert!(p.sim.offers().iter().all(|o| o.msg_type == DATA || o.flags & mpvr::proto::wire::FLAG_REALTIME == 0));
+}
+
+#[test]
 fn duplicating_bulk_onto_every_link_ruins_real_time() {
     // Yesterday's behaviour, to show what the classes fix: bulk copied
     // onto both links, nothing shaped: the ISPs' queues fill, and every

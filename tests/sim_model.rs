@@ -256,6 +256,7 @@ impl World {
                         hop_limit: 8,
                         key_phase: i % 2 == 0,
                         sole: false,
+                        realtime: false,
                         sender: self.sim.node(claimed).host(),
                         receiver: self.sim.node(to).host(),
                         seq: Seq(u64::from(i) + 1),

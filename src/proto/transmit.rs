@@ -253,6 +253,7 @@ mod tests {
             hop_limit: 8,
             key_phase: false,
             sole: false,
+            realtime: false,
             sender,
             receiver,
             seq: Seq(seq),

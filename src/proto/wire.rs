@@ -6,7 +6,7 @@
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |  version = 3  |     type      |   hop limit   |     flags     |
+//! |  version = 4  |     type      |   hop limit   |     flags     |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                        sender host id                         |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -26,7 +26,10 @@
 //! sessions a neighbour keeps, the current or the one being replaced, sealed
 //! it); bit 1 (data only) says the packet went on one path alone (a bulk
 //! packet, say), so the receiver does not count it missing on the others
-//! (passive counts, stall detection); every other bit must be 0. Handshake messages have sequence number 0.
+//! (passive counts, stall detection); bit 2 (data only) says the packet is
+//! of the real-time class, so the receiving host's kernel puts it in the
+//! link's real-time socket, ahead of bulk (see `crate::sys::udp`); every
+//! other bit must be 0. Handshake messages have sequence number 0.
 //!
 //! All integers are big-endian. The 20-byte header is the AEAD's associated
 //! data and the sequence number is its nonce, so the header is authenticated
@@ -45,7 +48,7 @@
 //! advertisement, path notice, path MTU probe and reply ([`super::pmtu`]).
 //! Version 2 added the MACs and the cookie reply; version 3 the cipher
 //! agreement in the handshake payloads ([`super::handshake`]: AES-256-GCM
-//! or ChaCha20-Poly1305). A datagram of another version is dropped
+//! or ChaCha20-Poly1305); version 4 the real-time flag. A datagram of another version is dropped
 //! (`bad_version`) and reported ([`super::Event::VersionMismatch`]).
 //! The others are reserved now so their numbers never change: probe and probe
 //! reply (link monitor), handshake initiation, response and cookie (Noise
@@ -56,7 +59,7 @@ use std::ops::Range;
 use super::ids::{HostId, Seq};
 
 /// The only version this code speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 20;
 /// Length of the AEAD tag that ends every sealed message.
@@ -69,6 +72,13 @@ pub const UDP_HEADER_LEN: usize = 8;
 pub const FLAG_KEY_PHASE: u8 = 1;
 /// Flags bit 1: a data packet sent on one path alone.
 pub const FLAG_SOLE: u8 = 2;
+/// Flags bit 2: a data packet of the real-time class. In the clear (and
+/// authenticated), at this byte, for the receiver's socket steering.
+pub const FLAG_REALTIME: u8 = 4;
+/// The flags byte's offset in the header.
+pub const FLAGS_OFFSET: usize = field::FLAGS;
+/// The type byte's offset in the header.
+pub const TYPE_OFFSET: usize = field::TYPE;
 /// Default hop limit for data: enough for any sane overlay, small enough to
 /// kill a loop quickly.
 pub const DEFAULT_HOP_LIMIT: u8 = 8;
@@ -299,6 +309,8 @@ pub struct Header {
     pub key_phase: bool,
     /// A data packet sent on one path alone (flags bit 1).
     pub sole: bool,
+    /// A data packet of the real-time class (flags bit 2).
+    pub realtime: bool,
     /// Previous hop.
     pub sender: HostId,
     /// Next hop.
@@ -321,7 +333,7 @@ impl Header {
         }
         let msg_type = MessageType::from_u8(p.msg_type()).ok_or(WireError::UnknownType(p.msg_type()))?;
         let allowed = match msg_type {
-            MessageType::Data => FLAG_KEY_PHASE | FLAG_SOLE,
+            MessageType::Data => FLAG_KEY_PHASE | FLAG_SOLE | FLAG_REALTIME,
             t if t.is_sealed() => FLAG_KEY_PHASE,
             _ => 0,
         };
@@ -339,6 +351,7 @@ impl Header {
             hop_limit: p.hop_limit(),
             key_phase: p.flags() & FLAG_KEY_PHASE != 0,
             sole: p.flags() & FLAG_SOLE != 0,
+            realtime: p.flags() & FLAG_REALTIME != 0,
             sender,
             receiver,
             seq: p.seq(),
@@ -354,7 +367,9 @@ impl Header {
         b[field::VERSION] = VERSION;
         b[field::TYPE] = self.msg_type as u8;
         b[field::HOP_LIMIT] = self.hop_limit;
-        b[field::FLAGS] = if self.key_phase { FLAG_KEY_PHASE } else { 0 } | if self.sole { FLAG_SOLE } else { 0 };
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        b[field::FLAGS] =
+            flag(self.key_phase, FLAG_KEY_PHASE) | flag(self.sole, FLAG_SOLE) | flag(self.realtime, FLAG_REALTIME);
         b[field::SENDER].copy_from_slice(&self.sender.get().to_be_bytes());
         b[field::RECEIVER].copy_from_slice(&self.receiver.get().to_be_bytes());
         b[field::SEQ].copy_from_slice(&self.seq.0.to_be_bytes());
@@ -384,6 +399,7 @@ mod tests {
             hop_limit: 3,
             key_phase: false,
             sole: false,
+            realtime: false,
             sender: hid(1),
             receiver: hid(2),
             seq: Seq(9),
@@ -399,14 +415,21 @@ mod tests {
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(1), "version 1 had no handshake MACs");
         v[0] = 2;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(2), "version 2 had no cipher agreement");
-        v[0] = 4;
-        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(4));
+        v[0] = 3;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(3), "version 3 had no real-time flag");
+        v[0] = 5;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadVersion(5));
         let mut v = b.clone();
         v[1] = 0;
         assert_eq!(parse(&v[..]).unwrap_err(), WireError::UnknownType(0));
         let mut v = b.clone();
+        v[3] = 8;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(8));
         v[3] = 4;
-        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(4));
+        assert!(parse(&v[..]).unwrap().realtime, "data may be real-time");
+        v[1] = MessageType::Keepalive as u8;
+        assert_eq!(parse(&v[..]).unwrap_err(), WireError::BadFlags(4), "nothing else may");
+        v[1] = MessageType::Data as u8;
         v[3] = 2;
         assert!(parse(&v[..]).unwrap().sole, "data may be sole");
         v[1] = MessageType::Probe as u8;
@@ -431,7 +454,8 @@ mod tests {
             let ty = MessageType::from_u8(ty).unwrap();
             let key_phase = ty.is_sealed() && seq % 2 == 1;
             let sole = ty == MessageType::Data && seq % 3 == 0;
-            let h = Header { msg_type: ty, hop_limit: hop, key_phase, sole, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
+            let realtime = ty == MessageType::Data && seq % 5 < 2;
+            let h = Header { msg_type: ty, hop_limit: hop, key_phase, sole, realtime, sender: hid(s), receiver: hid(r), seq: Seq(seq) };
             let mut b = vec![0u8; OVERHEAD + extra];
             h.emit(&mut b);
             let p = Packet::new_checked(&b[..]).unwrap();

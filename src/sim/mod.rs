@@ -134,6 +134,8 @@ pub struct Offer {
     pub len: usize,
     /// Its message type (wire value).
     pub msg_type: u8,
+    /// Its header's flags byte.
+    pub flags: u8,
 }
 
 /// What `handle_tun_packet` returned for a stream packet.
@@ -593,8 +595,9 @@ impl Sim {
                 }
                 self.copies.clear();
                 if self.record_arrivals {
-                    let msg_type = Packet::new_unchecked(t.datagram).msg_type();
-                    self.offers.push(Offer { wire: w, at: self.now, len: t.datagram.len(), msg_type });
+                    let p = Packet::new_unchecked(t.datagram);
+                    let (msg_type, flags) = (p.msg_type(), p.flags());
+                    self.offers.push(Offer { wire: w, at: self.now, len: t.datagram.len(), msg_type, flags });
                 }
                 wire.channels[dir as usize].transit(&mut self.rng, self.now, t.datagram.len(), &mut self.copies);
                 for i in 0..self.copies.len() {

@@ -186,6 +186,7 @@ impl Node {
                     hop_limit: 1,
                     key_phase: false,
                     sole: false,
+                    realtime: false,
                     sender: me,
                     receiver: peer,
                     seq: Seq(0),

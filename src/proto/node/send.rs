@@ -161,7 +161,8 @@ impl Tx<'_> {
         let held = fan_out(&mut b.paths, self.links, now, set, kind, wire_len, out);
         let Kind { msg_type, hop_limit, class, .. } = kind;
         let sole = msg_type == MessageType::Data && set.len() == 1;
-        let header = Header { msg_type, hop_limit, key_phase, sole, sender: self.me, receiver, seq };
+        let realtime = class == Some(Class::Realtime);
+        let header = Header { msg_type, hop_limit, key_phase, sole, realtime, sender: self.me, receiver, seq };
         let copies = out.push_sealed(&header, payload, &session.keys) + held.len();
         hold(self.links, &mut b.paths, now, kind, held, out);
         b.stats.sealed.add(wire_len);
@@ -194,6 +195,7 @@ impl Tx<'_> {
             hop_limit: 1,
             key_phase: false,
             sole: false,
+            realtime: false,
             sender: self.me,
             receiver: b.host(),
             seq: Seq(0),
