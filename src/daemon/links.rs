@@ -20,7 +20,7 @@ use crate::sys::netlink::{Add, Installed, Netlink, NetlinkError, Nic};
 
 pub(super) struct LinkEntry {
     pub(super) nic: Nic,
-    pub(super) reader: JoinHandle<()>,
+    pub(super) readers: Vec<JoinHandle<()>>,
     pub(super) installed: Vec<Installed>,
     /// Its policy-routing table (one of the daemon's [`plan::link_tables`]).
     pub(super) table: Option<u32>,
@@ -135,7 +135,11 @@ impl Links {
                 why(disabled.gso, "4.18") + ": one datagram per send call"
             };
             let gro_text = if gro { "on".to_string() } else { why(disabled.gro, "5.0") + ": one datagram per buffer" };
-            info!(gso = %gso_text, gro = %gro_text, "UDP offloads");
+            let sockets_text = match socket.bulk_apart() {
+                Ok(()) => "two per link, bulk data apart".to_string(),
+                Err(why) => format!("one per link: {why}"),
+            };
+            info!(gso = %gso_text, gro = %gro_text, sockets = %sockets_text, "UDP offloads");
         }
         let link = LinkId(nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).insert(link, socket.clone());
@@ -148,18 +152,20 @@ impl Links {
             node.set_link_mtu(now, link, u16::try_from(nic.mtu).unwrap_or(u16::MAX));
             node.add_link(now, link);
         }
-        let reader = tokio::spawn(read_link(self.shared.clone(), link, socket, self.fatal.clone()));
+        let readers = (0..socket.queue_count())
+            .map(|q| tokio::spawn(read_link(self.shared.clone(), link, socket.clone(), q, self.fatal.clone())))
+            .collect();
         let table = self.free_table();
         let installed = self.policy_routes(&nic, table).await;
         info!(link = %nic.name, index = nic.index, addrs = ?nic.addrs, mtu = nic.mtu, "link up");
-        self.up.insert(nic.index, LinkEntry { nic, reader, installed, table });
+        self.up.insert(nic.index, LinkEntry { nic, readers, installed, table });
         // Its paths at once: its socket already reads, and an answer to a
         // handshake goes on every path known when it is sent.
         self.update_endpoints();
     }
 
     async fn remove_link(&mut self, entry: LinkEntry) {
-        entry.reader.abort();
+        entry.readers.iter().for_each(|r| r.abort());
         let link = LinkId(entry.nic.index);
         self.shared.sockets.write().unwrap_or_else(|e| e.into_inner()).remove(&link);
         self.shared.node().remove_link(self.shared.now(), link);

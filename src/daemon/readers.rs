@@ -25,10 +25,13 @@ use crate::sys::udp::{RECV_BATCH, RecvBatch};
 /// has offloads), other packets one by one in their place, all written
 /// before the next receive: nothing waits for a
 /// batch to fill.
+/// With bulk data apart ([`crate::sys::udp`]), each of a link's two
+/// sockets has this reader: `queue` says which.
 pub(super) async fn read_link(
     shared: Arc<Shared>,
     link: LinkId,
     socket: Arc<LinkIo>,
+    queue: usize,
     fatal: mpsc::UnboundedSender<String>,
 ) {
     let mut batch = RecvBatch::default();
@@ -38,7 +41,7 @@ pub(super) async fn read_link(
     let mut openings = Openings::new();
     let mut to_tun = Coalescer::default();
     loop {
-        if let Err(e) = socket.recv(&mut batch).await {
+        if let Err(e) = socket.recv(queue, &mut batch).await {
             shared.io.recv_errors.fetch_add(1, Ordering::Relaxed);
             debug!(%link, error = %e, "receive failed");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -47,6 +50,7 @@ pub(super) async fn read_link(
         delivered.clear();
         ranges.clear();
         ranges.extend(batch.datagrams());
+        shared.io.link_read[queue].fetch_add(ranges.len() as u64, Ordering::Relaxed);
         // Open the batch outside the node's lock (crate::proto::opening):
         // plan under it, open without it, then handle under it again.
         openings.clear();

@@ -32,6 +32,10 @@ pub struct IoCounters {
     /// segments): queue 0 holds TCP when TCP has a queue of its own
     /// (everything otherwise), queue 1 everything else.
     pub tun_read: [AtomicU64; 2],
+    /// Datagrams read from each link socket, summed over the links (a GRO
+    /// train counts as its datagrams): socket 0 holds bulk data when bulk
+    /// has a socket of its own (everything otherwise), socket 1 the rest.
+    pub link_read: [AtomicU64; 2],
 }
 
 impl IoCounters {
@@ -149,6 +153,14 @@ impl Shared {
     /// Packets read from each of the TUN's queues.
     pub(super) fn tun_reads(&self) -> Vec<u64> {
         self.io.tun_read.iter().take(self.tun.queue_count()).map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Datagrams read from each of the links' sockets (two counts when a
+    /// link has bulk data apart).
+    pub(super) fn link_reads(&self) -> Vec<u64> {
+        let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
+        let queues = sockets.values().map(|s| s.queue_count()).max().unwrap_or(1);
+        self.io.link_read.iter().take(queues).map(|n| n.load(Ordering::Relaxed)).collect()
     }
 
     /// Wake the main loop to re-read the node's timer.
@@ -271,6 +283,7 @@ impl Shared {
             tun_offload: Some(self.tun.offload().to_string()),
             tun_queues: Some(self.tun.queues().to_string()),
             tun_queue_reads: self.tun_reads(),
+            link_queue_reads: self.link_reads(),
             exit: self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             config: Some(self.config.lock().unwrap_or_else(|e| e.into_inner()).snap()),
             held_routes: self.held_routes.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -322,6 +335,7 @@ pub(super) fn log_summary(shared: &Shared, links: &Links) {
         drops = %drops.join(" "),
         io = %shared.io.named().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
         tun_queue_reads = ?shared.tun_reads(),
+        link_queue_reads = ?shared.link_reads(),
         "totals"
     );
 }

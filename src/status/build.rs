@@ -157,6 +157,8 @@ pub struct ShellInfo<'a> {
     pub tun_queues: Option<String>,
     /// Packets read from each TUN queue (a super-packet counts as its segments).
     pub tun_queue_reads: Vec<u64>,
+    /// Datagrams read from the links' sockets, by socket (summed over links).
+    pub link_queue_reads: Vec<u64>,
     /// The internet exit, at either end.
     pub exit: Option<ExitSnap>,
     /// The config file in use.
@@ -274,6 +276,7 @@ pub fn snapshot(node: &Node, now: Time, shell: &ShellInfo<'_>) -> Snapshot {
         drops: drops_map(&s.drops),
         io: shell.io.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         tun_queue_reads: shell.tun_queue_reads.clone(),
+        link_queue_reads: shell.link_queue_reads.clone(),
         classes: Class::ALL
             .iter()
             .map(|c| {
@@ -346,6 +349,7 @@ pub(crate) fn simulated() -> Snapshot {
         tun_offload: Some("TSO, USO".into()),
         tun_queues: Some("TCP apart".into()),
         tun_queue_reads: vec![52_113, 1_207],
+        link_queue_reads: vec![61_870, 2_310],
         exit: None,
         config: Some(ConfigSnap {
             file: "/etc/mpvr/mpvr.toml".into(),

@@ -126,6 +126,15 @@ pub fn render(s: &Snapshot) -> String {
             *n,
         );
     }
+    for (socket, n) in t.link_queue_reads.iter().enumerate() {
+        let s = socket.to_string();
+        b.counter(
+            "mpvr_link_socket_read_datagrams",
+            "Datagrams read from the links' sockets, summed over links (with bulk apart: 0 bulk data, 1 the rest)",
+            &[("socket", &s)],
+            *n,
+        );
+    }
     for (class, c) in &t.classes {
         for (dir, n) in [("out", c.out), ("in", c.into)] {
             let cl = [("class", class.as_str()), ("direction", dir)];
@@ -318,6 +327,8 @@ mod tests {
             "mpvr_drops_total{reason=\"duplicate\"}",
             "mpvr_tun_queue_read_packets_total{queue=\"0\"} 52113",
             "mpvr_tun_queue_read_packets_total{queue=\"1\"} 1207",
+            "mpvr_link_socket_read_datagrams_total{socket=\"0\"} 61870",
+            "mpvr_link_socket_read_datagrams_total{socket=\"1\"} 2310",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

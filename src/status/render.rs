@@ -218,6 +218,10 @@ pub fn render_text(s: &Snapshot) -> String {
     if let [tcp, rest] = t.tun_queue_reads[..] {
         let _ = writeln!(o, "  tun queues: TCP {tcp} pkts read, the rest {rest}");
     }
+    // Two sockets per link: bulk data apart.
+    if let [bulk, rest] = t.link_queue_reads[..] {
+        let _ = writeln!(o, "  link sockets: bulk data {bulk} datagrams read, the rest {rest}");
+    }
     if t.cookies_out > 0 {
         let _ = writeln!(
             o,
@@ -431,6 +435,7 @@ mod tests {
             "mtu 1436, follows the paths",
             "; queues TCP apart;",
             "tun queues: TCP 52113 pkts read, the rest 1207",
+            "link sockets: bulk data 61870 datagrams read, the rest 2310",
             " 1500 ",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");

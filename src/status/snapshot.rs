@@ -427,6 +427,12 @@ pub struct Totals {
     /// everything else; with one queue, all of it.
     #[serde(default)]
     pub tun_queue_reads: Vec<u64>,
+    /// Datagrams read from the links' sockets, by socket, summed over the
+    /// links (a GRO train counts as its datagrams): with bulk data apart,
+    /// socket 0 holds bulk data and socket 1 real-time data and control;
+    /// with one socket per link, all of it.
+    #[serde(default)]
+    pub link_queue_reads: Vec<u64>,
     /// Data packets by class.
     #[serde(default)]
     pub classes: BTreeMap<String, ClassSnap>,

@@ -94,10 +94,28 @@ impl LinkIo {
         }
     }
 
-    /// Wait for datagrams and put them in `batch`.
-    pub async fn recv(&self, batch: &mut udp::RecvBatch) -> io::Result<()> {
+    /// Whether bulk data has a socket of its own (see [`udp`]): `Ok(())`,
+    /// or why not.
+    pub fn bulk_apart(&self) -> Result<(), &str> {
         match self {
-            LinkIo::Udp(s) => s.recv(batch).await,
+            LinkIo::Udp(s) => s.bulk_apart(),
+            LinkIo::Ip(_) => Err("the IP transport has one socket per link"),
+        }
+    }
+
+    /// How many sockets to read (see [`udp`]: bulk data apart): 1 or 2.
+    pub fn queue_count(&self) -> usize {
+        match self {
+            LinkIo::Udp(s) => s.queue_count(),
+            LinkIo::Ip(_) => 1,
+        }
+    }
+
+    /// Wait for datagrams in socket `queue` (below [`LinkIo::queue_count`])
+    /// and put them in `batch`.
+    pub async fn recv(&self, queue: usize, batch: &mut udp::RecvBatch) -> io::Result<()> {
+        match self {
+            LinkIo::Udp(s) => s.recv(queue, batch).await,
             LinkIo::Ip(s) => {
                 let (n, from) = s.recv(batch.first_slot()).await?;
                 batch.set_single(from, n);
