@@ -88,6 +88,16 @@ fn queue_reads_since(d: &Daemon, before: (u64, u64)) -> (u64, u64) {
     (now.0 - before.0, now.1 - before.1)
 }
 
+/// Datagrams `d` read from its links' bulk socket (everything, with one
+/// socket per link) and from the other (real-time data and control).
+fn socket_reads(d: &Daemon) -> (u64, u64) {
+    match d.snapshot().totals.link_queue_reads[..] {
+        [s0, s1] => (s0, s1),
+        [s0] => (s0, 0),
+        ref other => panic!("{} link sockets in status", other.len()),
+    }
+}
+
 /// Known bytes, not a repeating pattern a reordering could pass.
 fn data(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect()
@@ -197,6 +207,7 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         assert_eq!(d.snapshot().tun_offload.as_deref(), Some("TSO, USO"));
         assert!(d.status(&[]).contains("; offloads TSO, USO)"), "{}", d.status(&[]));
         assert_eq!(d.snapshot().tun_queues.as_deref(), Some("TCP apart"), "{log}");
+        assert!(log.contains("sockets=two per link, bulk data apart"), "{log}");
     }
     const BYTES: usize = 24 << 20;
     // At most this many packets of the TUN's MTU (1420 or less) make the
@@ -205,8 +216,10 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
     for (from, to_ns, to, seed, sender) in
         [(&p.a, &p.b, "10.9.0.2:7100", 1, &p.da), (&p.b, &p.a, "[fd09::1]:7101", 2, &p.db)]
     {
+        let receiver = if std::ptr::eq(sender, &p.da) { &p.db } else { &p.da };
         let (tx0, rx0) = (tun_count(from, "tx_packets"), tun_count(to_ns, "rx_packets"));
         let before = queue_reads(sender);
+        let sockets_before = socket_reads(receiver);
         let (sent, got, len) = tcp_transfer(from, to_ns, to.parse().unwrap(), data(BYTES, seed));
         // TCP came through its own queue: every segment (at most 1448
         // bytes of payload each) there, next to nothing in the other.
@@ -217,6 +230,15 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         );
         assert_eq!(len, BYTES, "{to}: {len} of {BYTES} bytes arrived");
         assert_eq!(sent, got, "{to}: the bytes differ");
+        // At the other end TCP, bulk, came through the links' bulk
+        // sockets (each datagram twice: one per link); the other sockets
+        // read only the probes.
+        let (s0, s1) = socket_reads(receiver);
+        let (s0, s1) = (s0 - sockets_before.0, s1 - sockets_before.1);
+        assert!(
+            s0 >= (BYTES / 1448) as u64 && s1 < 100,
+            "{to}: {s0} datagrams read from bulk sockets, {s1} from the others"
+        );
         let (reads, writes) = (tun_count(from, "tx_packets") - tx0, tun_count(to_ns, "rx_packets") - rx0);
         // The plain TUN takes a read per segment (the other test checks it
         // does). How large the kernel makes its super-packets depends on the
@@ -235,6 +257,12 @@ fn offloaded_tun_carries_tcp_and_udp_whole_in_both_families() {
         let (d0, d1) = queue_reads_since(&p.da, before);
         assert!(d1 >= 4000 && d0 < 50, "{to}: {d1} packets read from the non-TCP queue, {d0} from TCP's");
     }
+    // Pings (real-time) through the other sockets, none through bulk's.
+    let before = socket_reads(&p.db);
+    p.a.sh(&["ping", "-c", "20", "-i", "0.02", "-q", "10.9.0.2"]);
+    let (s0, s1) = socket_reads(&p.db);
+    let (s0, s1) = (s0 - before.0, s1 - before.1);
+    assert!(s1 >= 2 * 20 && s0 < 5, "{s1} datagrams read from the real-time and control sockets, {s0} from bulk's");
     // Nothing was refused on the way: by the TUN, or by a link's socket (a
     // GSO run of TSO segments over 64 KiB is refused whole, EMSGSIZE).
     for d in [&p.da, &p.db] {
@@ -290,6 +318,9 @@ fn one_tun_queue_when_steering_is_off_or_not_permitted() {
         assert_eq!(d.snapshot().tun_queues.as_deref(), Some("one: disabled by MPVR_DISABLE_OFFLOADS"));
         assert!(d.status(&[]).contains("; queues one: disabled by MPVR_DISABLE_OFFLOADS;"), "{}", d.status(&[]));
         assert_eq!(d.snapshot().totals.tun_queue_reads.len(), 1, "one queue, one read count");
+        // The same switch gives each link one socket.
+        assert!(d.log().contains("sockets=one per link: disabled by MPVR_DISABLE_OFFLOADS"), "{}", d.log());
+        assert_eq!(d.snapshot().totals.link_queue_reads.len(), 1, "one socket per link, one read count");
     }
     let before = queue_reads(&p.da);
     let (arrived, bad) = udp_transfer(&p.a, &p.b, "10.9.0.2:7300".parse().unwrap(), 500, 1200, 1);
