@@ -10,8 +10,9 @@
 #   mpvr-2links    mpvr over both links (every packet duplicated: bulk_policy "all")
 #   mpvr-1link-plain  mpvr over link 0 with the plain TUN
 #                  (MPVR_DISABLE_OFFLOADS=tun: no TSO/GRO on the TUN)
-#   mpvr-1link-1queue  mpvr over link 0 with one TUN queue
-#                  (MPVR_DISABLE_OFFLOADS=queues: TCP not apart)
+#   mpvr-1link-1queue  mpvr over link 0 with one TUN queue and one socket
+#                  per link (MPVR_DISABLE_OFFLOADS=queues: TCP not apart
+#                  in the TUN, bulk data not apart in the links' sockets)
 #
 # For each: TCP throughput (iperf3, 1 stream), the CPU time both tunnel
 # processes spent per gigabit of that TCP run (utime + stime from
@@ -254,8 +255,9 @@ for links in ${BENCH_LINKS:-1 2}; do
 done
 # The same over the plain TUN (one system call per packet), as a kernel
 # that refuses the TUN offloads runs it: what the offloads bring.
-# And with one TUN queue (TCP not apart): what the second queue brings
-# to real-time beside TCP.
+# And with one TUN queue and one socket per link (TCP and bulk data not
+# apart): what the second queue and the second socket bring to real-time
+# beside TCP.
 case " ${BENCH_LINKS:-1 2} " in *" 1 "*) run_mpvr mpvr-1link-plain "$mpvr" 1 tun; run_mpvr mpvr-1link-1queue "$mpvr" 1 queues ;; esac
 
 python3 - "$results" "$out_dir/bench.json" <<'EOP'

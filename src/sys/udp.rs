@@ -95,7 +95,8 @@ pub struct Disabled {
     pub gro: bool,
     /// The TUN's offloads (TSO and GRO through a virtio-net header).
     pub tun: bool,
-    /// The TUN's second queue, for everything but TCP ([`super::steer`]).
+    /// The TUN's second queue, for everything but TCP ([`super::steer`]),
+    /// and each link's second socket, for everything but bulk data.
     pub queues: bool,
 }
 

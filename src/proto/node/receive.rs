@@ -263,7 +263,8 @@ impl Node {
             }
             self.bundles[from].source_ok = Some((src, version));
         }
-        // Each hop classifies the packet itself (the class is not on the wire).
+        // Each hop classifies the packet itself: the sender's real-time flag
+        // only chose the socket it was read from, and is not trusted.
         let class = self.classifier.classify(now, packet);
         let next_hop = self.router.lookup(dst);
         if fit::is_syn(packet) {
