@@ -182,9 +182,10 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     };
     assert_eq!(with(&relabel), Received::Dropped(DropReason::AuthFailed));
     assert_eq!(with(&|x| x[1] = 3), Received::Dropped(DropReason::BadFlags));
-    assert_eq!(with(&|x| x[3] = 4), Received::Dropped(DropReason::BadFlags));
-    // The sole flag is authenticated too.
+    assert_eq!(with(&|x| x[3] = 8), Received::Dropped(DropReason::BadFlags));
+    // The sole and real-time flags are authenticated too.
     assert_eq!(with(&|x| x[3] ^= 2), Received::Dropped(DropReason::AuthFailed));
+    assert_eq!(with(&|x| x[3] ^= 4), Received::Dropped(DropReason::AuthFailed));
     // The other key phase: no session there.
     assert_eq!(with(&|x| x[3] ^= 1), Received::Dropped(DropReason::NoSession));
     // A handshake message that does not authenticate.
@@ -204,7 +205,7 @@ fn each_kind_of_bad_datagram_has_its_reason() {
     assert!(matches!(deliver(&mut b, &good), Received::Deliver(_)));
     assert_eq!(deliver(&mut b, &good), Received::Dropped(DropReason::Duplicate));
     let drops = &b.stats().drops;
-    assert_eq!(drops.total(), 17);
+    assert_eq!(drops.total(), 18);
     assert_eq!(b.stats().tun_out.packets, 1);
 }
 
